@@ -1,0 +1,3 @@
+//! The `procmond-wal` command-line tool's subcommands, one file each.
+
+pub mod broker;

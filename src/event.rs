@@ -1,0 +1,354 @@
+//! The process event model shared by the WAL and the broker link (design brief §5).
+//!
+//! Owns `ProcessEvent`, `EventKind` and their topics, and the deterministic truncation that
+//! keeps any event (argv is attacker-controlled) inside the wire's 1 MiB frame limit.
+//! It must never do I/O and never reject or drop an event for being large.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// What happened to the process.
+///
+/// The discriminants are part of the WAL format (`docs/format.md`): never reorder them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    /// A process was observed for the first time.
+    Start,
+    /// A process was observed to have exited.
+    Stop,
+    /// A process was observed again with changed attributes.
+    Modify,
+}
+
+impl EventKind {
+    /// All kinds, in discriminant order.
+    pub const ALL: [EventKind; 3] = [EventKind::Start, EventKind::Stop, EventKind::Modify];
+
+    /// The broker topic events of this kind are published on.
+    pub fn topic(self) -> &'static str {
+        match self {
+            EventKind::Start => "events.process.start",
+            EventKind::Stop => "events.process.stop",
+            EventKind::Modify => "events.process.modify",
+        }
+    }
+
+    /// The short lowercase name (`start`, `stop`, `modify`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Start => "start",
+            EventKind::Stop => "stop",
+            EventKind::Modify => "modify",
+        }
+    }
+
+    /// The kind for a topic; unknown topics are an error, never defaulted (§5: turning a
+    /// stop into a start would keep a dead process alive).
+    pub fn from_topic(topic: &str) -> Result<EventKind, UnknownEventKind> {
+        EventKind::ALL
+            .into_iter()
+            .find(|kind| kind.topic() == topic)
+            .ok_or_else(|| UnknownEventKind(topic.to_owned()))
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = UnknownEventKind;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        EventKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+            .ok_or_else(|| UnknownEventKind(text.to_owned()))
+    }
+}
+
+/// A kind name or topic that is not one of start/stop/modify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown process event kind {0:?} (expected start, stop or modify)")]
+pub struct UnknownEventKind(pub String);
+
+/// One observation of a process, mirroring procmond's collector model.
+///
+/// Times are UTC and stored as integer nanoseconds since the Unix epoch (bincode and postcard
+/// would otherwise carry chrono's text form). Platform metadata is a sorted string map, not
+/// `serde_json::Value`, because non-self-describing formats cannot deserialize the latter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessEvent {
+    /// Process id.
+    pub pid: u32,
+    /// Parent process id, when known.
+    pub ppid: Option<u32>,
+    /// Process name (e.g. `comm`).
+    pub name: String,
+    /// Path of the executable image, when known.
+    pub executable_path: Option<String>,
+    /// Command line as argv.
+    pub command_line: Vec<String>,
+    /// When the process started, when known.
+    #[serde(with = "chrono::serde::ts_nanoseconds_option")]
+    pub start_time: Option<DateTime<Utc>>,
+    /// CPU usage in percent of one core, when measured.
+    pub cpu_usage_percent: Option<f64>,
+    /// Resident memory in bytes, when measured.
+    pub memory_usage_bytes: Option<u64>,
+    /// Hex digest of the executable, when computed.
+    pub executable_hash: Option<String>,
+    /// Algorithm of `executable_hash` (e.g. `sha256`).
+    pub hash_algorithm: Option<String>,
+    /// Owning user id, when known.
+    pub user_id: Option<String>,
+    /// Whether the collector could read the process's details.
+    pub accessible: bool,
+    /// Whether the executable file still exists on disk.
+    pub file_exists: bool,
+    /// When the collector observed the process.
+    #[serde(with = "chrono::serde::ts_nanoseconds")]
+    pub collection_time: DateTime<Utc>,
+    /// Platform-specific attributes (e.g. `linux.cgroup`).
+    pub platform_metadata: BTreeMap<String, String>,
+    /// Set when [`ProcessEvent::truncate_to_limits`] shortened any field.
+    pub truncated: bool,
+}
+
+/// Per-field byte limits that keep an event's wire frame under 1 MiB.
+///
+/// The budget (worst case ≈ 400 KiB of text) leaves room for the connector to carry argv
+/// both as a joined command line and as an exact list inside the frame; see `docs/design.md`.
+pub mod limits {
+    /// Longest `name`.
+    pub const NAME_BYTES: usize = 1024;
+    /// Longest `executable_path`, `executable_hash`, `hash_algorithm` or `user_id`.
+    pub const SHORT_FIELD_BYTES: usize = 4096;
+    /// Most argv entries kept.
+    pub const ARGV_ENTRIES: usize = 4096;
+    /// Total bytes of argv kept (entries beyond it are dropped, the last kept one is cut).
+    pub const ARGV_TOTAL_BYTES: usize = 128 * 1024;
+    /// Most metadata entries kept (in key order).
+    pub const METADATA_ENTRIES: usize = 256;
+    /// Longest metadata key.
+    pub const METADATA_KEY_BYTES: usize = 256;
+    /// Longest metadata value.
+    pub const METADATA_VALUE_BYTES: usize = 16 * 1024;
+    /// Total bytes of metadata keys and values kept.
+    pub const METADATA_TOTAL_BYTES: usize = 96 * 1024;
+}
+
+impl ProcessEvent {
+    /// A minimal event: everything optional is absent, flags false, no metadata.
+    pub fn new(pid: u32, name: impl Into<String>, collection_time: DateTime<Utc>) -> Self {
+        ProcessEvent {
+            pid,
+            ppid: None,
+            name: name.into(),
+            executable_path: None,
+            command_line: Vec::new(),
+            start_time: None,
+            cpu_usage_percent: None,
+            memory_usage_bytes: None,
+            executable_hash: None,
+            hash_algorithm: None,
+            user_id: None,
+            accessible: false,
+            file_exists: false,
+            collection_time,
+            platform_metadata: BTreeMap::new(),
+            truncated: false,
+        }
+    }
+
+    /// Shortens oversized fields to [`limits`] deterministically (same input, same output)
+    /// and sets `truncated` if anything changed. Never fails: evidence is kept, shortened.
+    ///
+    /// Strings are cut at a UTF-8 character boundary at or below the limit.
+    pub fn truncate_to_limits(&mut self) {
+        let mut cut = false;
+        cut |= truncate_string(&mut self.name, limits::NAME_BYTES);
+        for field in [
+            &mut self.executable_path,
+            &mut self.executable_hash,
+            &mut self.hash_algorithm,
+            &mut self.user_id,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            cut |= truncate_string(field, limits::SHORT_FIELD_BYTES);
+        }
+        cut |= truncate_argv(&mut self.command_line);
+        cut |= truncate_metadata(&mut self.platform_metadata);
+        if cut {
+            self.truncated = true;
+        }
+    }
+
+    /// Bytes of variable-length text the event carries (strings, argv, metadata).
+    pub fn text_bytes(&self) -> usize {
+        let optional = [
+            &self.executable_path,
+            &self.executable_hash,
+            &self.hash_algorithm,
+            &self.user_id,
+        ]
+        .into_iter()
+        .flatten()
+        .map(String::len)
+        .sum::<usize>();
+        let argv = self.command_line.iter().map(String::len).sum::<usize>();
+        let metadata = self
+            .platform_metadata
+            .iter()
+            .map(|(key, value)| key.len() + value.len())
+            .sum::<usize>();
+        self.name.len() + optional + argv + metadata
+    }
+}
+
+/// Cuts `text` to at most `max_bytes` at a character boundary; true if it changed.
+fn truncate_string(text: &mut String, max_bytes: usize) -> bool {
+    if text.len() <= max_bytes {
+        return false;
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    true
+}
+
+fn truncate_argv(argv: &mut Vec<String>) -> bool {
+    let mut cut = false;
+    if argv.len() > limits::ARGV_ENTRIES {
+        argv.truncate(limits::ARGV_ENTRIES);
+        cut = true;
+    }
+    let mut remaining = limits::ARGV_TOTAL_BYTES;
+    let mut keep = argv.len();
+    for (index, arg) in argv.iter_mut().enumerate() {
+        if arg.len() <= remaining {
+            remaining -= arg.len();
+            continue;
+        }
+        truncate_string(arg, remaining);
+        keep = index + 1;
+        cut = true;
+        break;
+    }
+    argv.truncate(keep);
+    cut
+}
+
+fn truncate_metadata(metadata: &mut BTreeMap<String, String>) -> bool {
+    let mut cut = false;
+    let mut remaining = limits::METADATA_TOTAL_BYTES;
+    let mut kept = BTreeMap::new();
+    for (mut key, mut value) in std::mem::take(metadata) {
+        if kept.len() == limits::METADATA_ENTRIES {
+            cut = true;
+            break;
+        }
+        cut |= truncate_string(&mut key, limits::METADATA_KEY_BYTES);
+        cut |= truncate_string(&mut value, limits::METADATA_VALUE_BYTES);
+        if kept.contains_key(&key) {
+            // Two keys that only differed past the key limit: keep the first in order.
+            cut = true;
+            continue;
+        }
+        if key.len() + value.len() > remaining {
+            cut = true;
+            break;
+        }
+        remaining -= key.len() + value.len();
+        kept.insert(key, value);
+    }
+    *metadata = kept;
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> ProcessEvent {
+        let mut event = ProcessEvent::new(42, "bash", DateTime::from_timestamp_nanos(1));
+        event.command_line = vec!["bash".into(), "-c".into(), "true".into()];
+        event
+    }
+
+    #[test]
+    fn topics_round_trip_and_unknown_is_an_error() {
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::from_topic(kind.topic()), Ok(kind));
+            assert_eq!(kind.as_str().parse::<EventKind>(), Ok(kind));
+        }
+        assert_eq!(EventKind::Stop.topic(), "events.process.stop");
+        assert!(EventKind::from_topic("events.process.exit").is_err());
+        assert!("".parse::<EventKind>().is_err());
+    }
+
+    #[test]
+    fn small_event_is_not_truncated() {
+        let mut small = event();
+        let before = small.clone();
+        small.truncate_to_limits();
+        assert_eq!(small, before);
+        assert!(!small.truncated);
+    }
+
+    #[test]
+    fn huge_argv_is_cut_deterministically_at_a_char_boundary() {
+        let mut big = event();
+        big.command_line = (0..10_000).map(|i| format!("é{i:0>60}")).collect();
+        let mut again = big.clone();
+        big.truncate_to_limits();
+        again.truncate_to_limits();
+        assert_eq!(big, again);
+        assert!(big.truncated);
+        let total: usize = big.command_line.iter().map(String::len).sum();
+        assert!(total <= limits::ARGV_TOTAL_BYTES);
+        assert!(big.command_line.len() <= limits::ARGV_ENTRIES);
+        assert_eq!(big.command_line[0], format!("é{:0>60}", 0));
+    }
+
+    #[test]
+    fn one_giant_argument_keeps_its_prefix() {
+        let mut big = event();
+        big.command_line = vec!["x".repeat(3 * limits::ARGV_TOTAL_BYTES)];
+        big.truncate_to_limits();
+        assert_eq!(big.command_line.len(), 1);
+        assert_eq!(big.command_line[0].len(), limits::ARGV_TOTAL_BYTES);
+    }
+
+    #[test]
+    fn metadata_and_strings_are_bounded() {
+        let mut big = event();
+        big.name = "n".repeat(limits::NAME_BYTES + 7);
+        big.executable_path = Some("/".repeat(limits::SHORT_FIELD_BYTES * 2));
+        for i in 0..1000 {
+            big.platform_metadata
+                .insert(format!("k{i:04}"), "v".repeat(limits::METADATA_VALUE_BYTES + 1));
+        }
+        big.truncate_to_limits();
+        assert!(big.truncated);
+        assert_eq!(big.name.len(), limits::NAME_BYTES);
+        assert_eq!(
+            big.executable_path.as_deref().map(str::len),
+            Some(limits::SHORT_FIELD_BYTES)
+        );
+        let meta: usize = big.platform_metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert!(meta <= limits::METADATA_TOTAL_BYTES);
+        assert!(big.platform_metadata.contains_key("k0000"));
+        assert!(big.text_bytes() < 512 * 1024);
+    }
+}

@@ -1,0 +1,1 @@
+//! The narrow I/O layer (design brief §3): the only place that makes syscalls on WAL files.
