@@ -187,6 +187,10 @@ impl ProcessEvent {
         }
         cut |= truncate_argv(&mut self.command_line);
         cut |= truncate_metadata(&mut self.platform_metadata);
+        cut |= clamp_to_nanosecond_range(&mut self.collection_time);
+        if let Some(start_time) = &mut self.start_time {
+            cut |= clamp_to_nanosecond_range(start_time);
+        }
         if cut {
             self.truncated = true;
         }
@@ -212,6 +216,20 @@ impl ProcessEvent {
             .sum::<usize>();
         self.name.len() + optional + argv + metadata
     }
+}
+
+/// Clamps a time to what fits in i64 nanoseconds since the epoch (years 1677–2262), the
+/// stored form; true if it changed.
+fn clamp_to_nanosecond_range(time: &mut DateTime<Utc>) -> bool {
+    if time.timestamp_nanos_opt().is_some() {
+        return false;
+    }
+    *time = if time.timestamp() < 0 {
+        DateTime::from_timestamp_nanos(i64::MIN)
+    } else {
+        DateTime::from_timestamp_nanos(i64::MAX)
+    };
+    true
 }
 
 /// Cuts `text` to at most `max_bytes` at a character boundary; true if it changed.
@@ -331,13 +349,29 @@ mod tests {
     }
 
     #[test]
+    fn times_outside_the_nanosecond_range_are_clamped() {
+        let mut odd = event();
+        odd.collection_time = DateTime::from_timestamp(32_503_680_000, 0).unwrap(); // year 3000
+        odd.start_time = DateTime::from_timestamp(-(1i64 << 40), 0);
+        odd.truncate_to_limits();
+        assert!(odd.truncated);
+        assert_eq!(odd.collection_time.timestamp_nanos_opt(), Some(i64::MAX));
+        assert_eq!(
+            odd.start_time.and_then(|t| t.timestamp_nanos_opt()),
+            Some(i64::MIN)
+        );
+    }
+
+    #[test]
     fn metadata_and_strings_are_bounded() {
         let mut big = event();
         big.name = "n".repeat(limits::NAME_BYTES + 7);
         big.executable_path = Some("/".repeat(limits::SHORT_FIELD_BYTES * 2));
         for i in 0..1000 {
-            big.platform_metadata
-                .insert(format!("k{i:04}"), "v".repeat(limits::METADATA_VALUE_BYTES + 1));
+            big.platform_metadata.insert(
+                format!("k{i:04}"),
+                "v".repeat(limits::METADATA_VALUE_BYTES + 1),
+            );
         }
         big.truncate_to_limits();
         assert!(big.truncated);
@@ -346,7 +380,11 @@ mod tests {
             big.executable_path.as_deref().map(str::len),
             Some(limits::SHORT_FIELD_BYTES)
         );
-        let meta: usize = big.platform_metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let meta: usize = big
+            .platform_metadata
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
         assert!(meta <= limits::METADATA_TOTAL_BYTES);
         assert!(big.platform_metadata.contains_key("k0000"));
         assert!(big.text_bytes() < 512 * 1024);

@@ -1,1 +1,241 @@
-//! The write-ahead log (design brief §4).
+//! The write-ahead log (design brief §4): every event is on stable storage before `append`
+//! returns its sequence.
+//!
+//! [`Wal`] is a `Send + Sync + Clone` handle; the log itself lives on one ring thread that
+//! owns the segment files (see `docs/design.md`). Submodules: [`format`] (bytes), [`naming`]
+//! (file names), [`scan`] and [`recovery`] (reading), [`reader`] (replay), [`config`],
+//! [`error`], [`stats`], [`lock`]; the writer and open logic are private.
+
+use std::future::Future;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use chrono::Utc;
+use tokio::sync::{mpsc, oneshot};
+
+pub mod config;
+pub mod error;
+pub mod format;
+pub mod lock;
+pub mod naming;
+mod open;
+pub mod reader;
+pub mod recovery;
+pub mod scan;
+pub mod stats;
+mod writer;
+
+pub use config::{BackendChoice, SyncPolicy, WalConfig};
+pub use error::WalError;
+pub use reader::{ReplayItem, WalReader};
+pub use recovery::OpenReport;
+pub use stats::WalStats;
+
+use crate::event::{EventKind, ProcessEvent};
+use crate::io::BackendKind;
+use stats::Shared;
+use writer::Command;
+
+/// A handle to an open write-ahead log. Cheap to clone; usable from any thread and any tokio
+/// runtime. The log closes when [`Wal::close`] is called or the last handle is dropped (then
+/// everything already accepted is still made durable before the ring thread exits).
+#[derive(Clone)]
+pub struct Wal {
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    backend: BackendKind,
+    dir: Arc<PathBuf>,
+    skipped_at_open: u64,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.dir)
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolves to an event's sequence once it is durable; see [`Wal::enqueue`].
+#[must_use = "the event is only known to be durable when the receipt resolves"]
+pub struct AppendReceipt {
+    receiver: oneshot::Receiver<Result<u64, WalError>>,
+}
+
+impl Future for AppendReceipt {
+    type Output = Result<u64, WalError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.receiver)
+            .poll(cx)
+            .map(|result| result.unwrap_or(Err(WalError::Closed)))
+    }
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `config.dir`: validates the configuration, takes the
+    /// directory lock, reads every segment (skipping damage with a warning), cuts a torn tail,
+    /// starts the ring thread and returns the handle with what was found.
+    ///
+    /// Blocking: it reads the whole directory. From async code, call it in `spawn_blocking`.
+    pub fn open(config: WalConfig) -> Result<(Wal, OpenReport), WalError> {
+        let opened = open::open(config.clone())?;
+        let skipped = opened.report.skipped_regions() as u64;
+        let wal = Wal {
+            commands: opened.commands,
+            shared: opened.shared,
+            backend: opened.backend,
+            dir: Arc::new(config.dir),
+            skipped_at_open: skipped,
+            thread: Arc::new(Mutex::new(Some(opened.thread))),
+        };
+        Ok((wal, opened.report))
+    }
+
+    /// The WAL directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The I/O backend in use.
+    pub fn backend(&self) -> BackendKind {
+        self.backend
+    }
+
+    fn check_poison(&self) -> Result<(), WalError> {
+        match self.shared.poison_error() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    async fn send(&self, command: Command) -> Result<(), WalError> {
+        self.check_poison()?;
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| WalError::Closed)
+    }
+
+    /// Appends an event and returns its sequence once it is durable.
+    ///
+    /// Oversized fields are truncated (see [`ProcessEvent::truncate_to_limits`]), never
+    /// rejected. Many concurrent `append`s share one `fdatasync` (group commit).
+    pub async fn append(&self, event: ProcessEvent, kind: EventKind) -> Result<u64, WalError> {
+        self.enqueue(event, kind).await?.await
+    }
+
+    /// Hands an event to the log and returns a receipt that resolves when it is durable, so a
+    /// single caller can keep many appends in flight (pipelining). Waits only while the
+    /// command queue is full.
+    pub async fn enqueue(
+        &self,
+        mut event: ProcessEvent,
+        kind: EventKind,
+    ) -> Result<AppendReceipt, WalError> {
+        event.truncate_to_limits();
+        let event_bytes = encode(&event)?;
+        let (reply, receiver) = oneshot::channel();
+        self.send(Command::Append {
+            kind,
+            timestamp: Utc::now(),
+            event_bytes,
+            reply,
+        })
+        .await?;
+        Ok(AppendReceipt { receiver })
+    }
+
+    /// Appends events with consecutive sequences; returns their range once all are durable.
+    /// A batch is not atomic: if it fails, a prefix of it may be durable.
+    pub async fn append_batch(
+        &self,
+        events: Vec<(ProcessEvent, EventKind)>,
+    ) -> Result<RangeInclusive<u64>, WalError> {
+        let mut items = Vec::with_capacity(events.len());
+        for (mut event, kind) in events {
+            event.truncate_to_limits();
+            items.push((kind, encode(&event)?));
+        }
+        let (reply, receiver) = oneshot::channel();
+        self.send(Command::AppendBatch {
+            timestamp: Utc::now(),
+            items,
+            reply,
+        })
+        .await?;
+        receiver.await.unwrap_or(Err(WalError::Closed))
+    }
+
+    /// Waits until everything appended before this call is durable; returns the durable
+    /// sequence. Under [`SyncPolicy::Interval`] it forces the sync.
+    pub async fn sync(&self) -> Result<u64, WalError> {
+        let (reply, receiver) = oneshot::channel();
+        self.send(Command::Sync { reply }).await?;
+        receiver.await.unwrap_or(Err(WalError::Closed))
+    }
+
+    /// Records durably that the broker acknowledged every event up to `acked_through`; sealed
+    /// segments holding only acknowledged events are then deleted. Lower values than the
+    /// current watermark are ignored.
+    pub async fn checkpoint(&self, acked_through: u64) -> Result<(), WalError> {
+        let (reply, receiver) = oneshot::channel();
+        self.send(Command::Checkpoint {
+            acked_through,
+            reply,
+        })
+        .await?;
+        receiver.await.unwrap_or(Err(WalError::Closed))
+    }
+
+    /// A snapshot of the counters (no round trip to the ring thread).
+    pub fn stats(&self) -> WalStats {
+        self.shared.snapshot(self.backend, self.skipped_at_open)
+    }
+
+    /// Highest sequence on stable storage.
+    pub fn durable_sequence(&self) -> u64 {
+        self.shared
+            .durable_sequence
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Opens a reader over this log's directory that yields events from `from_sequence` on
+    /// (reads what is durable; safe while appends continue).
+    pub fn replay_from(&self, from_sequence: u64) -> Result<WalReader, WalError> {
+        WalReader::open(&self.dir, from_sequence)
+    }
+
+    /// Makes everything accepted durable, stops the ring thread and releases the directory
+    /// lock. Other handles get [`WalError::Closed`] afterwards.
+    pub async fn close(self) -> Result<(), WalError> {
+        let (reply, receiver) = oneshot::channel();
+        let sent = self.commands.send(Command::Close { reply }).await;
+        let result = match sent {
+            Ok(()) => receiver.await.unwrap_or(Err(WalError::Closed)),
+            Err(_) => Err(WalError::Closed),
+        };
+        let thread = self.thread.lock().ok().and_then(|mut slot| slot.take());
+        if let Some(thread) = thread {
+            // The ring thread has answered Close; it is only returning now.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        result
+    }
+}
+
+fn encode(event: &ProcessEvent) -> Result<Vec<u8>, WalError> {
+    // After truncation an event is far below the payload limit; failing here means a bug.
+    format::encode_event(event).map_err(|error| WalError::RecordTooLarge {
+        frame_bytes: match error {
+            format::EncodeError::TooLarge { payload_bytes } => payload_bytes,
+            _ => 0,
+        },
+        segment_max_bytes: 0,
+    })
+}

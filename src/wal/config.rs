@@ -1,0 +1,150 @@
+//! WAL configuration: every limit is a named value with its unit, validated once at open.
+
+use std::path::PathBuf;
+
+use super::error::WalError;
+use super::format::{BLOCK_BYTES, MAX_FRAME_BYTES, SEGMENT_HEADER_BYTES};
+use crate::io::Preallocation;
+
+/// When appends become durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncPolicy {
+    /// `fdatasync` after every group write; `append` resolves only after it (the default).
+    #[default]
+    EveryGroup,
+    /// Explicitly weaker: `append` resolves once the group is *written*; an `fdatasync` runs
+    /// at most every `sync_interval_ms` (and on `sync`/`close`). A crash can lose what was
+    /// acknowledged in the last interval. `stats().durable_sequence` always tells the truth.
+    Interval {
+        /// Longest time between a write and its sync.
+        sync_interval_ms: u64,
+    },
+}
+
+/// Which I/O backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// io_uring when the ring can be created and the filesystem accepts O_DIRECT, else
+    /// portable (logged once).
+    #[default]
+    Auto,
+    /// io_uring or fail.
+    Uring,
+    /// Always the portable backend.
+    Portable,
+}
+
+/// Configuration of a [`crate::wal::Wal`]. Defaults follow the ticket: 100 MiB segments
+/// rotated at 80%.
+#[derive(Debug, Clone)]
+pub struct WalConfig {
+    /// Directory holding the segments (created with mode 0700 if missing).
+    pub dir: PathBuf,
+    /// Largest size of a segment file (a multiple of 4096).
+    pub segment_max_bytes: u64,
+    /// Rotation point in percent of `segment_max_bytes`: a group that would take the segment
+    /// past it goes to the next segment.
+    pub segment_rotate_percent: u8,
+    /// Soft cap on the record bytes of one group write (one record may exceed it).
+    pub group_max_bytes: usize,
+    /// Disk budget: total bytes of segment files (each counted at `segment_max_bytes`).
+    /// Appends that need a segment beyond it fail with [`WalError::WalFull`].
+    pub wal_max_bytes: u64,
+    /// When appends become durable.
+    pub sync: SyncPolicy,
+    /// Which I/O backend to use.
+    pub backend: BackendChoice,
+    /// How new segments reserve their space.
+    pub preallocation: Preallocation,
+    /// Capacity of the command queue into the ring thread; senders wait when it is full.
+    pub queue_max_commands: usize,
+}
+
+impl WalConfig {
+    /// The defaults for a directory.
+    pub fn new(dir: impl Into<PathBuf>) -> WalConfig {
+        WalConfig {
+            dir: dir.into(),
+            segment_max_bytes: 100 * 1024 * 1024,
+            segment_rotate_percent: 80,
+            group_max_bytes: 1024 * 1024,
+            wal_max_bytes: 4 * 1024 * 1024 * 1024,
+            sync: SyncPolicy::EveryGroup,
+            backend: BackendChoice::Auto,
+            preallocation: Preallocation::Fallocate,
+            queue_max_commands: 64 * 1024,
+        }
+    }
+
+    /// Byte offset past which a segment receives no more groups.
+    pub fn segment_rotate_bytes(&self) -> u64 {
+        self.segment_max_bytes / 100 * u64::from(self.segment_rotate_percent)
+    }
+
+    /// Bytes of one group buffer: the carried tail block, a full group, one oversized
+    /// record and the padding to the next block.
+    pub(crate) fn group_buffer_bytes(&self) -> usize {
+        SEGMENT_HEADER_BYTES + self.group_max_bytes + MAX_FRAME_BYTES + BLOCK_BYTES
+    }
+
+    /// Checks every value; called by `Wal::open`.
+    pub fn validate(&self) -> Result<(), WalError> {
+        let invalid = |field: &'static str, requirement: &'static str| {
+            Err(WalError::InvalidConfig { field, requirement })
+        };
+        if self.segment_max_bytes % BLOCK_BYTES as u64 != 0 || self.segment_max_bytes < 64 * 1024 {
+            return invalid("segment_max_bytes", "a multiple of 4096, at least 65536");
+        }
+        if !(10..=100).contains(&self.segment_rotate_percent) {
+            return invalid("segment_rotate_percent", "between 10 and 100");
+        }
+        if self.group_max_bytes < BLOCK_BYTES || self.group_max_bytes > 64 * 1024 * 1024 {
+            return invalid("group_max_bytes", "between 4096 and 64 MiB");
+        }
+        if self.wal_max_bytes < 2 * self.segment_max_bytes {
+            return invalid(
+                "wal_max_bytes",
+                "at least two segments (2 × segment_max_bytes)",
+            );
+        }
+        if let SyncPolicy::Interval { sync_interval_ms } = self.sync
+            && !(1..=60_000).contains(&sync_interval_ms)
+        {
+            return invalid("sync.sync_interval_ms", "between 1 and 60000");
+        }
+        if self.queue_max_commands == 0 {
+            return invalid("queue_max_commands", "at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_follow_the_ticket() {
+        let config = WalConfig::new("/tmp/x");
+        config.validate().unwrap();
+        assert_eq!(config.segment_rotate_bytes(), 80 * 1024 * 1024);
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let mut config = WalConfig::new("/tmp/x");
+        config.segment_max_bytes = 100_000;
+        let Err(WalError::InvalidConfig { field, .. }) = config.validate() else {
+            panic!("accepted an unaligned segment size");
+        };
+        assert_eq!(field, "segment_max_bytes");
+        let mut config = WalConfig::new("/tmp/x");
+        config.wal_max_bytes = config.segment_max_bytes;
+        assert!(config.validate().is_err());
+        let mut config = WalConfig::new("/tmp/x");
+        config.sync = SyncPolicy::Interval {
+            sync_interval_ms: 0,
+        };
+        assert!(config.validate().is_err());
+    }
+}

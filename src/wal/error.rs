@@ -1,0 +1,97 @@
+//! The WAL layer's error type.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Everything that can go wrong in the WAL, with the operation and path involved.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum WalError {
+    /// A filesystem operation failed (outside the write path; the log is still usable).
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// A write or sync failed earlier: nothing written since the last successful sync can be
+    /// trusted, so the log refuses all further work. Reopen it to recover what is durable.
+    #[error("WAL is poisoned: {op} {path} failed: {source}")]
+    Poisoned {
+        /// The failed operation.
+        op: &'static str,
+        /// The segment file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// Another process (or another `Wal` in this one) has the directory open.
+    #[error("WAL directory {dir} is locked by another writer (lock file {lock_path})")]
+    Locked {
+        /// The WAL directory.
+        dir: PathBuf,
+        /// The lock file.
+        lock_path: PathBuf,
+    },
+    /// The disk budget is used up; nothing durable was dropped. Acknowledge events (checkpoint)
+    /// so sealed segments can be deleted, or raise `wal_max_bytes`.
+    #[error("WAL is full: {used_bytes} of {budget_bytes} budget bytes in use")]
+    WalFull {
+        /// Bytes of segment files (counted at their maximum size).
+        used_bytes: u64,
+        /// `wal_max_bytes`.
+        budget_bytes: u64,
+    },
+    /// A configuration value is out of range.
+    #[error("invalid WAL configuration: {field} must be {requirement}")]
+    InvalidConfig {
+        /// The field.
+        field: &'static str,
+        /// What it must be.
+        requirement: &'static str,
+    },
+    /// A segment was written by a newer, incompatible version of this crate.
+    #[error("{path}: segment format version {version} is not supported")]
+    UnsupportedVersion {
+        /// The segment.
+        path: PathBuf,
+        /// Its version.
+        version: u32,
+    },
+    /// A record does not fit in an empty segment (only with tiny `segment_max_bytes`).
+    #[error("record of {frame_bytes} bytes does not fit in a segment of {segment_max_bytes} bytes")]
+    RecordTooLarge {
+        /// Encoded frame size.
+        frame_bytes: usize,
+        /// `segment_max_bytes`.
+        segment_max_bytes: u64,
+    },
+    /// `checkpoint` named a sequence that was never appended.
+    #[error("checkpoint {requested} is beyond the last appended sequence {last_sequence}")]
+    CheckpointAhead {
+        /// The sequence asked for.
+        requested: u64,
+        /// The last sequence appended.
+        last_sequence: u64,
+    },
+    /// The log was closed (or its thread has exited).
+    #[error("WAL is closed")]
+    Closed,
+}
+
+impl WalError {
+    /// An `Io` error.
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> WalError {
+        WalError::Io {
+            op,
+            path: path.into(),
+            source: Arc::new(source),
+        }
+    }
+}

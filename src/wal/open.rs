@@ -1,0 +1,273 @@
+//! Opening a WAL directory for writing: create it, take the lock, read it (recovery), carry
+//! out recovery's decisions (cut a torn tail, drop surplus blank segments), pick the backend
+//! and start the ring thread.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::config::{BackendChoice, WalConfig};
+use super::error::WalError;
+use super::format::{self, BLOCK_BYTES, SEGMENT_HEADER_BYTES};
+use super::lock::DirLock;
+use super::recovery::{self, OpenReport};
+use super::stats::Shared;
+use super::writer::{Command, Plan, Resume, Sealed, Writer};
+use crate::io::portable::PortableBackend;
+use crate::io::probe::{self, UringUnavailable};
+use crate::io::uring::UringBackend;
+use crate::io::{self as wal_io, BackendKind};
+
+/// Group buffers per backend: one in flight, one being filled.
+const GROUP_BUFFERS: usize = 2;
+
+/// What `open` hands to the handle.
+pub(crate) struct Opened {
+    pub commands: mpsc::Sender<Command>,
+    pub shared: Arc<Shared>,
+    pub backend: BackendKind,
+    pub report: OpenReport,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+pub(crate) fn open(config: WalConfig) -> Result<Opened, WalError> {
+    config.validate()?;
+    let dir = config.dir.clone();
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| WalError::io("create WAL directory", &dir, e))?;
+    }
+    let lock = DirLock::acquire(&dir)?;
+    let report = recovery::read_dir(&dir)?;
+    let plan = plan(&config, &report)?;
+    let backend_kind = choose_backend(&config)?;
+
+    let shared = Arc::new(Shared::default());
+    let (commands, receiver) = mpsc::channel(config.queue_max_commands);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread_shared = Arc::clone(&shared);
+    let buffer_bytes = config.group_buffer_bytes();
+    let thread = std::thread::Builder::new()
+        .name("procmond-wal-ring".into())
+        .spawn(move || {
+            let _lock = lock; // Released when the ring thread ends.
+            ring_main(
+                backend_kind,
+                buffer_bytes,
+                plan,
+                thread_shared,
+                receiver,
+                ready_tx,
+            );
+        })
+        .map_err(|e| WalError::io("spawn ring thread", &dir, e))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            let _ = thread.join();
+            return Err(error);
+        }
+        Err(_) => {
+            let _ = thread.join();
+            return Err(WalError::Closed);
+        }
+    }
+    tracing::info!(
+        dir = %dir.display(),
+        backend = %backend_kind,
+        segments = report.segments.len(),
+        events = report.events,
+        next_sequence = report.next_sequence,
+        acked_through = report.acked_through,
+        skipped = report.skipped_regions(),
+        lost = report.lost_events,
+        torn_tail_bytes = report.torn_tail_bytes,
+        "WAL opened"
+    );
+    Ok(Opened {
+        commands,
+        shared,
+        backend: backend_kind,
+        report,
+        thread,
+    })
+}
+
+fn choose_backend(config: &WalConfig) -> Result<BackendKind, WalError> {
+    let uring_problem = || -> Option<UringUnavailable> {
+        if let Err(error) = probe::probe_direct_io(&config.dir) {
+            return Some(UringUnavailable::Direct(error));
+        }
+        match probe::uring_runtime(8) {
+            Ok(_runtime) => None,
+            Err(problem) => Some(problem),
+        }
+    };
+    match config.backend {
+        BackendChoice::Portable => Ok(BackendKind::Portable),
+        BackendChoice::Uring => match uring_problem() {
+            None => Ok(BackendKind::Uring),
+            Some(UringUnavailable::Ring(error) | UringUnavailable::Direct(error)) => {
+                Err(WalError::io("start io_uring backend", &config.dir, error))
+            }
+        },
+        BackendChoice::Auto => match uring_problem() {
+            None => Ok(BackendKind::Uring),
+            Some(problem) => {
+                tracing::warn!(%problem, "using the portable I/O backend");
+                Ok(BackendKind::Portable)
+            }
+        },
+    }
+}
+
+fn ring_main(
+    kind: BackendKind,
+    buffer_bytes: usize,
+    plan: Plan,
+    shared: Arc<Shared>,
+    commands: mpsc::Receiver<Command>,
+    ready: std::sync::mpsc::Sender<Result<(), WalError>>,
+) {
+    let dir = plan.config.dir.clone();
+    match kind {
+        BackendKind::Uring => {
+            let runtime = match probe::uring_runtime(256) {
+                Ok(runtime) => runtime,
+                Err(UringUnavailable::Ring(error) | UringUnavailable::Direct(error)) => {
+                    let _ = ready.send(Err(WalError::io("start io_uring runtime", &dir, error)));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let backend = UringBackend::new(buffer_bytes, GROUP_BUFFERS);
+                tracing::debug!(registered = backend.registered(), "io_uring group buffers");
+                serve(backend, plan, shared, commands, ready).await;
+            });
+        }
+        BackendKind::Portable => {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = ready.send(Err(WalError::io("start runtime", &dir, error)));
+                    return;
+                }
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, async move {
+                let backend = PortableBackend::new(buffer_bytes, GROUP_BUFFERS);
+                serve(backend, plan, shared, commands, ready).await;
+            });
+        }
+    }
+}
+
+async fn serve<B: wal_io::Backend>(
+    backend: B,
+    plan: Plan,
+    shared: Arc<Shared>,
+    commands: mpsc::Receiver<Command>,
+    ready: std::sync::mpsc::Sender<Result<(), WalError>>,
+) {
+    match Writer::start(backend, plan, shared).await {
+        Ok(writer) => {
+            let _ = ready.send(Ok(()));
+            writer.run(commands).await;
+        }
+        Err(error) => {
+            let _ = ready.send(Err(error));
+        }
+    }
+}
+
+/// Turns recovery's report into the writer's starting state, cutting a torn tail and removing
+/// surplus blank segments on the way.
+fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
+    let last_written = report.last_written_index();
+    let mut prepared_blank = None;
+    for (index, segment) in report.segments.iter().enumerate() {
+        let trailing = last_written.is_none_or(|last| index > last);
+        if trailing && segment.is_blank() {
+            if prepared_blank.is_none() && segment.file_bytes == config.segment_max_bytes {
+                prepared_blank = Some(segment.number);
+            } else {
+                fs::remove_file(&segment.path)
+                    .map_err(|e| WalError::io("remove surplus blank segment", &segment.path, e))?;
+            }
+        }
+    }
+    let mut sealed: VecDeque<Sealed> = VecDeque::new();
+    let mut resume = None;
+    if let Some(last) = last_written {
+        for segment in &report.segments[..last] {
+            sealed.push_back(Sealed {
+                path: segment.path.clone(),
+                last_sequence: segment.last_sequence,
+            });
+        }
+        let segment = &report.segments[last];
+        if segment.tail_nonzero_end > segment.data_end {
+            tracing::info!(
+                segment = segment.number,
+                offset = segment.data_end,
+                bytes = segment.tail_nonzero_end - segment.data_end,
+                "cutting the torn tail of the newest WAL segment"
+            );
+            wal_io::zero_range_and_sync(
+                &segment.path,
+                segment.data_end,
+                segment.tail_nonzero_end - segment.data_end,
+            )
+            .map_err(|e| WalError::io("cut torn tail", &segment.path, e))?;
+        }
+        let resumable = segment.header.is_some()
+            && segment.data_end < config.segment_rotate_bytes()
+            && segment.file_bytes <= config.segment_max_bytes;
+        if resumable {
+            let tail_offset = format::align_down_u64(segment.data_end, BLOCK_BYTES as u64);
+            let mut tail_bytes = vec![0u8; (segment.data_end - tail_offset) as usize];
+            let file = wal_io::open_for_read(&segment.path)
+                .map_err(|e| WalError::io("read segment tail", &segment.path, e))?;
+            file.read_exact_at(&mut tail_bytes, tail_offset)
+                .map_err(|e| WalError::io("read segment tail", &segment.path, e))?;
+            resume = Some(Resume {
+                number: segment.number,
+                tail_offset,
+                tail_bytes,
+                last_sequence: segment.last_sequence,
+                has_records: segment.data_end > SEGMENT_HEADER_BYTES as u64,
+            });
+        } else {
+            // Full, or its header is damaged: keep it sealed and start a new segment.
+            sealed.push_back(Sealed {
+                path: segment.path.clone(),
+                last_sequence: segment.last_sequence,
+            });
+        }
+    }
+    // Numbers stay contiguous: the next segment follows the highest one kept.
+    let max_number = last_written
+        .map(|last| report.segments[last].number)
+        .into_iter()
+        .chain(prepared_blank)
+        .max()
+        .unwrap_or(0);
+    Ok(Plan {
+        config: config.clone(),
+        resume,
+        prepared_blank,
+        sealed,
+        next_sequence: report.next_sequence,
+        acked_through: report.acked_through,
+        next_segment_number: max_number + 1,
+    })
+}

@@ -1,0 +1,392 @@
+//! Streaming scan of one segment's records with bounded memory: yields valid records in file
+//! order, reports each damaged region it steps over, and ends with the segment's tail.
+//!
+//! Damage rule (docs/format.md, "Reading"): at a position that is not a valid frame, the scanner
+//! tries every following 8-byte-aligned position; the bytes up to the next valid frame are one
+//! damaged region, and if no valid frame follows, they are the tail. It never trusts a length
+//! word it has not verified, so memory stays within one read chunk plus one maximal frame.
+
+use std::io::{self, Read};
+
+use super::format::{
+    self, FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES, FrameProbe, Record, SEGMENT_HEADER_BYTES,
+};
+
+const READ_CHUNK_BYTES: usize = 1 << 20;
+
+/// One thing found while scanning a segment.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScanItem {
+    /// A valid record.
+    Record {
+        /// Byte offset of its frame in the segment file.
+        offset: u64,
+        /// Bytes its frame occupies.
+        frame_bytes: u64,
+        /// The record.
+        record: Record,
+    },
+    /// Bytes that are not valid records, followed by a valid record.
+    Damage {
+        /// Offset of the first damaged byte.
+        offset: u64,
+        /// Length of the damaged region.
+        len_bytes: u64,
+        /// The damaged bytes were a CRC-valid frame whose payload did not decode.
+        undecodable: bool,
+    },
+    /// The end of the records: from `offset` to the end of the file nothing valid follows.
+    Tail {
+        /// Where the records end (the next write position).
+        offset: u64,
+        /// End of the last non-zero 8-byte word after `offset` (== `offset` when the rest is
+        /// all zeros: a clean end). Anything else is a torn or damaged tail.
+        nonzero_end: u64,
+    },
+}
+
+/// Scans the records of one segment from a reader positioned just after the header block.
+pub struct SegmentScan<R> {
+    reader: R,
+    segment_number: u64,
+    buf: Vec<u8>,
+    pos: usize,
+    buf_offset: u64,
+    eof: bool,
+    done: bool,
+}
+
+impl<R: Read> SegmentScan<R> {
+    /// Starts scanning; `reader` must yield the file's bytes from offset
+    /// [`SEGMENT_HEADER_BYTES`] on.
+    pub fn new(reader: R, segment_number: u64) -> SegmentScan<R> {
+        SegmentScan {
+            reader,
+            segment_number,
+            buf: Vec::new(),
+            pos: 0,
+            buf_offset: SEGMENT_HEADER_BYTES as u64,
+            eof: false,
+            done: false,
+        }
+    }
+
+    fn abs(&self, index: usize) -> u64 {
+        self.buf_offset + index as u64
+    }
+
+    /// Makes at least `need` bytes available from `pos`, unless the file ends first.
+    fn fill(&mut self, need: usize) -> io::Result<()> {
+        if self.buf.len() - self.pos >= need || self.eof {
+            return Ok(());
+        }
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.buf_offset += self.pos as u64;
+            self.pos = 0;
+        }
+        while self.buf.len() < need && !self.eof {
+            let old_len = self.buf.len();
+            let want = (need - old_len).max(READ_CHUNK_BYTES);
+            self.buf.resize(old_len + want, 0);
+            let mut filled = old_len;
+            while filled < self.buf.len() {
+                match self.reader.read(&mut self.buf[filled..]) {
+                    Ok(0) => {
+                        self.eof = true;
+                        break;
+                    }
+                    Ok(n) => filled += n,
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(error) => {
+                        self.buf.truncate(filled);
+                        return Err(error);
+                    }
+                }
+            }
+            self.buf.truncate(filled);
+        }
+        Ok(())
+    }
+
+    /// Probes the current position, reading more as the frame requires.
+    fn probe(&mut self) -> io::Result<Probe> {
+        self.fill(FRAME_HEADER_BYTES)?;
+        loop {
+            let window = &self.buf[self.pos..];
+            match format::probe_frame(window, self.segment_number, self.eof) {
+                FrameProbe::NeedMore { bytes } => self.fill(bytes)?,
+                FrameProbe::Zero => return Ok(Probe::NotAFrame),
+                FrameProbe::Invalid => return Ok(Probe::NotAFrame),
+                FrameProbe::Valid {
+                    kind,
+                    payload,
+                    frame_bytes,
+                } => {
+                    return Ok(match format::decode_payload(kind, payload) {
+                        Ok(record) => Probe::Valid {
+                            record,
+                            frame_bytes,
+                        },
+                        Err(_) => Probe::Undecodable { frame_bytes },
+                    });
+                }
+            }
+        }
+    }
+
+    /// Whether the 8-byte word at `pos` has any non-zero byte.
+    fn word_is_nonzero(&self) -> bool {
+        let end = (self.pos + FRAME_ALIGN_BYTES).min(self.buf.len());
+        self.buf[self.pos..end].iter().any(|&b| b != 0)
+    }
+
+    fn next_item(&mut self) -> io::Result<Option<ScanItem>> {
+        if self.done {
+            return Ok(None);
+        }
+        let start = self.pos;
+        match self.probe()? {
+            Probe::Valid {
+                record,
+                frame_bytes,
+            } => {
+                self.pos += frame_bytes;
+                return Ok(Some(ScanItem::Record {
+                    offset: self.abs(start),
+                    frame_bytes: frame_bytes as u64,
+                    record,
+                }));
+            }
+            Probe::Undecodable { frame_bytes } => {
+                let offset = self.abs(start);
+                self.pos += frame_bytes;
+                return Ok(Some(ScanItem::Damage {
+                    offset,
+                    len_bytes: frame_bytes as u64,
+                    undecodable: true,
+                }));
+            }
+            Probe::NotAFrame => {}
+        }
+        // Step over the gap one aligned word at a time until a valid frame or the end.
+        let gap_start = self.abs(self.pos);
+        let mut nonzero_end = gap_start;
+        loop {
+            self.fill(FRAME_ALIGN_BYTES)?;
+            if self.pos >= self.buf.len() {
+                self.done = true;
+                return Ok(Some(ScanItem::Tail {
+                    offset: gap_start,
+                    nonzero_end,
+                }));
+            }
+            if self.word_is_nonzero() {
+                nonzero_end = self.abs((self.pos + FRAME_ALIGN_BYTES).min(self.buf.len()));
+            }
+            self.pos = (self.pos + FRAME_ALIGN_BYTES).min(self.buf.len());
+            if self.pos >= self.buf.len() {
+                self.fill(FRAME_HEADER_BYTES)?;
+                if self.pos >= self.buf.len() {
+                    continue;
+                }
+            }
+            if let Probe::Valid { .. } | Probe::Undecodable { .. } = self.probe()? {
+                return Ok(Some(ScanItem::Damage {
+                    offset: gap_start,
+                    len_bytes: self.abs(self.pos) - gap_start,
+                    undecodable: false,
+                }));
+            }
+        }
+    }
+}
+
+enum Probe {
+    NotAFrame,
+    Valid { record: Record, frame_bytes: usize },
+    Undecodable { frame_bytes: usize },
+}
+
+impl<R: Read> Iterator for SegmentScan<R> {
+    type Item = io::Result<ScanItem>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.next_item() {
+            Ok(item) => item.map(Ok),
+            Err(error) => {
+                self.done = true;
+                Some(Err(error))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EventKind, ProcessEvent};
+    use crate::wal::format::{CheckpointEntry, push_checkpoint_frame, push_event_frame};
+    use chrono::DateTime;
+
+    const SEG: u64 = 3;
+
+    /// Record bytes (after the header block) of `count` events, and each frame's start.
+    fn records(count: u64) -> (Vec<u8>, Vec<usize>) {
+        let mut out = Vec::new();
+        let mut starts = Vec::new();
+        for sequence in 1..=count {
+            starts.push(out.len());
+            let mut event =
+                ProcessEvent::new(sequence as u32, "p", DateTime::from_timestamp_nanos(0));
+            event.command_line = vec!["x".repeat(sequence as usize * 13 % 97)];
+            let bytes = format::encode_event(&event).unwrap();
+            push_event_frame(
+                &mut out,
+                SEG,
+                sequence,
+                DateTime::from_timestamp_nanos(1),
+                EventKind::Start,
+                &bytes,
+            );
+        }
+        (out, starts)
+    }
+
+    fn scan(bytes: &[u8]) -> Vec<ScanItem> {
+        SegmentScan::new(bytes, SEG)
+            .map(|item| item.unwrap())
+            .collect()
+    }
+
+    fn sequences(items: &[ScanItem]) -> Vec<u64> {
+        items
+            .iter()
+            .filter_map(|item| match item {
+                ScanItem::Record {
+                    record: Record::Event(entry),
+                    ..
+                } => Some(entry.sequence),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn clean_records_then_zeros_end_cleanly() {
+        let (mut bytes, _) = records(20);
+        let end = bytes.len() as u64 + SEGMENT_HEADER_BYTES as u64;
+        bytes.extend_from_slice(&[0u8; 10_000]);
+        let items = scan(&bytes);
+        assert_eq!(sequences(&items), (1..=20).collect::<Vec<_>>());
+        assert_eq!(
+            items.last(),
+            Some(&ScanItem::Tail {
+                offset: end,
+                nonzero_end: end
+            })
+        );
+    }
+
+    #[test]
+    fn checkpoints_are_records_too() {
+        let (mut bytes, _) = records(2);
+        push_checkpoint_frame(
+            &mut bytes,
+            SEG,
+            &CheckpointEntry {
+                acked_through: 2,
+                timestamp: DateTime::from_timestamp_nanos(0),
+            },
+        );
+        let items = scan(&bytes);
+        assert!(matches!(
+            items[2],
+            ScanItem::Record {
+                record: Record::Checkpoint(CheckpointEntry {
+                    acked_through: 2,
+                    ..
+                }),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_corrupt_record_in_the_middle_is_skipped_and_the_rest_recovered() {
+        let (mut bytes, starts) = records(10);
+        bytes[starts[4] + 30] ^= 0xff;
+        let items = scan(&bytes);
+        assert_eq!(sequences(&items), vec![1, 2, 3, 4, 6, 7, 8, 9, 10]);
+        let damage: Vec<_> = items
+            .iter()
+            .filter(|i| matches!(i, ScanItem::Damage { .. }))
+            .collect();
+        assert_eq!(
+            damage,
+            vec![&ScanItem::Damage {
+                offset: (SEGMENT_HEADER_BYTES + starts[4]) as u64,
+                len_bytes: (starts[5] - starts[4]) as u64,
+                undecodable: false,
+            }]
+        );
+    }
+
+    #[test]
+    fn a_zeroed_block_in_the_middle_is_damage_not_the_end() {
+        let (mut bytes, _) = records(200);
+        assert!(bytes.len() > 3 * 4096);
+        bytes[4096..8192].fill(0);
+        let items = scan(&bytes);
+        let recovered = sequences(&items);
+        assert!(recovered.contains(&1) && recovered.contains(&200));
+        assert!(items.iter().any(|i| matches!(i, ScanItem::Damage { .. })));
+        // Every record that does not touch the zeroed block survives.
+        let (_, starts) = records(200);
+        let touched = starts
+            .iter()
+            .zip(starts.iter().skip(1).chain([&bytes.len()]))
+            .filter(|&(&s, &e)| s < 8192 && e > 4096)
+            .count();
+        assert_eq!(recovered.len(), 200 - touched);
+    }
+
+    #[test]
+    fn garbage_after_the_last_record_is_a_torn_tail() {
+        let (mut bytes, _) = records(5);
+        let end = (bytes.len() + SEGMENT_HEADER_BYTES) as u64;
+        bytes.extend_from_slice(&[0xab; 100]);
+        bytes.extend_from_slice(&[0; 900]);
+        let items = scan(&bytes);
+        assert_eq!(sequences(&items).len(), 5);
+        assert_eq!(
+            items.last(),
+            Some(&ScanItem::Tail {
+                offset: end,
+                nonzero_end: end + 104
+            })
+        );
+    }
+
+    #[test]
+    fn truncation_at_every_offset_of_the_last_records_never_loses_earlier_ones() {
+        let (bytes, starts) = records(8);
+        for cut in starts[5]..bytes.len() {
+            let items = scan(&bytes[..cut]);
+            // A frame is whole once its payload is; its trailing padding may be cut.
+            let complete = starts
+                .iter()
+                .filter(|&&s| {
+                    let payload = u32::from_le_bytes(bytes[s..s + 4].try_into().unwrap());
+                    s + FRAME_HEADER_BYTES + payload as usize <= cut
+                })
+                .count();
+            assert_eq!(
+                sequences(&items),
+                (1..=complete as u64).collect::<Vec<_>>(),
+                "cut at {cut}"
+            );
+            assert!(matches!(items.last(), Some(ScanItem::Tail { .. })));
+        }
+    }
+}

@@ -1,0 +1,1057 @@
+//! The ring thread's writer: group commit, rotation, checkpoints and segment deletion.
+//!
+//! One task on the ring thread owns every segment file. Appends arrive on a bounded channel;
+//! while one group's write+sync is in flight, new appends queue; when it completes, everything
+//! queued (up to `group_max_bytes`) becomes the next group — no timer, no added delay. Callers
+//! are answered only after the sync that covers their record (docs/design.md, "Group commit").
+//!
+//! Must never: drop an in-flight write or sync future, retry a failed sync, or answer a caller
+//! before its bytes are durable (under the default policy).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::config::{SyncPolicy, WalConfig};
+use super::error::WalError;
+use super::format::{
+    self, BLOCK_BYTES, CHECKPOINT_FRAME_BYTES, CheckpointEntry, EVENT_FIXED_PAYLOAD_BYTES,
+    FORMAT_VERSION, SEGMENT_HEADER_BYTES, SegmentHeader,
+};
+use super::naming::segment_path;
+use super::stats::Shared;
+use crate::event::EventKind;
+use crate::io::Backend;
+
+/// A reply channel.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, WalError>>;
+
+/// A request to the ring thread.
+pub(crate) enum Command {
+    Append {
+        kind: EventKind,
+        timestamp: DateTime<Utc>,
+        event_bytes: Vec<u8>,
+        reply: Reply<u64>,
+    },
+    AppendBatch {
+        timestamp: DateTime<Utc>,
+        items: Vec<(EventKind, Vec<u8>)>,
+        reply: Reply<RangeInclusive<u64>>,
+    },
+    Checkpoint {
+        acked_through: u64,
+        reply: Reply<()>,
+    },
+    Sync {
+        reply: Reply<u64>,
+    },
+    Close {
+        reply: Reply<()>,
+    },
+}
+
+/// A segment with no more writes coming.
+#[derive(Debug, Clone)]
+pub(crate) struct Sealed {
+    pub path: PathBuf,
+    /// Highest event sequence in it (None: no events).
+    pub last_sequence: Option<u64>,
+}
+
+/// Where writing resumes, decided by recovery.
+pub(crate) struct Resume {
+    pub number: u64,
+    pub tail_offset: u64,
+    pub tail_bytes: Vec<u8>,
+    pub last_sequence: Option<u64>,
+    pub has_records: bool,
+}
+
+/// Everything the writer needs from open/recovery.
+pub(crate) struct Plan {
+    pub config: WalConfig,
+    pub resume: Option<Resume>,
+    /// A blank segment prepared before the last run stopped, reusable as the next segment.
+    pub prepared_blank: Option<u64>,
+    pub sealed: VecDeque<Sealed>,
+    pub next_sequence: u64,
+    pub acked_through: u64,
+    pub next_segment_number: u64,
+}
+
+enum EventsReply {
+    One(Reply<u64>),
+    Batch(Reply<RangeInclusive<u64>>),
+}
+
+enum Pending {
+    Events {
+        timestamp: DateTime<Utc>,
+        items: VecDeque<(EventKind, Vec<u8>)>,
+        first_sequence: Option<u64>,
+        reply: EventsReply,
+    },
+    Checkpoint {
+        acked_through: u64,
+        reply: Reply<()>,
+    },
+    Barrier {
+        reply: Reply<u64>,
+    },
+}
+
+enum Completion {
+    Events {
+        reply: EventsReply,
+        first: u64,
+        last: u64,
+    },
+    Checkpoint {
+        reply: Reply<()>,
+        acked_through: u64,
+    },
+    Barrier {
+        reply: Reply<u64>,
+    },
+}
+
+#[derive(Default)]
+struct GroupMeta {
+    completions: Vec<Completion>,
+    last_sequence: Option<u64>,
+    events: u64,
+    records: u64,
+    record_bytes: u64,
+    device_bytes: u64,
+}
+
+struct IoDone<Buf> {
+    result: Result<(), (&'static str, io::Error)>,
+    buf: Option<Buf>,
+    meta: GroupMeta,
+    synced: bool,
+    path: PathBuf,
+    sync_started: Option<Instant>,
+    sync_finished: Option<Instant>,
+}
+
+type IoFuture<Buf> = Pin<Box<dyn Future<Output = IoDone<Buf>>>>;
+
+struct Active<F> {
+    number: u64,
+    path: PathBuf,
+    file: Rc<F>,
+    /// File offset of the first byte of `tail` (block-aligned).
+    tail_offset: u64,
+    /// Bytes from `tail_offset` to the write head: rewritten at the start of the next group.
+    tail: Vec<u8>,
+    has_records: bool,
+    last_sequence: Option<u64>,
+}
+
+enum RotateError {
+    /// No space in the budget: fail the waiting appends, keep going.
+    Full(WalError),
+    /// The next segment could not be created: fail the waiting appends, keep going.
+    Failed(WalError),
+    /// The log is poisoned.
+    Poisoned,
+}
+
+/// The writer state on the ring thread.
+pub(crate) struct Writer<B: Backend> {
+    backend: Rc<B>,
+    config: WalConfig,
+    shared: Arc<Shared>,
+    buffers: Vec<B::Buf>,
+    active: Active<B::File>,
+    sealed: VecDeque<Sealed>,
+    prepared: Option<(u64, Rc<B::File>)>,
+    preparing: Option<(u64, JoinHandle<io::Result<B::File>>)>,
+    deleting: Option<JoinHandle<usize>>,
+    deletion_wanted: bool,
+    next_segment_number: u64,
+    segments_on_disk: u64,
+    queue: VecDeque<Pending>,
+    next_sequence: u64,
+    written_sequence: u64,
+    durable_sequence: u64,
+    records_unsynced: u64,
+    acked_through: u64,
+    /// Highest checkpoint put into a group (durable or not).
+    acked_queued: u64,
+    sync_waiters: Vec<Reply<u64>>,
+    sync_deadline: Option<tokio::time::Instant>,
+    poison: Option<WalError>,
+}
+
+impl<B: Backend> Writer<B> {
+    /// Opens or creates the active segment and starts preparing the next one.
+    pub async fn start(
+        mut backend: B,
+        plan: Plan,
+        shared: Arc<Shared>,
+    ) -> Result<Writer<B>, WalError> {
+        let buffers = backend.take_buffers();
+        let backend = Rc::new(backend);
+        let dir = plan.config.dir.clone();
+        let mut segments_on_disk = plan.sealed.len() as u64;
+        let mut next_segment_number = plan.next_segment_number;
+        let active = match plan.resume {
+            Some(resume) => {
+                let path = segment_path(&dir, resume.number);
+                let file = backend
+                    .open_segment(&path)
+                    .await
+                    .map_err(|e| WalError::io("open segment", &path, e))?;
+                segments_on_disk += 1;
+                if let Some(blank) = plan.prepared_blank {
+                    // Counted now; reused below as the prepared segment.
+                    segments_on_disk += 1;
+                    next_segment_number = next_segment_number.max(blank + 1);
+                }
+                Active {
+                    number: resume.number,
+                    path,
+                    file: Rc::new(file),
+                    tail_offset: resume.tail_offset,
+                    tail: resume.tail_bytes,
+                    has_records: resume.has_records,
+                    last_sequence: resume.last_sequence,
+                }
+            }
+            None => {
+                let (number, file) = match plan.prepared_blank {
+                    Some(number) => {
+                        let path = segment_path(&dir, number);
+                        let file = backend
+                            .open_segment(&path)
+                            .await
+                            .map_err(|e| WalError::io("open segment", &path, e))?;
+                        (number, file)
+                    }
+                    None => {
+                        let number = next_segment_number;
+                        let path = segment_path(&dir, number);
+                        let file = create_and_sync(&*backend, &plan.config, &path).await?;
+                        (number, file)
+                    }
+                };
+                next_segment_number = next_segment_number.max(number + 1);
+                segments_on_disk += 1;
+                new_active(&dir, number, Rc::new(file), plan.next_sequence)
+            }
+        };
+        let prepared = match (plan.prepared_blank, active.number) {
+            (Some(blank), active_number) if blank != active_number => {
+                let path = segment_path(&dir, blank);
+                let file = backend
+                    .open_segment(&path)
+                    .await
+                    .map_err(|e| WalError::io("open segment", &path, e))?;
+                Some((blank, Rc::new(file)))
+            }
+            _ => None,
+        };
+        let durable = plan.next_sequence - 1;
+        shared.next_sequence.store(plan.next_sequence, Relaxed);
+        shared.durable_sequence.store(durable, Relaxed);
+        shared.acked_through.store(plan.acked_through, Relaxed);
+        shared.segments.store(segments_on_disk, Relaxed);
+        let mut writer = Writer {
+            backend,
+            config: plan.config,
+            shared,
+            buffers,
+            active,
+            sealed: plan.sealed,
+            prepared,
+            preparing: None,
+            deleting: None,
+            deletion_wanted: false,
+            next_segment_number,
+            segments_on_disk,
+            queue: VecDeque::new(),
+            next_sequence: plan.next_sequence,
+            written_sequence: durable,
+            durable_sequence: durable,
+            records_unsynced: 0,
+            acked_through: plan.acked_through,
+            acked_queued: plan.acked_through,
+            sync_waiters: Vec::new(),
+            sync_deadline: None,
+            poison: None,
+        };
+        writer.maybe_prepare();
+        writer.start_deletions();
+        Ok(writer)
+    }
+
+    /// Serves commands until closed (or every handle is dropped), then flushes and returns.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut inflight: Option<IoFuture<B::Buf>> = None;
+        let mut receiving = true;
+        let mut close_replies: Vec<Reply<()>> = Vec::new();
+        loop {
+            if inflight.is_none() && self.poison.is_none() {
+                inflight = self.next_io().await;
+            }
+            let idle = inflight.is_none() && self.queue.is_empty() && self.sync_waiters.is_empty();
+            if !receiving && idle {
+                break;
+            }
+            let sync_due = self.sync_deadline;
+            let preparing = self.preparing.is_some();
+            let deleting = self.deleting.is_some();
+            tokio::select! {
+                biased;
+                done = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
+                    inflight = None;
+                    self.complete(done);
+                }
+                command = commands.recv(), if receiving => match command {
+                    Some(Command::Close { reply }) => {
+                        close_replies.push(reply);
+                        receiving = false;
+                        commands.close();
+                    }
+                    Some(command) => {
+                        self.accept(command);
+                        // Take everything already waiting: this is what makes groups large.
+                        while let Ok(command) = commands.try_recv() {
+                            match command {
+                                Command::Close { reply } => {
+                                    close_replies.push(reply);
+                                    receiving = false;
+                                    commands.close();
+                                    break;
+                                }
+                                command => self.accept(command),
+                            }
+                        }
+                    }
+                    None => receiving = false,
+                },
+                prepared = async { (&mut self.preparing.as_mut().expect("guarded").1).await }, if preparing => {
+                    self.prepared_done(prepared);
+                }
+                deleted = async { self.deleting.as_mut().expect("guarded").await }, if deleting => {
+                    self.deleting = None;
+                    self.deletions_done(deleted.unwrap_or(0));
+                }
+                () = sleep_until(sync_due), if sync_due.is_some() && inflight.is_none() => {
+                    self.sync_deadline = None;
+                    if let Some(io) = self.sync_only(Vec::new()) {
+                        inflight = Some(io);
+                    }
+                }
+            }
+        }
+        self.shutdown(close_replies).await;
+    }
+
+    async fn shutdown(mut self, close_replies: Vec<Reply<()>>) {
+        if self.poison.is_none()
+            && self.written_sequence > self.durable_sequence
+            && let Some(io) = self.sync_only(Vec::new())
+        {
+            let done = io.await;
+            self.complete(done);
+        }
+        if let Some((_, handle)) = self.preparing.take() {
+            let _ = handle.await;
+        }
+        if let Some(handle) = self.deleting.take() {
+            let _ = handle.await;
+        }
+        let result = match &self.poison {
+            Some(error) => Err(error.clone()),
+            None => Ok(()),
+        };
+        for reply in close_replies {
+            let _ = reply.send(result.clone());
+        }
+    }
+
+    fn accept(&mut self, command: Command) {
+        if let Some(error) = &self.poison {
+            let error = error.clone();
+            match command {
+                Command::Append { reply, .. } => drop(reply.send(Err(error))),
+                Command::AppendBatch { reply, .. } => drop(reply.send(Err(error))),
+                Command::Checkpoint { reply, .. } => drop(reply.send(Err(error))),
+                Command::Sync { reply } => drop(reply.send(Err(error))),
+                Command::Close { reply } => drop(reply.send(Err(error))),
+            }
+            return;
+        }
+        let pending = match command {
+            Command::Append {
+                kind,
+                timestamp,
+                event_bytes,
+                reply,
+            } => Pending::Events {
+                timestamp,
+                items: VecDeque::from([(kind, event_bytes)]),
+                first_sequence: None,
+                reply: EventsReply::One(reply),
+            },
+            Command::AppendBatch {
+                timestamp,
+                items,
+                reply,
+            } => {
+                if items.is_empty() {
+                    let _ = reply.send(Ok(self.next_sequence..=self.next_sequence - 1));
+                    return;
+                }
+                Pending::Events {
+                    timestamp,
+                    items: items.into(),
+                    first_sequence: None,
+                    reply: EventsReply::Batch(reply),
+                }
+            }
+            Command::Checkpoint {
+                acked_through,
+                reply,
+            } => Pending::Checkpoint {
+                acked_through,
+                reply,
+            },
+            Command::Sync { reply } => Pending::Barrier { reply },
+            Command::Close { .. } => unreachable!("handled by run"),
+        };
+        self.queue.push_back(pending);
+    }
+
+    /// The next I/O to start while nothing is in flight: a group write, or a pure sync.
+    async fn next_io(&mut self) -> Option<IoFuture<B::Buf>> {
+        loop {
+            if self.queue.is_empty() {
+                return None;
+            }
+            match self.form_group() {
+                Formed::Io(io) => return Some(io),
+                Formed::Nothing => return None,
+                Formed::NeedRotation => match self.rotate().await {
+                    Ok(()) => continue,
+                    Err(RotateError::Poisoned) => return None,
+                    Err(RotateError::Full(error) | RotateError::Failed(error)) => {
+                        self.fail_waiting_events(&error);
+                        continue;
+                    }
+                },
+            }
+        }
+    }
+
+    fn form_group(&mut self) -> Formed<B::Buf> {
+        let Some(mut buf) = self.buffers.pop() else {
+            return Formed::Nothing;
+        };
+        let segment_max = self.config.segment_max_bytes;
+        let rotate_at = self.config.segment_rotate_bytes();
+        let group_max = self.config.group_max_bytes;
+        let tail_len = self.active.tail.len();
+        buf[..tail_len].copy_from_slice(&self.active.tail);
+        let mut pos = tail_len;
+        let mut meta = GroupMeta::default();
+        let mut need_rotation = false;
+        let segment_number = self.active.number;
+        let base = self.active.tail_offset;
+        'queue: while let Some(front) = self.queue.front_mut() {
+            match front {
+                Pending::Barrier { .. } => {
+                    if let Some(Pending::Barrier { reply }) = self.queue.pop_front() {
+                        meta.completions.push(Completion::Barrier { reply });
+                    }
+                }
+                Pending::Checkpoint { acked_through, .. } => {
+                    let acked = *acked_through;
+                    if acked >= self.next_sequence || acked <= self.acked_queued {
+                        let Some(Pending::Checkpoint { reply, .. }) = self.queue.pop_front() else {
+                            unreachable!("front was a checkpoint");
+                        };
+                        let _ = reply.send(if acked >= self.next_sequence {
+                            Err(WalError::CheckpointAhead {
+                                requested: acked,
+                                last_sequence: self.next_sequence - 1,
+                            })
+                        } else {
+                            Ok(())
+                        });
+                        continue;
+                    }
+                    // Checkpoints may use the space between the rotation point and the segment
+                    // end, so acknowledging never needs a new segment (which a full budget
+                    // would refuse).
+                    if base + (pos + CHECKPOINT_FRAME_BYTES) as u64 > segment_max {
+                        need_rotation = pos == tail_len;
+                        break 'queue;
+                    }
+                    let checkpoint = CheckpointEntry {
+                        acked_through: acked,
+                        timestamp: Utc::now(),
+                    };
+                    let len = format::write_checkpoint_frame(
+                        &mut buf[pos..],
+                        segment_number,
+                        &checkpoint,
+                    );
+                    pos += len;
+                    meta.records += 1;
+                    meta.record_bytes += len as u64;
+                    self.acked_queued = acked;
+                    if let Some(Pending::Checkpoint { reply, .. }) = self.queue.pop_front() {
+                        meta.completions.push(Completion::Checkpoint {
+                            reply,
+                            acked_through: acked,
+                        });
+                    }
+                }
+                Pending::Events {
+                    timestamp,
+                    items,
+                    first_sequence,
+                    ..
+                } => {
+                    while let Some((kind, bytes)) = items.front() {
+                        let frame_len = format::frame_len(EVENT_FIXED_PAYLOAD_BYTES + bytes.len());
+                        let group_bytes = pos - tail_len;
+                        if group_bytes > 0 && group_bytes + frame_len > group_max {
+                            break 'queue;
+                        }
+                        let end = base + (pos + frame_len) as u64;
+                        if end > rotate_at {
+                            let segment_empty = !self.active.has_records && pos == tail_len;
+                            if !(segment_empty && end <= segment_max) {
+                                if segment_empty {
+                                    // Even an empty segment cannot hold it.
+                                    let error = WalError::RecordTooLarge {
+                                        frame_bytes: frame_len,
+                                        segment_max_bytes: segment_max,
+                                    };
+                                    if let Some(pending) = self.queue.pop_front() {
+                                        fail_pending(pending, &error);
+                                    }
+                                    continue 'queue;
+                                }
+                                need_rotation = pos == tail_len;
+                                break 'queue;
+                            }
+                        }
+                        let sequence = self.next_sequence;
+                        self.next_sequence += 1;
+                        let len = format::write_event_frame(
+                            &mut buf[pos..],
+                            segment_number,
+                            sequence,
+                            *timestamp,
+                            *kind,
+                            bytes,
+                        );
+                        pos += len;
+                        first_sequence.get_or_insert(sequence);
+                        meta.last_sequence = Some(sequence);
+                        meta.events += 1;
+                        meta.records += 1;
+                        meta.record_bytes += len as u64;
+                        items.pop_front();
+                    }
+                    if let Some(Pending::Events {
+                        first_sequence: Some(first),
+                        reply,
+                        ..
+                    }) = self.queue.pop_front()
+                    {
+                        meta.completions.push(Completion::Events {
+                            reply,
+                            first,
+                            last: self.next_sequence - 1,
+                        });
+                    }
+                }
+            }
+        }
+        if pos == tail_len {
+            self.buffers.push(buf);
+            // Only barriers (or nothing) were taken.
+            let barriers: Vec<Reply<u64>> = meta
+                .completions
+                .into_iter()
+                .filter_map(|completion| match completion {
+                    Completion::Barrier { reply } => Some(reply),
+                    _ => None,
+                })
+                .collect();
+            if self.written_sequence > self.durable_sequence {
+                if let Some(io) = self.sync_only(barriers) {
+                    return Formed::Io(io);
+                }
+            } else {
+                for reply in barriers {
+                    let _ = reply.send(Ok(self.durable_sequence));
+                }
+            }
+            return if need_rotation {
+                Formed::NeedRotation
+            } else {
+                Formed::Nothing
+            };
+        }
+        // Pad to a whole block: the zeros also mark the end of the records.
+        let write_len = format::align_up(pos, BLOCK_BYTES);
+        buf[pos..write_len].fill(0);
+        let new_head = base + pos as u64;
+        let new_tail_offset = format::align_down_u64(new_head, BLOCK_BYTES as u64);
+        let keep_from = (new_tail_offset - base) as usize;
+        self.active.tail.clear();
+        self.active.tail.extend_from_slice(&buf[keep_from..pos]);
+        self.active.tail_offset = new_tail_offset;
+        self.active.has_records = true;
+        if let Some(last) = meta.last_sequence {
+            self.active.last_sequence = Some(last);
+        }
+        meta.device_bytes = write_len as u64;
+        self.shared.next_sequence.store(self.next_sequence, Relaxed);
+        let sync = self.config.sync == SyncPolicy::EveryGroup;
+        let backend = Rc::clone(&self.backend);
+        let file = Rc::clone(&self.active.file);
+        let path = self.active.path.clone();
+        Formed::Io(Box::pin(async move {
+            let (result, buf) = backend.write_at(&file, buf, write_len, base).await;
+            let mut done = IoDone {
+                result: result.map_err(|e| ("write segment", e)),
+                buf: Some(buf),
+                meta,
+                synced: false,
+                path,
+                sync_started: None,
+                sync_finished: None,
+            };
+            if sync && done.result.is_ok() {
+                done.sync_started = Some(Instant::now());
+                done.result = backend
+                    .sync_data(&file)
+                    .await
+                    .map_err(|e| ("fdatasync segment", e));
+                done.sync_finished = Some(Instant::now());
+                done.synced = true;
+            }
+            done
+        }))
+    }
+
+    /// A sync of the active segment with no write (interval policy, barriers, close).
+    fn sync_only(&mut self, barriers: Vec<Reply<u64>>) -> Option<IoFuture<B::Buf>> {
+        if self.written_sequence <= self.durable_sequence {
+            for reply in barriers {
+                let _ = reply.send(Ok(self.durable_sequence));
+            }
+            return None;
+        }
+        let meta = GroupMeta {
+            completions: barriers
+                .into_iter()
+                .map(|reply| Completion::Barrier { reply })
+                .collect(),
+            ..GroupMeta::default()
+        };
+        let backend = Rc::clone(&self.backend);
+        let file = Rc::clone(&self.active.file);
+        let path = self.active.path.clone();
+        Some(Box::pin(async move {
+            let sync_started = Some(Instant::now());
+            let result = backend
+                .sync_data(&file)
+                .await
+                .map_err(|e| ("fdatasync segment", e));
+            IoDone {
+                result,
+                buf: None,
+                meta,
+                synced: true,
+                path,
+                sync_started,
+                sync_finished: Some(Instant::now()),
+            }
+        }))
+    }
+
+    fn complete(&mut self, done: IoDone<B::Buf>) {
+        if let Some(buf) = done.buf {
+            self.buffers.push(buf);
+        }
+        let meta = done.meta;
+        if let Err((op, error)) = done.result {
+            self.poison_with(op, done.path, error, meta.completions);
+            return;
+        }
+        let shared = &self.shared;
+        if meta.device_bytes > 0 {
+            shared.group_writes.fetch_add(1, Relaxed);
+            shared
+                .device_bytes_written
+                .fetch_add(meta.device_bytes, Relaxed);
+            shared.record_bytes.fetch_add(meta.record_bytes, Relaxed);
+            shared.events_appended.fetch_add(meta.events, Relaxed);
+        }
+        if let Some(last) = meta.last_sequence {
+            self.written_sequence = last;
+        }
+        self.records_unsynced += meta.records;
+        if done.synced {
+            self.durable_sequence = self.written_sequence;
+            shared
+                .durable_sequence
+                .store(self.durable_sequence, Relaxed);
+            shared.syncs.fetch_add(1, Relaxed);
+            shared
+                .records_synced
+                .fetch_add(self.records_unsynced, Relaxed);
+            self.records_unsynced = 0;
+            self.sync_deadline = None;
+            if let (Some(start), Some(end)) = (done.sync_started, done.sync_finished) {
+                shared
+                    .sync_latency
+                    .record_us(end.duration_since(start).as_micros() as u64);
+            }
+            for reply in self.sync_waiters.drain(..) {
+                let _ = reply.send(Ok(self.durable_sequence));
+            }
+        } else if self.written_sequence > self.durable_sequence && self.sync_deadline.is_none() {
+            if let SyncPolicy::Interval { sync_interval_ms } = self.config.sync {
+                self.sync_deadline =
+                    Some(tokio::time::Instant::now() + Duration::from_millis(sync_interval_ms));
+            }
+        }
+        let mut acked = None;
+        for completion in meta.completions {
+            match completion {
+                Completion::Events { reply, first, last } => match reply {
+                    EventsReply::One(reply) => drop(reply.send(Ok(first))),
+                    EventsReply::Batch(reply) => drop(reply.send(Ok(first..=last))),
+                },
+                Completion::Checkpoint {
+                    reply,
+                    acked_through,
+                } => {
+                    acked = Some(acked_through);
+                    let _ = reply.send(Ok(()));
+                }
+                Completion::Barrier { reply } => {
+                    if done.synced || self.written_sequence <= self.durable_sequence {
+                        let _ = reply.send(Ok(self.durable_sequence));
+                    } else {
+                        // Interval policy: a barrier waits for the next sync, due now.
+                        self.sync_waiters.push(reply);
+                        self.sync_deadline = Some(tokio::time::Instant::now());
+                    }
+                }
+            }
+        }
+        if let Some(acked_through) = acked {
+            self.acked_through = self.acked_through.max(acked_through);
+            self.shared.acked_through.store(self.acked_through, Relaxed);
+            self.start_deletions();
+        }
+    }
+
+    fn poison_with(
+        &mut self,
+        op: &'static str,
+        path: PathBuf,
+        error: io::Error,
+        completions: Vec<Completion>,
+    ) {
+        tracing::error!(op, path = %path.display(), %error, "WAL write path failed; log poisoned");
+        let poison = WalError::Poisoned {
+            op,
+            path,
+            source: Arc::new(error),
+        };
+        if let Ok(mut slot) = self.shared.poison.lock() {
+            *slot = Some(poison.clone());
+        }
+        self.shared.poisoned.store(true, Relaxed);
+        for completion in completions {
+            match completion {
+                Completion::Events { reply, .. } => fail_events_reply(reply, &poison),
+                Completion::Checkpoint { reply, .. } => drop(reply.send(Err(poison.clone()))),
+                Completion::Barrier { reply } => drop(reply.send(Err(poison.clone()))),
+            }
+        }
+        for pending in self.queue.drain(..) {
+            fail_pending(pending, &poison);
+        }
+        for reply in self.sync_waiters.drain(..) {
+            let _ = reply.send(Err(poison.clone()));
+        }
+        self.sync_deadline = None;
+        self.poison = Some(poison);
+    }
+
+    fn fail_waiting_events(&mut self, error: &WalError) {
+        let queue = std::mem::take(&mut self.queue);
+        for pending in queue {
+            match pending {
+                Pending::Events { .. } => fail_pending(pending, error),
+                other => self.queue.push_back(other),
+            }
+        }
+    }
+
+    fn budget_allows_one_more(&self) -> bool {
+        (self.segments_on_disk + 1).saturating_mul(self.config.segment_max_bytes)
+            <= self.config.wal_max_bytes
+    }
+
+    fn full_error(&self) -> WalError {
+        WalError::WalFull {
+            used_bytes: self.segments_on_disk * self.config.segment_max_bytes,
+            budget_bytes: self.config.wal_max_bytes,
+        }
+    }
+
+    /// Starts creating the next segment in the background if none is ready and the budget
+    /// allows one more file.
+    fn maybe_prepare(&mut self) {
+        if self.prepared.is_some() || self.preparing.is_some() || !self.budget_allows_one_more() {
+            return;
+        }
+        let number = self.next_segment_number;
+        self.next_segment_number += 1;
+        self.segments_on_disk += 1;
+        self.shared.segments.store(self.segments_on_disk, Relaxed);
+        let backend = Rc::clone(&self.backend);
+        let config = self.config.clone();
+        let path = segment_path(&config.dir, number);
+        let handle = tokio::task::spawn_local(async move {
+            let result = create_raw(&*backend, &config, &path).await;
+            if result.is_err() {
+                let _ = backend.remove_file(&path).await;
+            }
+            result
+        });
+        self.preparing = Some((number, handle));
+    }
+
+    fn prepared_done(&mut self, result: Result<io::Result<B::File>, tokio::task::JoinError>) {
+        let Some((number, _)) = self.preparing.take() else {
+            return;
+        };
+        match result {
+            Ok(Ok(file)) => self.prepared = Some((number, Rc::new(file))),
+            Ok(Err(error)) => {
+                tracing::warn!(segment = number, %error, "preparing the next WAL segment failed; will retry at rotation");
+                self.next_segment_number = number;
+                self.segments_on_disk -= 1;
+                self.shared.segments.store(self.segments_on_disk, Relaxed);
+            }
+            Err(join) => {
+                tracing::warn!(segment = number, %join, "segment preparation task failed");
+                self.next_segment_number = number;
+                self.segments_on_disk -= 1;
+            }
+        }
+    }
+
+    async fn rotate(&mut self) -> Result<(), RotateError> {
+        if self.written_sequence > self.durable_sequence {
+            // Interval policy: the old segment must be durable before writes move on.
+            if let Some(io) = self.sync_only(Vec::new()) {
+                let done = io.await;
+                self.complete(done);
+            }
+            if self.poison.is_some() {
+                return Err(RotateError::Poisoned);
+            }
+        }
+        let (number, file) = match self.prepared.take() {
+            Some(prepared) => prepared,
+            None => {
+                if self.preparing.is_none() {
+                    self.maybe_prepare();
+                }
+                let Some((number, handle)) = self.preparing.take() else {
+                    return Err(RotateError::Full(self.full_error()));
+                };
+                match handle.await {
+                    Ok(Ok(file)) => (number, Rc::new(file)),
+                    Ok(Err(error)) => {
+                        self.next_segment_number = number;
+                        self.segments_on_disk -= 1;
+                        let path = segment_path(&self.config.dir, number);
+                        return Err(RotateError::Failed(WalError::io(
+                            "create segment",
+                            path,
+                            error,
+                        )));
+                    }
+                    Err(join) => {
+                        self.next_segment_number = number;
+                        self.segments_on_disk -= 1;
+                        let path = segment_path(&self.config.dir, number);
+                        return Err(RotateError::Failed(WalError::io(
+                            "create segment",
+                            path,
+                            io::Error::other(join.to_string()),
+                        )));
+                    }
+                }
+            }
+        };
+        let next = new_active(&self.config.dir, number, file, self.next_sequence);
+        let old = std::mem::replace(&mut self.active, next);
+        tracing::debug!(sealed = old.number, active = number, "WAL segment rotated");
+        self.sealed.push_back(Sealed {
+            path: old.path,
+            last_sequence: old.last_sequence,
+        });
+        self.maybe_prepare();
+        self.start_deletions();
+        Ok(())
+    }
+
+    /// Deletes (in the background) the oldest sealed segments whose events are all acked.
+    fn start_deletions(&mut self) {
+        if self.deleting.is_some() {
+            self.deletion_wanted = true;
+            return;
+        }
+        let mut doomed = Vec::new();
+        while let Some(front) = self.sealed.front() {
+            if front
+                .last_sequence
+                .is_some_and(|last| last > self.acked_through)
+            {
+                break;
+            }
+            if let Some(sealed) = self.sealed.pop_front() {
+                doomed.push(sealed.path);
+            }
+        }
+        if doomed.is_empty() {
+            return;
+        }
+        let backend = Rc::clone(&self.backend);
+        let dir = self.config.dir.clone();
+        self.deleting = Some(tokio::task::spawn_local(async move {
+            let mut removed = 0;
+            for path in &doomed {
+                match backend.remove_file(path).await {
+                    Ok(()) => removed += 1,
+                    Err(error) => {
+                        tracing::warn!(path = %path.display(), %error, "deleting an acknowledged WAL segment failed")
+                    }
+                }
+            }
+            if let Err(error) = backend.sync_dir(&dir).await {
+                tracing::warn!(dir = %dir.display(), %error, "fsync of the WAL directory after deletion failed");
+            }
+            removed
+        }));
+    }
+
+    fn deletions_done(&mut self, removed: usize) {
+        self.segments_on_disk = self.segments_on_disk.saturating_sub(removed as u64);
+        self.shared.segments.store(self.segments_on_disk, Relaxed);
+        self.shared
+            .segments_deleted
+            .fetch_add(removed as u64, Relaxed);
+        if std::mem::take(&mut self.deletion_wanted) {
+            self.start_deletions();
+        }
+        self.maybe_prepare();
+    }
+}
+
+enum Formed<Buf> {
+    Io(IoFuture<Buf>),
+    Nothing,
+    NeedRotation,
+}
+
+fn new_active<F>(
+    dir: &std::path::Path,
+    number: u64,
+    file: Rc<F>,
+    first_sequence: u64,
+) -> Active<F> {
+    let header = SegmentHeader {
+        version: FORMAT_VERSION,
+        segment_number: number,
+        first_sequence,
+        created_unix_ns: Utc::now().timestamp_nanos_opt().unwrap_or(0),
+    };
+    Active {
+        number,
+        path: segment_path(dir, number),
+        file,
+        tail_offset: 0,
+        tail: header.encode_block().to_vec(),
+        has_records: false,
+        last_sequence: None,
+    }
+}
+
+async fn create_raw<B: Backend>(
+    backend: &B,
+    config: &WalConfig,
+    path: &std::path::Path,
+) -> io::Result<B::File> {
+    let file = backend
+        .create_segment(path, config.segment_max_bytes, config.preallocation)
+        .await?;
+    backend.sync_dir(&config.dir).await?;
+    Ok(file)
+}
+
+async fn create_and_sync<B: Backend>(
+    backend: &B,
+    config: &WalConfig,
+    path: &std::path::Path,
+) -> Result<B::File, WalError> {
+    create_raw(backend, config, path)
+        .await
+        .map_err(|e| WalError::io("create segment", path, e))
+}
+
+fn fail_events_reply(reply: EventsReply, error: &WalError) {
+    match reply {
+        EventsReply::One(reply) => drop(reply.send(Err(error.clone()))),
+        EventsReply::Batch(reply) => drop(reply.send(Err(error.clone()))),
+    }
+}
+
+fn fail_pending(pending: Pending, error: &WalError) {
+    match pending {
+        Pending::Events { reply, .. } => fail_events_reply(reply, error),
+        Pending::Checkpoint { reply, .. } => drop(reply.send(Err(error.clone()))),
+        Pending::Barrier { reply } => drop(reply.send(Err(error.clone()))),
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Block size sanity: the header block is exactly one block, so data starts aligned.
+const _: () = assert!(SEGMENT_HEADER_BYTES == BLOCK_BYTES);
