@@ -14,6 +14,7 @@ use std::path::Path;
 pub mod aligned;
 pub mod portable;
 pub mod probe;
+pub mod sim;
 pub mod uring;
 
 pub use aligned::AlignedBuf;
@@ -26,6 +27,8 @@ pub enum BackendKind {
     Uring,
     /// `pwrite` + `fdatasync` through the page cache.
     Portable,
+    /// The fault-injection model of [`sim`] (tests only).
+    Simulated,
 }
 
 impl fmt::Display for BackendKind {
@@ -33,6 +36,7 @@ impl fmt::Display for BackendKind {
         f.write_str(match self {
             BackendKind::Uring => "uring",
             BackendKind::Portable => "portable",
+            BackendKind::Simulated => "simulated",
         })
     }
 }

@@ -22,7 +22,7 @@ pub enum SyncPolicy {
 }
 
 /// Which I/O backend to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum BackendChoice {
     /// io_uring when the ring can be created and the filesystem accepts O_DIRECT, else
     /// portable (logged once).
@@ -32,6 +32,8 @@ pub enum BackendChoice {
     Uring,
     /// Always the portable backend.
     Portable,
+    /// The fault-injection model on this simulated disk (tests; see [`crate::io::sim`]).
+    Simulated(crate::io::sim::SimDisk),
 }
 
 /// Configuration of a [`crate::wal::Wal`]. Defaults follow the ticket: 100 MiB segments

@@ -18,6 +18,7 @@ use super::stats::Shared;
 use super::writer::{Command, Plan, Resume, Sealed, Writer};
 use crate::io::portable::PortableBackend;
 use crate::io::probe::{self, UringUnavailable};
+use crate::io::sim::SimBackend;
 use crate::io::uring::UringBackend;
 use crate::io::{self as wal_io, BackendKind};
 
@@ -52,12 +53,14 @@ pub(crate) fn open(config: WalConfig) -> Result<Opened, WalError> {
     let (commands, receiver) = mpsc::channel(config.queue_max_commands);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let thread_shared = Arc::clone(&shared);
+    let choice = config.backend.clone();
     let buffer_bytes = config.group_buffer_bytes();
     let thread = std::thread::Builder::new()
         .name("procmond-wal-ring".into())
         .spawn(move || {
             let _lock = lock; // Released when the ring thread ends.
             ring_main(
+                choice,
                 backend_kind,
                 buffer_bytes,
                 plan,
@@ -109,8 +112,9 @@ fn choose_backend(config: &WalConfig) -> Result<BackendKind, WalError> {
             Err(problem) => Some(problem),
         }
     };
-    match config.backend {
+    match &config.backend {
         BackendChoice::Portable => Ok(BackendKind::Portable),
+        BackendChoice::Simulated(_) => Ok(BackendKind::Simulated),
         BackendChoice::Uring => match uring_problem() {
             None => Ok(BackendKind::Uring),
             Some(UringUnavailable::Ring(error) | UringUnavailable::Direct(error)) => {
@@ -128,6 +132,7 @@ fn choose_backend(config: &WalConfig) -> Result<BackendKind, WalError> {
 }
 
 fn ring_main(
+    choice: BackendChoice,
     kind: BackendKind,
     buffer_bytes: usize,
     plan: Plan,
@@ -151,7 +156,7 @@ fn ring_main(
                 serve(backend, plan, shared, commands, ready).await;
             });
         }
-        BackendKind::Portable => {
+        BackendKind::Portable | BackendKind::Simulated => {
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -164,8 +169,13 @@ fn ring_main(
             };
             let local = tokio::task::LocalSet::new();
             local.block_on(&runtime, async move {
-                let backend = PortableBackend::new(buffer_bytes, GROUP_BUFFERS);
-                serve(backend, plan, shared, commands, ready).await;
+                if let BackendChoice::Simulated(disk) = choice {
+                    let backend = SimBackend::new(disk, buffer_bytes, GROUP_BUFFERS);
+                    serve(backend, plan, shared, commands, ready).await;
+                } else {
+                    let backend = PortableBackend::new(buffer_bytes, GROUP_BUFFERS);
+                    serve(backend, plan, shared, commands, ready).await;
+                }
             });
         }
     }

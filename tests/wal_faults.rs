@@ -1,0 +1,233 @@
+//! Fault injection on the simulated disk (`io::sim`): EIO on write and on sync poisons the log
+//! and fails every waiter; ENOSPC is a clear error that loses nothing; and a seeded
+//! power-loss simulation checks that every acknowledged event survives any torn tail.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{event, kind, runtime};
+use procmond_wal::io::Preallocation;
+use procmond_wal::io::sim::{Fault, SimDisk};
+use procmond_wal::wal::recovery::read_dir;
+use procmond_wal::wal::{BackendChoice, SyncPolicy, Wal, WalConfig, WalError, WalReader};
+
+fn sim_config(dir: &std::path::Path, disk: &SimDisk) -> WalConfig {
+    let mut config = WalConfig::new(dir);
+    config.backend = BackendChoice::Simulated(disk.clone());
+    config.segment_max_bytes = 64 * 1024;
+    config.group_max_bytes = 8 * 1024;
+    config.wal_max_bytes = 16 * 1024 * 1024;
+    config.preallocation = Preallocation::Fallocate;
+    config
+}
+
+fn replayed(dir: &std::path::Path) -> Vec<procmond_wal::wal::format::WalEntry> {
+    WalReader::open(dir, 0).unwrap().map(|entry| entry.unwrap()).collect()
+}
+
+fn assert_poisoned<T: std::fmt::Debug>(result: Result<T, WalError>, op: &str) {
+    match result {
+        Err(WalError::Poisoned { op: failed, .. }) => assert_eq!(failed, op),
+        other => panic!("expected poisoned by {op}, got {other:?}"),
+    }
+}
+
+#[test]
+fn eio_on_write_or_sync_poisons_the_log_and_every_waiter() {
+    for (fault, op) in [(Fault::WriteEio, "write segment"), (Fault::SyncEio, "fdatasync segment")] {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = SimDisk::new();
+        let rt = runtime();
+        let (wal, _) = Wal::open(sim_config(dir.path(), &disk)).unwrap();
+        rt.block_on(async {
+            for i in 1..=20 {
+                wal.append(event(i), kind(i)).await.unwrap();
+            }
+            disk.inject(fault);
+            // Many waiters in flight when the fault hits: all of them must fail.
+            let mut receipts = Vec::new();
+            for i in 21..=60 {
+                receipts.push(wal.enqueue(event(i), kind(i)).await);
+            }
+            let mut failed = 0;
+            for receipt in receipts {
+                match receipt {
+                    Ok(receipt) => match receipt.await {
+                        Err(WalError::Poisoned { .. }) => failed += 1,
+                        Ok(sequence) => panic!("sequence {sequence} acknowledged after the fault"),
+                        Err(other) => panic!("unexpected {other}"),
+                    },
+                    Err(WalError::Poisoned { .. }) => failed += 1,
+                    Err(other) => panic!("unexpected {other}"),
+                }
+            }
+            assert_eq!(failed, 40);
+            assert_poisoned(wal.append(event(99), kind(99)).await, op);
+            assert_poisoned(wal.sync().await, op);
+            assert_poisoned(wal.checkpoint(1).await, op);
+            assert!(wal.stats().poisoned);
+            assert_poisoned(wal.close().await, op);
+        });
+        // Reopening recovers everything that was acknowledged before the fault.
+        let entries = replayed(dir.path());
+        assert!(entries.len() >= 20);
+        assert_eq!(entries[..20].iter().map(|e| e.sequence).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+        let (wal, report) = Wal::open(sim_config(dir.path(), &disk)).unwrap();
+        assert!(report.next_sequence > 20);
+        rt.block_on(async {
+            wal.append(event(1), kind(1)).await.unwrap();
+            wal.close().await.unwrap();
+        });
+    }
+}
+
+#[test]
+fn enospc_is_a_clear_error_loses_nothing_and_recovers_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SimDisk::new();
+    let rt = runtime();
+    let config = sim_config(dir.path(), &disk);
+    let (wal, _) = Wal::open(config.clone()).unwrap();
+    // Room for nothing beyond the segments already created (active + prepared).
+    disk.set_space_left(Some(0));
+    let acked = rt.block_on(async {
+        let mut acked = Vec::new();
+        for i in 1..=5000u64 {
+            match wal.append(event(i), kind(i)).await {
+                Ok(sequence) => acked.push((sequence, i)),
+                Err(WalError::Io { op, source, .. }) => {
+                    assert_eq!(op, "create segment");
+                    assert_eq!(source.raw_os_error(), Some(libc::ENOSPC));
+                    return acked;
+                }
+                Err(other) => panic!("unexpected {other}"),
+            }
+        }
+        panic!("ENOSPC never surfaced");
+    });
+    assert!(!acked.is_empty());
+    disk.set_space_left(None);
+    rt.block_on(async {
+        let sequence = wal.append(event(0), kind(0)).await.unwrap();
+        assert_eq!(sequence, acked.last().unwrap().0 + 1);
+        wal.close().await.unwrap();
+    });
+    let entries = replayed(dir.path());
+    for (sequence, id) in &acked {
+        assert_eq!(entries[(*sequence - 1) as usize].event, event(*id));
+    }
+    assert!(read_dir(dir.path()).unwrap().is_clean());
+}
+
+/// Deterministic pseudo-random numbers for the simulation.
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+/// One seeded run: cycles of appends (some awaited, some left in flight), syncs, checkpoints
+/// and power cuts with torn unsynced sectors, reopening after each crash.
+fn simulate(seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SimDisk::new();
+    let rt = runtime();
+    let mut rng = Lcg(seed);
+    let mut config = sim_config(dir.path(), &disk);
+    if seed % 3 == 0 {
+        config.sync = SyncPolicy::Interval { sync_interval_ms: 1 };
+    }
+    // sequence -> event id, for every sequence the log acknowledged as durable.
+    let mut durable: HashMap<u64, u64> = HashMap::new();
+    let mut next_id = 1u64;
+    let mut acked_through = 0u64;
+    for cycle in 0..6 {
+        // A torn final write can leave valid unacknowledged records after a damaged sector;
+        // they are recovered and the hole is reported (docs/design.md, "Known limits"), so the
+        // report's loss counts are not asserted here: acknowledged events are.
+        let (wal, opened) = Wal::open(config.clone()).unwrap();
+        let after_open = read_dir(dir.path()).unwrap();
+        assert_eq!(after_open.torn_tail_bytes, 0, "seed {seed} cycle {cycle}: tail not cut");
+        assert_eq!(after_open.events, opened.events, "seed {seed} cycle {cycle}");
+        // Every acknowledged event is there with its content; nothing appears out of order.
+        let entries = replayed(dir.path());
+        let mut last = 0;
+        for entry in &entries {
+            assert!(entry.sequence > last, "seed {seed}: out of order");
+            last = entry.sequence;
+            let id = u64::from(entry.event.pid - 1000);
+            if let Some(&expected) = durable.get(&entry.sequence) {
+                assert_eq!(id, expected, "seed {seed}: wrong event at {}", entry.sequence);
+            }
+        }
+        let present: std::collections::HashSet<u64> = entries.iter().map(|e| e.sequence).collect();
+        for sequence in durable.keys().filter(|&&s| s > acked_through) {
+            assert!(present.contains(sequence), "seed {seed}: lost acknowledged {sequence}");
+        }
+        rt.block_on(async {
+            let appends = 50 + rng.next() % 400;
+            let mut in_flight = Vec::new();
+            for _ in 0..appends {
+                let id = next_id;
+                next_id += 1;
+                match rng.next() % 10 {
+                    0 => {
+                        if let Ok(durable_seq) = wal.sync().await {
+                            assert!(durable_seq >= durable.keys().copied().max().unwrap_or(0));
+                        }
+                    }
+                    1 if !durable.is_empty() => {
+                        let candidate = *durable.keys().max().unwrap();
+                        if wal.checkpoint(candidate).await.is_ok() {
+                            acked_through = acked_through.max(candidate);
+                        }
+                    }
+                    _ => {}
+                }
+                let receipt = wal.enqueue(event(id), kind(id)).await.unwrap();
+                if rng.next() % 4 == 0 {
+                    in_flight.push((receipt, id));
+                } else {
+                    let sequence = receipt.await.unwrap();
+                    durable.insert(sequence, id);
+                }
+            }
+            // Cut the power with appends in flight: they may or may not survive.
+            disk.power_cut();
+            for (receipt, id) in in_flight {
+                if let Ok(sequence) = receipt.await {
+                    // Under the interval policy "acknowledged" means written, not durable.
+                    if config.sync == SyncPolicy::EveryGroup {
+                        durable.insert(sequence, id);
+                    }
+                }
+            }
+            if config.sync != SyncPolicy::EveryGroup {
+                // Only what a sync covered is promised under the interval policy; no sync can
+                // succeed after the power cut, so this watermark is final.
+                let synced = wal.durable_sequence();
+                durable.retain(|&sequence, _| sequence <= synced || sequence <= acked_through);
+            }
+            let _ = wal.close().await;
+        });
+        disk.crash(seed.wrapping_mul(31).wrapping_add(cycle)).unwrap();
+    }
+}
+
+#[test]
+fn seeded_power_loss_simulation_never_loses_an_acknowledged_event() {
+    let seeds: u64 = std::env::var("PROCMOND_WAL_SIM_SEEDS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(8);
+    let first: u64 = std::env::var("PROCMOND_WAL_SIM_FIRST_SEED")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(1);
+    for seed in first..first + seeds {
+        simulate(seed);
+    }
+}
