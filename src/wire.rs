@@ -9,7 +9,7 @@
 //! - [`payload`]: `CollectionEvent::Process` and the lossless `ProcessEvent` mapping.
 //! - [`topic`]: topic validation and subscription pattern matching.
 //! - [`control`]: the hello / welcome / ack / subscribe control messages.
-//! - [`error`]: [`WireError`].
+//! - [`error`]: the [`WireError`] type.
 
 pub mod control;
 pub mod envelope;

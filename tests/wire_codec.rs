@@ -393,10 +393,10 @@ proptest! {
         let at = index.index(frame.len());
         frame[at] = value;
         let end = cut.index(frame.len() + 1);
-        if let Ok(Body::Message(message)) = decode_frame(&frame[..end]) {
-            if let Ok(payload) = CollectionEvent::decode(&message.payload) {
-                let _ = payload.to_process_event();
-            }
+        if let Ok(Body::Message(message)) = decode_frame(&frame[..end])
+            && let Ok(payload) = CollectionEvent::decode(&message.payload)
+        {
+            let _ = payload.to_process_event();
         }
         // A cut frame is never accepted as complete.
         if end < frame.len() {

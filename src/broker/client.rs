@@ -164,15 +164,19 @@ impl TestClient {
         .await
     }
 
-    /// Reads frames until the broker closes the connection (for tests of disconnection).
-    /// Frames that arrive first are discarded.
+    /// Reads frames until the broker closes the connection (for tests of disconnection),
+    /// also mid-frame, as when a slow subscriber is cut off. Frames that arrive first are
+    /// discarded.
     pub async fn wait_until_closed(&mut self) -> Result<(), ClientError> {
         loop {
             match self.next_body().await {
                 Ok(Some(_)) => {}
                 Ok(None) => return Ok(()),
                 Err(ClientError::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::ConnectionReset =>
+                    if matches!(
+                        source.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+                    ) =>
                 {
                     return Ok(());
                 }

@@ -21,6 +21,11 @@ pub const PONG_BODY: &[u8; 4] = b"PONG";
 
 /// A decoded frame body.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a Body is decoded, handled and dropped one frame at a time; boxing the message \
+              would cost an allocation per frame to shrink a value that is never stored"
+)]
 pub enum Body {
     /// The raw health-check request; must be answered with [`Body::Pong`].
     Ping,
