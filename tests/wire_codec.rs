@@ -404,3 +404,34 @@ proptest! {
         }
     }
 }
+
+/// The complete Ack frame printed in `docs/protocol.md` §7 still decodes to what it claims.
+#[test]
+fn documented_ack_frame_decodes() {
+    use procmond_wal::wire::Ack;
+    use procmond_wal::wire::control::ControlPayload;
+    let frame = hex(
+        "90 00 00 00 10 dc d3 21 91 8e fa 88 ee 80 00 00 00 00 00 00 02 14 63 6f 6e 74 72 6f 6c 2e \
+         65 76 65 6e 74 62 75 73 2e 61 63 6b 2a 70 72 6f 63 6d 6f 6e 64 2d 77 61 6c 2d 62 72 6f 6b \
+         65 72 3a 63 6f 6e 74 72 6f 6c 2e 65 76 65 6e 74 62 75 73 2e 61 63 6b 3a 32 00 2a 70 72 6f \
+         63 6d 6f 6e 64 2d 77 61 6c 2d 62 72 6f 6b 65 72 3a 63 6f 6e 74 72 6f 6c 2e 65 76 65 6e 74 \
+         62 75 73 2e 61 63 6b 3a 32 02 00 00 80 e2 cf aa 06 05 01 2a 02 80 e2 cf aa 06 05 01",
+    );
+    let Ok(Body::Message(message)) = decode_frame(&frame) else {
+        panic!("documented frame does not decode");
+    };
+    assert_eq!(message.message_type, MessageType::Control);
+    assert_eq!(
+        Ack::from_message(&message).ok(),
+        Some(Ack {
+            highest_sequence: 42
+        })
+    );
+    let rebuilt = Ack {
+        highest_sequence: 42,
+    }
+    .to_message("procmond-wal-broker", 2, golden_time())
+    .and_then(|message| message.encode_frame())
+    .expect("encode");
+    assert_eq!(rebuilt, frame);
+}
