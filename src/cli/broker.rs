@@ -65,7 +65,7 @@ async fn serve(args: BrokerArgs) -> ExitCode {
     }
     let stats = broker.stats();
     broker.shutdown().await;
-    tracing::info!(?stats, "broker stopped");
+    tracing::info!(?stats, "final counters");
     ExitCode::SUCCESS
 }
 
