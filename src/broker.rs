@@ -36,7 +36,7 @@ pub use error::{BrokerError, Operation};
 pub use socket::MAX_SOCKET_PATH_BYTES;
 pub use stats::BrokerStats;
 
-use crate::wire::MAX_FRAME_BODY_BYTES;
+use crate::wire::{FRAME_LENGTH_BYTES, MAX_FRAME_BODY_BYTES};
 use printer::Printer;
 use router::Router;
 use socket::SocketIdentity;
@@ -115,7 +115,7 @@ impl BrokerConfig {
             (
                 "subscriber_queue_max_bytes",
                 self.subscriber_queue_max_bytes,
-                self.max_frame_bytes + frame_prefix_bytes(),
+                self.max_frame_bytes + FRAME_LENGTH_BYTES,
                 1 << 34,
             ),
             ("read_buffer_bytes", self.read_buffer_bytes, 4096, 1 << 24),
@@ -132,10 +132,6 @@ impl BrokerConfig {
         }
         Ok(())
     }
-}
-
-fn frame_prefix_bytes() -> usize {
-    crate::wire::FRAME_LENGTH_BYTES
 }
 
 /// State shared by the accept loop and every connection.

@@ -194,3 +194,47 @@ fn socket_path_errors_exit_with_code_2_and_a_reason() {
         .expect("state dir that is a file refused");
     assert_eq!(failure.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn a_frame_of_exactly_one_mebibyte_is_accepted() {
+    use procmond_wal::wire::MAX_FRAME_BODY_BYTES;
+    use procmond_wal::wire::payload::event_message;
+    let dir = short_tempdir();
+    let broker = BrokerProcess::start(&dir.path().join("b.sock"), &[]);
+    tokio::time::timeout(GUARD, async {
+        let mut subscriber = TestClient::connect(&broker.socket).await.expect("connect");
+        subscriber
+            .subscribe(&["events.#"])
+            .await
+            .expect("subscribe");
+        let mut publisher = TestClient::connect(&broker.socket).await.expect("connect");
+        publisher.hello("big").await.expect("welcome");
+        let mut message = event_message(
+            "big",
+            1,
+            EventKind::Start,
+            &event(1),
+            procmond_wal::wire::WireTime::EPOCH,
+        )
+        .expect("encode");
+        message.payload.clear();
+        let empty_payload_bytes = message.encode().expect("encode").len();
+        // The payload's length prefix grows from 1 byte (0) to 3 bytes (about 1 MiB).
+        message.payload = vec![0x5a; MAX_FRAME_BODY_BYTES - (empty_payload_bytes - 1) - 3];
+        let frame = message.encode_frame().expect("exactly 1 MiB fits");
+        assert_eq!(frame.len(), 4 + MAX_FRAME_BODY_BYTES);
+        publisher.send_raw(&frame).await.expect("send");
+        assert_eq!(
+            publisher
+                .wait_for_ack(1)
+                .await
+                .expect("ack")
+                .highest_sequence,
+            1
+        );
+        let delivered = subscriber.next_event().await.expect("delivered");
+        assert_eq!(delivered.payload.len(), message.payload.len());
+    })
+    .await
+    .expect("test finished within the guard");
+}
