@@ -1,0 +1,244 @@
+//! A small async client for tests and tools — **not** the production connector (which speaks
+//! the client side on its own io_uring ring).
+//!
+//! Owns nothing but convenience: connect, send frames, hello, publish, subscribe, wait for
+//! welcome/acks/events, answering `PING`s on the way. Events that arrive while waiting for
+//! something else are kept and returned by [`TestClient::next_event`] in order.
+
+use std::collections::VecDeque;
+use std::path::Path;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use crate::event::{EventKind, ProcessEvent};
+use crate::wire::control::ControlPayload;
+use crate::wire::frame::{self, FRAME_LENGTH_BYTES, MAX_FRAME_BODY_BYTES};
+use crate::wire::payload::event_message;
+use crate::wire::{
+    Ack, Body, Hello, Message, MessageType, PROTOCOL_VERSION, Subscribe, Subscribed, Welcome,
+    WireError, WireTime,
+};
+
+/// A test client failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// A socket call failed.
+    #[error("cannot {operation}: {source}")]
+    Io {
+        /// `connect`, `read` or `write`.
+        operation: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The broker sent bytes that do not decode, or we could not encode ours.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The broker closed the connection while we waited for something.
+    #[error("the broker closed the connection")]
+    Closed,
+}
+
+/// A connection to a broker.
+#[derive(Debug)]
+pub struct TestClient {
+    stream: UnixStream,
+    publisher_id: String,
+    stashed_events: VecDeque<Message>,
+    control_sequence: u64,
+}
+
+impl TestClient {
+    /// Connects to the broker at `path`.
+    pub async fn connect(path: &Path) -> Result<TestClient, ClientError> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Io {
+                operation: "connect",
+                source,
+            })?;
+        Ok(TestClient {
+            stream,
+            publisher_id: "anonymous".to_owned(),
+            stashed_events: VecDeque::new(),
+            control_sequence: 0,
+        })
+    }
+
+    /// Writes raw bytes (for misbehaving-peer tests).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.stream
+            .write_all(bytes)
+            .await
+            .map_err(|source| ClientError::Io {
+                operation: "write",
+                source,
+            })
+    }
+
+    /// Sends one envelope as one frame.
+    pub async fn send_message(&mut self, message: &Message) -> Result<(), ClientError> {
+        let frame = message.encode_frame()?;
+        self.send_raw(&frame).await
+    }
+
+    /// Sends a control payload.
+    pub async fn send_control<T: ControlPayload>(
+        &mut self,
+        payload: &T,
+    ) -> Result<(), ClientError> {
+        self.control_sequence += 1;
+        let message =
+            payload.to_message(&self.publisher_id, self.control_sequence, WireTime::now())?;
+        self.send_message(&message).await
+    }
+
+    /// Sends `PING` and waits for `PONG`.
+    pub async fn ping(&mut self) -> Result<(), ClientError> {
+        self.send_raw(&Body::Ping.encode_frame()?).await?;
+        loop {
+            match self.next_body().await?.ok_or(ClientError::Closed)? {
+                Body::Pong => return Ok(()),
+                Body::Ping => self.answer_ping().await?,
+                Body::Message(message) => self.keep(message),
+            }
+        }
+    }
+
+    /// Says hello as `publisher_id` and returns the broker's welcome.
+    pub async fn hello(&mut self, publisher_id: &str) -> Result<Welcome, ClientError> {
+        self.publisher_id = publisher_id.to_owned();
+        let hello = Hello {
+            publisher_id: publisher_id.to_owned(),
+            protocol_version: PROTOCOL_VERSION,
+        };
+        self.send_control(&hello).await?;
+        self.wait_for(|message| Welcome::from_message(message).ok())
+            .await
+    }
+
+    /// Publishes one event with the given (WAL) sequence.
+    pub async fn publish(
+        &mut self,
+        sequence: u64,
+        kind: EventKind,
+        event: &ProcessEvent,
+    ) -> Result<(), ClientError> {
+        let message = event_message(&self.publisher_id, sequence, kind, event, WireTime::now())?;
+        self.send_message(&message).await
+    }
+
+    /// Waits for a cumulative ack covering `sequence`.
+    pub async fn wait_for_ack(&mut self, sequence: u64) -> Result<Ack, ClientError> {
+        self.wait_for(|message| {
+            Ack::from_message(message)
+                .ok()
+                .filter(|ack| ack.highest_sequence >= sequence)
+        })
+        .await
+    }
+
+    /// Subscribes to `patterns` and waits until the broker confirms.
+    pub async fn subscribe(&mut self, patterns: &[&str]) -> Result<Subscribed, ClientError> {
+        let subscribe = Subscribe {
+            patterns: patterns
+                .iter()
+                .map(|pattern| (*pattern).to_owned())
+                .collect(),
+        };
+        self.send_control(&subscribe).await?;
+        self.wait_for(|message| Subscribed::from_message(message).ok())
+            .await
+    }
+
+    /// The next event delivered to this connection.
+    pub async fn next_event(&mut self) -> Result<Message, ClientError> {
+        if let Some(message) = self.stashed_events.pop_front() {
+            return Ok(message);
+        }
+        self.wait_for(|message| {
+            (message.message_type == MessageType::Event).then(|| message.clone())
+        })
+        .await
+    }
+
+    /// Reads frames until the broker closes the connection (for tests of disconnection),
+    /// also mid-frame, as when a slow subscriber is cut off. Frames that arrive first are
+    /// discarded.
+    pub async fn wait_until_closed(&mut self) -> Result<(), ClientError> {
+        loop {
+            match self.next_body().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(()),
+                Err(ClientError::Io { source, .. })
+                    if matches!(
+                        source.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    return Ok(());
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Reads the next frame; `None` when the broker closed the connection between frames.
+    pub async fn next_body(&mut self) -> Result<Option<Body>, ClientError> {
+        let read_failed = |source| ClientError::Io {
+            operation: "read",
+            source,
+        };
+        let mut prefix = [0u8; FRAME_LENGTH_BYTES];
+        if self
+            .stream
+            .read(&mut prefix[..1])
+            .await
+            .map_err(read_failed)?
+            == 0
+        {
+            return Ok(None);
+        }
+        self.stream
+            .read_exact(&mut prefix[1..])
+            .await
+            .map_err(read_failed)?;
+        let body_bytes = frame::body_length(prefix, MAX_FRAME_BODY_BYTES)?;
+        let mut body = vec![0u8; body_bytes];
+        self.stream
+            .read_exact(&mut body)
+            .await
+            .map_err(read_failed)?;
+        Ok(Some(Body::decode(&body)?))
+    }
+
+    async fn wait_for<T>(
+        &mut self,
+        mut pick: impl FnMut(&Message) -> Option<T>,
+    ) -> Result<T, ClientError> {
+        loop {
+            match self.next_body().await?.ok_or(ClientError::Closed)? {
+                Body::Ping => self.answer_ping().await?,
+                Body::Pong => {}
+                Body::Message(message) => match pick(&message) {
+                    Some(found) => return Ok(found),
+                    None => self.keep(message),
+                },
+            }
+        }
+    }
+
+    async fn answer_ping(&mut self) -> Result<(), ClientError> {
+        self.send_raw(&Body::Pong.encode_frame()?).await
+    }
+
+    /// Keeps events for [`TestClient::next_event`]; other unrequested messages (older acks)
+    /// are superseded by later ones and dropped.
+    fn keep(&mut self, message: Message) {
+        if message.message_type == MessageType::Event {
+            self.stashed_events.push_back(message);
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! `--print`: one JSON line per accepted event on stdout, for the demo and for people.
+//!
+//! Owns the line format and the printing thread. Lines are handed over through a bounded
+//! queue; the thread writes and flushes each line so `procmond-wal broker --print | jq` shows
+//! events as they arrive.
+
+use std::io::Write;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::event::{EventKind, ProcessEvent};
+use crate::wire::{CollectionEvent, Message, WireError};
+
+/// Lines waiting to be printed before senders wait.
+const PRINT_QUEUE_MAX_LINES: usize = 1024;
+
+/// Sends lines to the printing thread.
+#[derive(Debug, Clone)]
+pub(crate) struct Printer {
+    sender: mpsc::Sender<String>,
+}
+
+/// One printed line. `event` is set for procmond-wal payloads, `process` for other
+/// `CollectionEvent::Process` payloads, `payload_error` when the payload does not decode.
+#[derive(Serialize)]
+struct Line<'a> {
+    topic: &'a str,
+    sequence: u64,
+    publisher_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<EventKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<ProcessEvent>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process: Option<CollectionEvent>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_error: Option<String>,
+}
+
+impl Printer {
+    /// Starts the printing thread; it ends when every `Printer` is dropped.
+    pub(crate) fn start() -> Printer {
+        let (sender, mut receiver) = mpsc::channel::<String>(PRINT_QUEUE_MAX_LINES);
+        std::thread::spawn(move || {
+            let stdout = std::io::stdout();
+            while let Some(line) = receiver.blocking_recv() {
+                let mut out = stdout.lock();
+                if let Err(error) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+                    tracing::warn!(%error, "cannot write to stdout; printing stops");
+                    return;
+                }
+            }
+        });
+        Printer { sender }
+    }
+
+    /// Prints one accepted event (waits if the printing thread is behind).
+    pub(crate) async fn print(&self, message: &Message, publisher_id: Option<&str>) {
+        let mut line = Line {
+            topic: &message.topic,
+            sequence: message.sequence,
+            publisher_id,
+            kind: None,
+            event: None,
+            process: None,
+            payload_error: None,
+        };
+        match CollectionEvent::decode(&message.payload) {
+            Ok(payload) => match payload.to_process_event() {
+                Ok((kind, event)) => {
+                    line.kind = Some(kind);
+                    line.event = Some(event);
+                }
+                Err(WireError::NotProcmondPayload) => line.process = Some(payload),
+                Err(error) => line.payload_error = Some(error.to_string()),
+            },
+            Err(error) => line.payload_error = Some(error.to_string()),
+        }
+        match serde_json::to_string(&line) {
+            // A closed channel means printing stopped (stdout gone); the broker keeps routing.
+            Ok(text) => drop(self.sender.send(text).await),
+            Err(error) => tracing::warn!(%error, "cannot format event as JSON"),
+        }
+    }
+}
