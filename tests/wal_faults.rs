@@ -23,7 +23,10 @@ fn sim_config(dir: &std::path::Path, disk: &SimDisk) -> WalConfig {
 }
 
 fn replayed(dir: &std::path::Path) -> Vec<procmond_wal::wal::format::WalEntry> {
-    WalReader::open(dir, 0).unwrap().map(|entry| entry.unwrap()).collect()
+    WalReader::open(dir, 0)
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .collect()
 }
 
 fn assert_poisoned<T: std::fmt::Debug>(result: Result<T, WalError>, op: &str) {
@@ -35,7 +38,10 @@ fn assert_poisoned<T: std::fmt::Debug>(result: Result<T, WalError>, op: &str) {
 
 #[test]
 fn eio_on_write_or_sync_poisons_the_log_and_every_waiter() {
-    for (fault, op) in [(Fault::WriteEio, "write segment"), (Fault::SyncEio, "fdatasync segment")] {
+    for (fault, op) in [
+        (Fault::WriteEio, "write segment"),
+        (Fault::SyncEio, "fdatasync segment"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let disk = SimDisk::new();
         let rt = runtime();
@@ -72,7 +78,10 @@ fn eio_on_write_or_sync_poisons_the_log_and_every_waiter() {
         // Reopening recovers everything that was acknowledged before the fault.
         let entries = replayed(dir.path());
         assert!(entries.len() >= 20);
-        assert_eq!(entries[..20].iter().map(|e| e.sequence).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+        assert_eq!(
+            entries[..20].iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            (1..=20).collect::<Vec<_>>()
+        );
         let (wal, report) = Wal::open(sim_config(dir.path(), &disk)).unwrap();
         assert!(report.next_sequence > 20);
         rt.block_on(async {
@@ -124,7 +133,10 @@ fn enospc_is_a_clear_error_loses_nothing_and_recovers_when_space_returns() {
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
 }
@@ -138,7 +150,9 @@ fn simulate(seed: u64) {
     let mut rng = Lcg(seed);
     let mut config = sim_config(dir.path(), &disk);
     if seed % 3 == 0 {
-        config.sync = SyncPolicy::Interval { sync_interval_ms: 1 };
+        config.sync = SyncPolicy::Interval {
+            sync_interval_ms: 1,
+        };
     }
     // sequence -> event id, for every sequence the log acknowledged as durable.
     let mut durable: HashMap<u64, u64> = HashMap::new();
@@ -150,8 +164,14 @@ fn simulate(seed: u64) {
         // report's loss counts are not asserted here: acknowledged events are.
         let (wal, opened) = Wal::open(config.clone()).unwrap();
         let after_open = read_dir(dir.path()).unwrap();
-        assert_eq!(after_open.torn_tail_bytes, 0, "seed {seed} cycle {cycle}: tail not cut");
-        assert_eq!(after_open.events, opened.events, "seed {seed} cycle {cycle}");
+        assert_eq!(
+            after_open.torn_tail_bytes, 0,
+            "seed {seed} cycle {cycle}: tail not cut"
+        );
+        assert_eq!(
+            after_open.events, opened.events,
+            "seed {seed} cycle {cycle}"
+        );
         // Every acknowledged event is there with its content; nothing appears out of order.
         let entries = replayed(dir.path());
         let mut last = 0;
@@ -160,12 +180,19 @@ fn simulate(seed: u64) {
             last = entry.sequence;
             let id = u64::from(entry.event.pid - 1000);
             if let Some(&expected) = durable.get(&entry.sequence) {
-                assert_eq!(id, expected, "seed {seed}: wrong event at {}", entry.sequence);
+                assert_eq!(
+                    id, expected,
+                    "seed {seed}: wrong event at {}",
+                    entry.sequence
+                );
             }
         }
         let present: std::collections::HashSet<u64> = entries.iter().map(|e| e.sequence).collect();
         for sequence in durable.keys().filter(|&&s| s > acked_through) {
-            assert!(present.contains(sequence), "seed {seed}: lost acknowledged {sequence}");
+            assert!(
+                present.contains(sequence),
+                "seed {seed}: lost acknowledged {sequence}"
+            );
         }
         rt.block_on(async {
             let appends = 50 + rng.next() % 400;
@@ -213,7 +240,8 @@ fn simulate(seed: u64) {
             }
             let _ = wal.close().await;
         });
-        disk.crash(seed.wrapping_mul(31).wrapping_add(cycle)).unwrap();
+        disk.crash(seed.wrapping_mul(31).wrapping_add(cycle))
+            .unwrap();
     }
 }
 

@@ -71,7 +71,9 @@ impl SimDisk {
 
     fn lock(&self) -> MutexGuard<'_, DiskState> {
         // A panic while holding the lock is a test bug; the state is still usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Makes the next matching operation fail.
@@ -213,7 +215,11 @@ impl Backend for SimBackend {
         {
             let mut state = self.disk.lock();
             if let Some(left) = state.space_left_bytes.as_mut() {
-                let needed = if preallocation == Preallocation::None { 0 } else { len_bytes };
+                let needed = if preallocation == Preallocation::None {
+                    0
+                } else {
+                    len_bytes
+                };
                 if *left < needed {
                     return Err(io::Error::from_raw_os_error(libc::ENOSPC));
                 }
