@@ -14,7 +14,8 @@ use procmond_wal::wal::{BackendChoice, SyncPolicy, Wal, WalConfig, WalError, Wal
 
 fn sim_config(dir: &std::path::Path, disk: &SimDisk) -> WalConfig {
     let mut config = WalConfig::new(dir);
-    config.backend = BackendChoice::Simulated(disk.clone());
+    config.backend = BackendChoice::Simulated;
+    config.sim_disk = Some(disk.clone());
     config.segment_max_bytes = 64 * 1024;
     config.group_max_bytes = 8 * 1024;
     config.wal_max_bytes = 16 * 1024 * 1024;
@@ -149,7 +150,7 @@ fn simulate(seed: u64) {
     let rt = runtime();
     let mut rng = Lcg(seed);
     let mut config = sim_config(dir.path(), &disk);
-    if seed % 3 == 0 {
+    if seed.is_multiple_of(3) {
         config.sync = SyncPolicy::Interval {
             sync_interval_ms: 1,
         };
@@ -215,7 +216,7 @@ fn simulate(seed: u64) {
                     _ => {}
                 }
                 let receipt = wal.enqueue(event(id), kind(id)).await.unwrap();
-                if rng.next() % 4 == 0 {
+                if rng.next().is_multiple_of(4) {
                     in_flight.push((receipt, id));
                 } else {
                     let sequence = receipt.await.unwrap();

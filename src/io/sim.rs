@@ -108,7 +108,7 @@ impl SimDisk {
             let mut image = model.synced.clone();
             for (offset, bytes) in model.unsynced.drain(..) {
                 for (index, sector) in bytes.chunks(SECTOR_BYTES).enumerate() {
-                    if next_random(&mut rng) % 2 == 0 {
+                    if next_random(&mut rng).is_multiple_of(2) {
                         continue;
                     }
                     let at = offset as usize + index * SECTOR_BYTES;

@@ -22,7 +22,7 @@ pub enum SyncPolicy {
 }
 
 /// Which I/O backend to use.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendChoice {
     /// io_uring when the ring can be created and the filesystem accepts O_DIRECT, else
     /// portable (logged once).
@@ -32,8 +32,8 @@ pub enum BackendChoice {
     Uring,
     /// Always the portable backend.
     Portable,
-    /// The fault-injection model on this simulated disk (tests; see [`crate::io::sim`]).
-    Simulated(crate::io::sim::SimDisk),
+    /// The fault-injection model on [`WalConfig::sim_disk`] (tests; see [`crate::io::sim`]).
+    Simulated,
 }
 
 /// Configuration of a [`crate::wal::Wal`]. Defaults follow the ticket: 100 MiB segments
@@ -60,6 +60,8 @@ pub struct WalConfig {
     pub preallocation: Preallocation,
     /// Capacity of the command queue into the ring thread; senders wait when it is full.
     pub queue_max_commands: usize,
+    /// The simulated disk used with [`BackendChoice::Simulated`] (tests only).
+    pub sim_disk: Option<crate::io::sim::SimDisk>,
 }
 
 impl WalConfig {
@@ -75,6 +77,7 @@ impl WalConfig {
             backend: BackendChoice::Auto,
             preallocation: Preallocation::Fallocate,
             queue_max_commands: 64 * 1024,
+            sim_disk: None,
         }
     }
 
@@ -94,7 +97,9 @@ impl WalConfig {
         let invalid = |field: &'static str, requirement: &'static str| {
             Err(WalError::InvalidConfig { field, requirement })
         };
-        if self.segment_max_bytes % BLOCK_BYTES as u64 != 0 || self.segment_max_bytes < 64 * 1024 {
+        if !self.segment_max_bytes.is_multiple_of(BLOCK_BYTES as u64)
+            || self.segment_max_bytes < 64 * 1024
+        {
             return invalid("segment_max_bytes", "a multiple of 4096, at least 65536");
         }
         if !(10..=100).contains(&self.segment_rotate_percent) {
@@ -113,6 +118,9 @@ impl WalConfig {
             && !(1..=60_000).contains(&sync_interval_ms)
         {
             return invalid("sync.sync_interval_ms", "between 1 and 60000");
+        }
+        if self.backend == BackendChoice::Simulated && self.sim_disk.is_none() {
+            return invalid("sim_disk", "set when backend is Simulated");
         }
         if self.queue_max_commands == 0 {
             return invalid("queue_max_commands", "at least 1");

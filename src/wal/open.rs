@@ -18,7 +18,7 @@ use super::stats::Shared;
 use super::writer::{Command, Plan, Resume, Sealed, Writer};
 use crate::io::portable::PortableBackend;
 use crate::io::probe::{self, UringUnavailable};
-use crate::io::sim::SimBackend;
+use crate::io::sim::{SimBackend, SimDisk};
 use crate::io::uring::UringBackend;
 use crate::io::{self as wal_io, BackendKind};
 
@@ -53,14 +53,14 @@ pub(crate) fn open(config: WalConfig) -> Result<Opened, WalError> {
     let (commands, receiver) = mpsc::channel(config.queue_max_commands);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let thread_shared = Arc::clone(&shared);
-    let choice = config.backend.clone();
+    let sim_disk = config.sim_disk.clone();
     let buffer_bytes = config.group_buffer_bytes();
     let thread = std::thread::Builder::new()
         .name("procmond-wal-ring".into())
         .spawn(move || {
             let _lock = lock; // Released when the ring thread ends.
             ring_main(
-                choice,
+                sim_disk,
                 backend_kind,
                 buffer_bytes,
                 plan,
@@ -107,14 +107,12 @@ fn choose_backend(config: &WalConfig) -> Result<BackendKind, WalError> {
         if let Err(error) = probe::probe_direct_io(&config.dir) {
             return Some(UringUnavailable::Direct(error));
         }
-        match probe::uring_runtime(8) {
-            Ok(_runtime) => None,
-            Err(problem) => Some(problem),
-        }
+        // The runtime built here is dropped at once; the ring thread builds its own.
+        probe::uring_runtime(8).err()
     };
-    match &config.backend {
+    match config.backend {
         BackendChoice::Portable => Ok(BackendKind::Portable),
-        BackendChoice::Simulated(_) => Ok(BackendKind::Simulated),
+        BackendChoice::Simulated => Ok(BackendKind::Simulated),
         BackendChoice::Uring => match uring_problem() {
             None => Ok(BackendKind::Uring),
             Some(UringUnavailable::Ring(error) | UringUnavailable::Direct(error)) => {
@@ -132,7 +130,7 @@ fn choose_backend(config: &WalConfig) -> Result<BackendKind, WalError> {
 }
 
 fn ring_main(
-    choice: BackendChoice,
+    sim_disk: Option<SimDisk>,
     kind: BackendKind,
     buffer_bytes: usize,
     plan: Plan,
@@ -169,7 +167,7 @@ fn ring_main(
             };
             let local = tokio::task::LocalSet::new();
             local.block_on(&runtime, async move {
-                if let BackendChoice::Simulated(disk) = choice {
+                if let (BackendKind::Simulated, Some(disk)) = (kind, sim_disk) {
                     let backend = SimBackend::new(disk, buffer_bytes, GROUP_BUFFERS);
                     serve(backend, plan, shared, commands, ready).await;
                 } else {

@@ -733,11 +733,12 @@ impl<B: Backend> Writer<B> {
             for reply in self.sync_waiters.drain(..) {
                 let _ = reply.send(Ok(self.durable_sequence));
             }
-        } else if self.written_sequence > self.durable_sequence && self.sync_deadline.is_none() {
-            if let SyncPolicy::Interval { sync_interval_ms } = self.config.sync {
-                self.sync_deadline =
-                    Some(tokio::time::Instant::now() + Duration::from_millis(sync_interval_ms));
-            }
+        } else if self.written_sequence > self.durable_sequence
+            && self.sync_deadline.is_none()
+            && let SyncPolicy::Interval { sync_interval_ms } = self.config.sync
+        {
+            self.sync_deadline =
+                Some(tokio::time::Instant::now() + Duration::from_millis(sync_interval_ms));
         }
         let mut acked = None;
         for completion in meta.completions {

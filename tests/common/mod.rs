@@ -24,8 +24,8 @@ pub fn event(i: u64) -> ProcessEvent {
     event.executable_path = Some(format!("/usr/bin/proc-{i}"));
     event.cpu_usage_percent = Some(i as f64 / 8.0);
     event.memory_usage_bytes = Some(4096 * i);
-    event.accessible = i % 2 == 0;
-    event.file_exists = i % 3 == 0;
+    event.accessible = i.is_multiple_of(2);
+    event.file_exists = i.is_multiple_of(3);
     event
         .platform_metadata
         .insert("linux.cgroup".into(), format!("/slice-{}", i % 7));
