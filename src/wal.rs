@@ -2,7 +2,7 @@
 //! returns its sequence.
 //!
 //! [`Wal`] is a `Send + Sync + Clone` handle; the log itself lives on one ring thread that
-//! owns the segment files (see `docs/design.md`). Submodules: [`format`] (bytes), [`naming`]
+//! owns the segment files (see `docs/design.md`). Submodules: [`format`](mod@format) (bytes), [`naming`]
 //! (file names), [`scan`] and [`recovery`] (reading), [`reader`] (replay), [`config`],
 //! [`error`], [`stats`], [`lock`]; the writer and open logic are private.
 
@@ -222,8 +222,9 @@ impl Wal {
         };
         let thread = self.thread.lock().ok().and_then(|mut slot| slot.take());
         if let Some(thread) = thread {
-            // The ring thread has answered Close; it is only returning now.
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            // The ring thread has answered Close and is only returning; joining is brief and
+            // needs no runtime (callers may use any executor).
+            let _ = thread.join();
         }
         result
     }

@@ -315,3 +315,35 @@ fn checkpoint_deletes_exactly_the_fully_acked_sealed_segments() {
         assert_eq!(replay.sequence, acked + 1);
     }
 }
+
+#[test]
+fn interval_policy_acknowledges_writes_and_reports_durability_truthfully() {
+    use procmond_wal::wal::SyncPolicy;
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let mut config = small_config(dir.path(), backend);
+        config.sync = SyncPolicy::Interval {
+            sync_interval_ms: 60_000,
+        };
+        let (wal, _) = Wal::open(config.clone()).unwrap();
+        rt.block_on(async {
+            for i in 1..=30 {
+                assert_eq!(wal.append(event(i), kind(i)).await.unwrap(), i);
+            }
+            // Written, but with a one-minute interval nothing has been synced yet.
+            assert_eq!(wal.durable_sequence(), 0);
+            assert_eq!(wal.stats().syncs, 0);
+            // `sync` forces it and then the watermark tells the truth.
+            assert_eq!(wal.sync().await.unwrap(), 30);
+            assert_eq!(wal.durable_sequence(), 30);
+            assert_eq!(wal.stats().syncs, 1);
+            wal.append(event(31), kind(31)).await.unwrap();
+            wal.close().await.unwrap();
+        });
+        // Close syncs what was written.
+        let (wal, report) = Wal::open(config).unwrap();
+        assert_eq!(report.events, 31);
+        rt.block_on(wal.close()).unwrap();
+    }
+}

@@ -208,7 +208,7 @@ pub enum EncodeError {
 }
 
 /// Encodes the event part of a [`WalEntry`] payload; done on the caller's thread so the ring
-/// thread only copies bytes. See [`EncodedEvent::frame_bytes`].
+/// thread only copies bytes into frames (see [`write_event_frame`]).
 pub fn encode_event(event: &ProcessEvent) -> Result<Vec<u8>, EncodeError> {
     let bytes = bincode::serde::encode_to_vec(event, bincode_config())?;
     if bytes.len() + EVENT_FIXED_PAYLOAD_BYTES > MAX_PAYLOAD_BYTES {
