@@ -451,7 +451,7 @@ impl<B: Backend> Writer<B> {
                     Ok(()) => continue,
                     Err(RotateError::Poisoned) => return None,
                     Err(RotateError::Full(error) | RotateError::Failed(error)) => {
-                        self.fail_waiting_events(&error);
+                        self.fail_after_rotation_error(&error);
                         continue;
                     }
                 },
@@ -806,13 +806,27 @@ impl<B: Backend> Writer<B> {
         self.poison = Some(poison);
     }
 
-    fn fail_waiting_events(&mut self, error: &WalError) {
-        let queue = std::mem::take(&mut self.queue);
-        for pending in queue {
+    /// After a rotation was refused (budget or ENOSPC): every queued append and checkpoint
+    /// fails with that error, and sync barriers resolve (all that was written is durable).
+    /// A refused checkpoint's watermark still lets acknowledged segments be deleted, so a
+    /// full log can always free space; the record itself is written by a later checkpoint.
+    fn fail_after_rotation_error(&mut self, error: &WalError) {
+        let mut acked = None;
+        for pending in std::mem::take(&mut self.queue) {
             match pending {
-                Pending::Events { .. } => fail_pending(pending, error),
-                other => self.queue.push_back(other),
+                Pending::Barrier { reply } => drop(reply.send(Ok(self.durable_sequence))),
+                Pending::Checkpoint { acked_through, .. } if acked_through < self.next_sequence => {
+                    acked = acked.max(Some(acked_through));
+                    fail_pending(pending, error);
+                }
+                other => fail_pending(other, error),
             }
+        }
+        if let Some(acked_through) = acked
+            && acked_through > self.acked_through
+        {
+            self.acked_through = acked_through;
+            self.start_deletions();
         }
     }
 
@@ -855,20 +869,26 @@ impl<B: Backend> Writer<B> {
         let Some((number, _)) = self.preparing.take() else {
             return;
         };
-        match result {
-            Ok(Ok(file)) => self.prepared = Some((number, Rc::new(file))),
-            Ok(Err(error)) => {
-                tracing::warn!(segment = number, %error, "preparing the next WAL segment failed; will retry at rotation");
-                self.next_segment_number = number;
-                self.segments_on_disk -= 1;
-                self.shared.segments.store(self.segments_on_disk, Relaxed);
-            }
-            Err(join) => {
-                tracing::warn!(segment = number, %join, "segment preparation task failed");
-                self.next_segment_number = number;
-                self.segments_on_disk -= 1;
+        match flatten_join(result) {
+            Ok(file) => self.prepared = Some((number, Rc::new(file))),
+            Err(error) => {
+                let error = self.preparation_failed(number, error);
+                tracing::warn!(%error, "preparing the next WAL segment failed; will retry at rotation");
             }
         }
+    }
+
+    /// Gives back the number and budget share of a segment whose preparation failed (its
+    /// file was removed), so numbering stays contiguous.
+    fn preparation_failed(&mut self, number: u64, error: io::Error) -> WalError {
+        self.next_segment_number = number;
+        self.segments_on_disk -= 1;
+        self.shared.segments.store(self.segments_on_disk, Relaxed);
+        WalError::io(
+            "create segment",
+            segment_path(&self.config.dir, number),
+            error,
+        )
     }
 
     async fn rotate(&mut self) -> Result<(), RotateError> {
@@ -891,27 +911,10 @@ impl<B: Backend> Writer<B> {
                 let Some((number, handle)) = self.preparing.take() else {
                     return Err(RotateError::Full(self.full_error()));
                 };
-                match handle.await {
-                    Ok(Ok(file)) => (number, Rc::new(file)),
-                    Ok(Err(error)) => {
-                        self.next_segment_number = number;
-                        self.segments_on_disk -= 1;
-                        let path = segment_path(&self.config.dir, number);
-                        return Err(RotateError::Failed(WalError::io(
-                            "create segment",
-                            path,
-                            error,
-                        )));
-                    }
-                    Err(join) => {
-                        self.next_segment_number = number;
-                        self.segments_on_disk -= 1;
-                        let path = segment_path(&self.config.dir, number);
-                        return Err(RotateError::Failed(WalError::io(
-                            "create segment",
-                            path,
-                            io::Error::other(join.to_string()),
-                        )));
+                match flatten_join(handle.await) {
+                    Ok(file) => (number, Rc::new(file)),
+                    Err(error) => {
+                        return Err(RotateError::Failed(self.preparation_failed(number, error)));
                     }
                 }
             }
@@ -1030,6 +1033,13 @@ async fn create_and_sync<B: Backend>(
     create_raw(backend, config, path)
         .await
         .map_err(|e| WalError::io("create segment", path, e))
+}
+
+fn flatten_join<T>(result: Result<io::Result<T>, tokio::task::JoinError>) -> io::Result<T> {
+    match result {
+        Ok(inner) => inner,
+        Err(join) => Err(io::Error::other(format!("background task failed: {join}"))),
+    }
 }
 
 fn fail_events_reply(reply: EventsReply, error: &WalError) {
