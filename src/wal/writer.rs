@@ -122,13 +122,13 @@ enum Completion {
         reply: Reply<()>,
         acked_through: u64,
     },
-    Barrier {
-        reply: Reply<u64>,
-    },
 }
 
+/// One group: what was written and who waits for it.
 #[derive(Default)]
 struct GroupMeta {
+    /// Position of the group in formation order (1, 2, …); barriers wait on it.
+    id: u64,
     completions: Vec<Completion>,
     last_sequence: Option<u64>,
     events: u64,
@@ -137,17 +137,28 @@ struct GroupMeta {
     device_bytes: u64,
 }
 
-struct IoDone<Buf> {
-    result: Result<(), (&'static str, io::Error)>,
-    buf: Option<Buf>,
+struct WriteDone<Buf> {
+    result: io::Result<()>,
+    buf: Buf,
     meta: GroupMeta,
-    synced: bool,
     path: PathBuf,
-    sync_started: Option<Instant>,
-    sync_finished: Option<Instant>,
 }
 
-type IoFuture<Buf> = Pin<Box<dyn Future<Output = IoDone<Buf>>>>;
+struct SyncDone {
+    result: io::Result<()>,
+    path: PathBuf,
+    latency_us: u64,
+}
+
+type WriteFuture<Buf> = Pin<Box<dyn Future<Output = WriteDone<Buf>>>>;
+type SyncFuture = Pin<Box<dyn Future<Output = SyncDone>>>;
+
+/// A sync in flight and the groups it makes durable.
+struct Syncing {
+    groups: Vec<GroupMeta>,
+    through_sequence: u64,
+    through_group: u64,
+}
 
 struct Active<F> {
     number: u64,
@@ -166,8 +177,6 @@ enum RotateError {
     Full(WalError),
     /// The next segment could not be created: fail the waiting appends, keep going.
     Failed(WalError),
-    /// The log is poisoned.
-    Poisoned,
 }
 
 /// The writer state on the ring thread.
@@ -188,12 +197,23 @@ pub(crate) struct Writer<B: Backend> {
     next_sequence: u64,
     written_sequence: u64,
     durable_sequence: u64,
-    records_unsynced: u64,
     acked_through: u64,
     /// Highest checkpoint put into a group (durable or not).
     acked_queued: u64,
-    sync_waiters: Vec<Reply<u64>>,
+    /// Groups formed so far; a group's id is its position.
+    groups_formed: u64,
+    /// Highest group id whose write completed.
+    groups_written: u64,
+    /// Highest group id covered by a completed sync.
+    groups_durable: u64,
+    /// Written groups no sync covers yet, in order.
+    unsynced: Vec<GroupMeta>,
+    /// `sync()` callers: (group id they wait for, reply).
+    sync_waiters: Vec<(u64, Reply<u64>)>,
+    /// Under the interval policy: when the next sync is due (None: nothing unsynced).
     sync_deadline: Option<tokio::time::Instant>,
+    /// A sync is wanted now (interval policy: barrier, rotation, shutdown).
+    sync_requested: bool,
     poison: Option<WalError>,
 }
 
@@ -287,11 +307,15 @@ impl<B: Backend> Writer<B> {
             next_sequence: plan.next_sequence,
             written_sequence: durable,
             durable_sequence: durable,
-            records_unsynced: 0,
             acked_through: plan.acked_through,
             acked_queued: plan.acked_through,
+            groups_formed: 0,
+            groups_written: 0,
+            groups_durable: 0,
+            unsynced: Vec::new(),
             sync_waiters: Vec::new(),
             sync_deadline: None,
+            sync_requested: false,
             poison: None,
         };
         writer.maybe_prepare();
@@ -300,26 +324,48 @@ impl<B: Backend> Writer<B> {
     }
 
     /// Serves commands until closed (or every handle is dropped), then flushes and returns.
+    ///
+    /// Pipeline: at most one group write and one sync are in flight. While group N's sync
+    /// runs, group N+1 is formed and written; its sync starts when N's completes. A write
+    /// or sync future, once started, is always polled to completion, even after poisoning.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut inflight: Option<IoFuture<B::Buf>> = None;
+        let mut write: Option<WriteFuture<B::Buf>> = None;
+        let mut sync: Option<(SyncFuture, Syncing)> = None;
         let mut receiving = true;
         let mut close_replies: Vec<Reply<()>> = Vec::new();
         loop {
-            if inflight.is_none() && self.poison.is_none() {
-                inflight = self.next_io().await;
+            if self.poison.is_none() {
+                if write.is_none() {
+                    let io_idle = sync.is_none() && self.unsynced.is_empty();
+                    write = self.next_write(io_idle).await;
+                }
+                if sync.is_none() {
+                    if !receiving {
+                        self.sync_requested = true;
+                    }
+                    sync = self.next_sync();
+                }
             }
-            let idle = inflight.is_none() && self.queue.is_empty() && self.sync_waiters.is_empty();
+            let idle = write.is_none()
+                && sync.is_none()
+                && self.queue.is_empty()
+                && (self.unsynced.is_empty() || self.poison.is_some());
             if !receiving && idle {
                 break;
             }
-            let sync_due = self.sync_deadline;
+            let sync_due = self.sync_deadline.filter(|_| sync.is_none());
             let preparing = self.preparing.is_some();
             let deleting = self.deleting.is_some();
             tokio::select! {
                 biased;
-                done = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
-                    inflight = None;
-                    self.complete(done);
+                done = async { write.as_mut().expect("guarded").await }, if write.is_some() => {
+                    write = None;
+                    self.complete_write(done);
+                }
+                done = async { sync.as_mut().expect("guarded").0.as_mut().await }, if sync.is_some() => {
+                    if let Some((_, syncing)) = sync.take() {
+                        self.complete_sync(done, syncing);
+                    }
                 }
                 command = commands.recv(), if receiving => match command {
                     Some(Command::Close { reply }) => {
@@ -351,11 +397,9 @@ impl<B: Backend> Writer<B> {
                     self.deleting = None;
                     self.deletions_done(deleted.unwrap_or(0));
                 }
-                () = sleep_until(sync_due), if sync_due.is_some() && inflight.is_none() => {
+                () = sleep_until(sync_due), if sync_due.is_some() => {
                     self.sync_deadline = None;
-                    if let Some(io) = self.sync_only(Vec::new()) {
-                        inflight = Some(io);
-                    }
+                    self.sync_requested = true;
                 }
             }
         }
@@ -363,13 +407,6 @@ impl<B: Backend> Writer<B> {
     }
 
     async fn shutdown(mut self, close_replies: Vec<Reply<()>>) {
-        if self.poison.is_none()
-            && self.written_sequence > self.durable_sequence
-            && let Some(io) = self.sync_only(Vec::new())
-        {
-            let done = io.await;
-            self.complete(done);
-        }
         if let Some((_, handle)) = self.preparing.take() {
             let _ = handle.await;
         }
@@ -438,18 +475,23 @@ impl<B: Backend> Writer<B> {
         self.queue.push_back(pending);
     }
 
-    /// The next I/O to start while nothing is in flight: a group write, or a pure sync.
-    async fn next_io(&mut self) -> Option<IoFuture<B::Buf>> {
+    /// The next group write, if anything is queued and the write slot is free. Rotation waits
+    /// until no I/O is in flight and everything written is durable (`io_idle`), because a sync
+    /// of the new segment would not cover the old one.
+    async fn next_write(&mut self, io_idle: bool) -> Option<WriteFuture<B::Buf>> {
         loop {
             if self.queue.is_empty() {
                 return None;
             }
             match self.form_group() {
-                Formed::Io(io) => return Some(io),
+                Formed::Write(io) => return Some(io),
                 Formed::Nothing => return None,
+                Formed::NeedRotation if !io_idle => {
+                    self.sync_requested = true;
+                    return None;
+                }
                 Formed::NeedRotation => match self.rotate().await {
                     Ok(()) => continue,
-                    Err(RotateError::Poisoned) => return None,
                     Err(RotateError::Full(error) | RotateError::Failed(error)) => {
                         self.fail_after_rotation_error(&error);
                         continue;
@@ -457,6 +499,37 @@ impl<B: Backend> Writer<B> {
                 },
             }
         }
+    }
+
+    /// A sync covering every written group, when one is due: always under the default
+    /// policy; under the interval policy when requested or the interval has passed.
+    fn next_sync(&mut self) -> Option<(SyncFuture, Syncing)> {
+        if self.unsynced.is_empty() {
+            return None;
+        }
+        if !self.sync_requested && self.config.sync != SyncPolicy::EveryGroup {
+            return None;
+        }
+        self.sync_requested = false;
+        self.sync_deadline = None;
+        let syncing = Syncing {
+            groups: std::mem::take(&mut self.unsynced),
+            through_sequence: self.written_sequence,
+            through_group: self.groups_written,
+        };
+        let backend = Rc::clone(&self.backend);
+        let file = Rc::clone(&self.active.file);
+        let path = self.active.path.clone();
+        let future: SyncFuture = Box::pin(async move {
+            let started = Instant::now();
+            let result = backend.sync_data(&file).await;
+            SyncDone {
+                result,
+                path,
+                latency_us: started.elapsed().as_micros() as u64,
+            }
+        });
+        Some((future, syncing))
     }
 
     fn form_group(&mut self) -> Formed<B::Buf> {
@@ -469,7 +542,11 @@ impl<B: Backend> Writer<B> {
         let tail_len = self.active.tail.len();
         buf[..tail_len].copy_from_slice(&self.active.tail);
         let mut pos = tail_len;
-        let mut meta = GroupMeta::default();
+        let mut meta = GroupMeta {
+            id: self.groups_formed + 1,
+            ..GroupMeta::default()
+        };
+        let mut barriers = Vec::new();
         let mut need_rotation = false;
         let segment_number = self.active.number;
         let base = self.active.tail_offset;
@@ -477,7 +554,7 @@ impl<B: Backend> Writer<B> {
             match front {
                 Pending::Barrier { .. } => {
                     if let Some(Pending::Barrier { reply }) = self.queue.pop_front() {
-                        meta.completions.push(Completion::Barrier { reply });
+                        barriers.push(reply);
                     }
                 }
                 Pending::Checkpoint { acked_through, .. } => {
@@ -587,32 +664,31 @@ impl<B: Backend> Writer<B> {
                 }
             }
         }
-        if pos == tail_len {
-            self.buffers.push(buf);
-            // Only barriers (or nothing) were taken.
-            let barriers: Vec<Reply<u64>> = meta
-                .completions
-                .into_iter()
-                .filter_map(|completion| match completion {
-                    Completion::Barrier { reply } => Some(reply),
-                    _ => None,
-                })
-                .collect();
-            if self.written_sequence > self.durable_sequence {
-                if let Some(io) = self.sync_only(barriers) {
-                    return Formed::Io(io);
-                }
+        let has_records = pos > tail_len;
+        // A barrier waits for the last group formed so far (this one if it has records).
+        let barrier_group = if has_records {
+            meta.id
+        } else {
+            self.groups_formed
+        };
+        for reply in barriers {
+            if barrier_group <= self.groups_durable {
+                let _ = reply.send(Ok(self.durable_sequence));
             } else {
-                for reply in barriers {
-                    let _ = reply.send(Ok(self.durable_sequence));
-                }
+                self.sync_waiters.push((barrier_group, reply));
+                // The interval policy syncs on demand; the default policy syncs anyway.
+                self.sync_requested = true;
             }
+        }
+        if !has_records {
+            self.buffers.push(buf);
             return if need_rotation {
                 Formed::NeedRotation
             } else {
                 Formed::Nothing
             };
         }
+        self.groups_formed = meta.id;
         // Pad to a whole block: the zeros also mark the end of the records.
         let write_len = format::align_up(pos, BLOCK_BYTES);
         buf[pos..write_len].fill(0);
@@ -628,120 +704,92 @@ impl<B: Backend> Writer<B> {
         }
         meta.device_bytes = write_len as u64;
         self.shared.next_sequence.store(self.next_sequence, Relaxed);
-        let sync = self.config.sync == SyncPolicy::EveryGroup;
         let backend = Rc::clone(&self.backend);
         let file = Rc::clone(&self.active.file);
         let path = self.active.path.clone();
-        Formed::Io(Box::pin(async move {
+        Formed::Write(Box::pin(async move {
             let (result, buf) = backend.write_at(&file, buf, write_len, base).await;
-            let mut done = IoDone {
-                result: result.map_err(|e| ("write segment", e)),
-                buf: Some(buf),
-                meta,
-                synced: false,
-                path,
-                sync_started: None,
-                sync_finished: None,
-            };
-            if sync && done.result.is_ok() {
-                done.sync_started = Some(Instant::now());
-                done.result = backend
-                    .sync_data(&file)
-                    .await
-                    .map_err(|e| ("fdatasync segment", e));
-                done.sync_finished = Some(Instant::now());
-                done.synced = true;
-            }
-            done
-        }))
-    }
-
-    /// A sync of the active segment with no write (interval policy, barriers, close).
-    fn sync_only(&mut self, barriers: Vec<Reply<u64>>) -> Option<IoFuture<B::Buf>> {
-        if self.written_sequence <= self.durable_sequence {
-            for reply in barriers {
-                let _ = reply.send(Ok(self.durable_sequence));
-            }
-            return None;
-        }
-        let meta = GroupMeta {
-            completions: barriers
-                .into_iter()
-                .map(|reply| Completion::Barrier { reply })
-                .collect(),
-            ..GroupMeta::default()
-        };
-        let backend = Rc::clone(&self.backend);
-        let file = Rc::clone(&self.active.file);
-        let path = self.active.path.clone();
-        Some(Box::pin(async move {
-            let sync_started = Some(Instant::now());
-            let result = backend
-                .sync_data(&file)
-                .await
-                .map_err(|e| ("fdatasync segment", e));
-            IoDone {
+            WriteDone {
                 result,
-                buf: None,
+                buf,
                 meta,
-                synced: true,
                 path,
-                sync_started,
-                sync_finished: Some(Instant::now()),
             }
         }))
     }
 
-    fn complete(&mut self, done: IoDone<B::Buf>) {
-        if let Some(buf) = done.buf {
-            self.buffers.push(buf);
+    fn complete_write(&mut self, done: WriteDone<B::Buf>) {
+        self.buffers.push(done.buf);
+        let mut meta = done.meta;
+        if self.poison.is_some() {
+            self.fail_completions(meta.completions);
+            return;
         }
-        let meta = done.meta;
-        if let Err((op, error)) = done.result {
-            self.poison_with(op, done.path, error, meta.completions);
+        if let Err(error) = done.result {
+            self.poison_with("write segment", done.path, error, meta.completions);
             return;
         }
         let shared = &self.shared;
-        if meta.device_bytes > 0 {
-            shared.group_writes.fetch_add(1, Relaxed);
-            shared
-                .device_bytes_written
-                .fetch_add(meta.device_bytes, Relaxed);
-            shared.record_bytes.fetch_add(meta.record_bytes, Relaxed);
-            shared.events_appended.fetch_add(meta.events, Relaxed);
-        }
+        shared.group_writes.fetch_add(1, Relaxed);
+        shared
+            .device_bytes_written
+            .fetch_add(meta.device_bytes, Relaxed);
+        shared.record_bytes.fetch_add(meta.record_bytes, Relaxed);
+        shared.events_appended.fetch_add(meta.events, Relaxed);
         if let Some(last) = meta.last_sequence {
             self.written_sequence = last;
         }
-        self.records_unsynced += meta.records;
-        if done.synced {
-            self.durable_sequence = self.written_sequence;
-            shared
-                .durable_sequence
-                .store(self.durable_sequence, Relaxed);
-            shared.syncs.fetch_add(1, Relaxed);
-            shared
-                .records_synced
-                .fetch_add(self.records_unsynced, Relaxed);
-            self.records_unsynced = 0;
-            self.sync_deadline = None;
-            if let (Some(start), Some(end)) = (done.sync_started, done.sync_finished) {
-                shared
-                    .sync_latency
-                    .record_us(end.duration_since(start).as_micros() as u64);
+        self.groups_written = meta.id;
+        if let SyncPolicy::Interval { sync_interval_ms } = self.config.sync {
+            // Explicitly weaker: callers hear back once the write is done.
+            let completions = std::mem::take(&mut meta.completions);
+            self.resolve(completions);
+            if self.sync_deadline.is_none() {
+                self.sync_deadline =
+                    Some(tokio::time::Instant::now() + Duration::from_millis(sync_interval_ms));
             }
-            for reply in self.sync_waiters.drain(..) {
-                let _ = reply.send(Ok(self.durable_sequence));
-            }
-        } else if self.written_sequence > self.durable_sequence
-            && self.sync_deadline.is_none()
-            && let SyncPolicy::Interval { sync_interval_ms } = self.config.sync
-        {
-            self.sync_deadline =
-                Some(tokio::time::Instant::now() + Duration::from_millis(sync_interval_ms));
         }
+        self.unsynced.push(meta);
+    }
+
+    fn complete_sync(&mut self, done: SyncDone, syncing: Syncing) {
+        let records: u64 = syncing.groups.iter().map(|group| group.records).sum();
+        let mut completions = Vec::new();
+        for group in syncing.groups {
+            completions.extend(group.completions);
+        }
+        if self.poison.is_some() {
+            self.fail_completions(completions);
+            return;
+        }
+        if let Err(error) = done.result {
+            self.poison_with("fdatasync segment", done.path, error, completions);
+            return;
+        }
+        self.durable_sequence = syncing.through_sequence;
+        self.groups_durable = syncing.through_group;
+        let shared = &self.shared;
+        shared
+            .durable_sequence
+            .store(self.durable_sequence, Relaxed);
+        shared.syncs.fetch_add(1, Relaxed);
+        shared.records_synced.fetch_add(records, Relaxed);
+        shared.sync_latency.record_us(done.latency_us);
+        self.resolve(completions);
+        let durable_group = self.groups_durable;
+        let durable_sequence = self.durable_sequence;
+        for (_, reply) in self
+            .sync_waiters
+            .extract_if(.., |(group, _)| *group <= durable_group)
+        {
+            let _ = reply.send(Ok(durable_sequence));
+        }
+    }
+
+    /// Answers the callers of written (default policy: durable) groups.
+    fn resolve(&mut self, completions: Vec<Completion>) {
         let mut acked = None;
-        for completion in meta.completions {
+        for completion in completions {
             match completion {
                 Completion::Events { reply, first, last } => match reply {
                     EventsReply::One(reply) => drop(reply.send(Ok(first))),
@@ -751,24 +799,29 @@ impl<B: Backend> Writer<B> {
                     reply,
                     acked_through,
                 } => {
-                    acked = Some(acked_through);
+                    acked = acked.max(Some(acked_through));
                     let _ = reply.send(Ok(()));
-                }
-                Completion::Barrier { reply } => {
-                    if done.synced || self.written_sequence <= self.durable_sequence {
-                        let _ = reply.send(Ok(self.durable_sequence));
-                    } else {
-                        // Interval policy: a barrier waits for the next sync, due now.
-                        self.sync_waiters.push(reply);
-                        self.sync_deadline = Some(tokio::time::Instant::now());
-                    }
                 }
             }
         }
-        if let Some(acked_through) = acked {
-            self.acked_through = self.acked_through.max(acked_through);
-            self.shared.acked_through.store(self.acked_through, Relaxed);
+        if let Some(acked_through) = acked
+            && acked_through > self.acked_through
+        {
+            self.acked_through = acked_through;
+            self.shared.acked_through.store(acked_through, Relaxed);
             self.start_deletions();
+        }
+    }
+
+    fn fail_completions(&mut self, completions: Vec<Completion>) {
+        let Some(poison) = self.poison.clone() else {
+            return;
+        };
+        for completion in completions {
+            match completion {
+                Completion::Events { reply, .. } => fail_events_reply(reply, &poison),
+                Completion::Checkpoint { reply, .. } => drop(reply.send(Err(poison.clone()))),
+            }
         }
     }
 
@@ -789,21 +842,18 @@ impl<B: Backend> Writer<B> {
             *slot = Some(poison.clone());
         }
         self.shared.poisoned.store(true, Relaxed);
-        for completion in completions {
-            match completion {
-                Completion::Events { reply, .. } => fail_events_reply(reply, &poison),
-                Completion::Checkpoint { reply, .. } => drop(reply.send(Err(poison.clone()))),
-                Completion::Barrier { reply } => drop(reply.send(Err(poison.clone()))),
-            }
+        self.poison = Some(poison.clone());
+        self.fail_completions(completions);
+        for group in std::mem::take(&mut self.unsynced) {
+            self.fail_completions(group.completions);
         }
         for pending in self.queue.drain(..) {
             fail_pending(pending, &poison);
         }
-        for reply in self.sync_waiters.drain(..) {
+        for (_, reply) in self.sync_waiters.drain(..) {
             let _ = reply.send(Err(poison.clone()));
         }
         self.sync_deadline = None;
-        self.poison = Some(poison);
     }
 
     /// After a rotation was refused (budget or ENOSPC): every queued append and checkpoint
@@ -891,17 +941,10 @@ impl<B: Backend> Writer<B> {
         )
     }
 
+    /// Switches to the next segment. Called only when no I/O is in flight and everything
+    /// written is durable.
     async fn rotate(&mut self) -> Result<(), RotateError> {
-        if self.written_sequence > self.durable_sequence {
-            // Interval policy: the old segment must be durable before writes move on.
-            if let Some(io) = self.sync_only(Vec::new()) {
-                let done = io.await;
-                self.complete(done);
-            }
-            if self.poison.is_some() {
-                return Err(RotateError::Poisoned);
-            }
-        }
+        debug_assert!(self.unsynced.is_empty() && self.written_sequence == self.durable_sequence);
         let (number, file) = match self.prepared.take() {
             Some(prepared) => prepared,
             None => {
@@ -985,7 +1028,7 @@ impl<B: Backend> Writer<B> {
 }
 
 enum Formed<Buf> {
-    Io(IoFuture<Buf>),
+    Write(WriteFuture<Buf>),
     Nothing,
     NeedRotation,
 }
