@@ -150,7 +150,12 @@ impl SegmentHeader {
     /// Decodes and validates a header from the start of a segment.
     pub fn decode(bytes: &[u8]) -> Result<SegmentHeader, HeaderError> {
         let Some(used) = bytes.get(..SEGMENT_HEADER_USED_BYTES) else {
-            return Err(HeaderError::Truncated);
+            // A prepared segment without preallocation is an empty (or zero) file.
+            return Err(if bytes.iter().all(|&b| b == 0) {
+                HeaderError::Blank
+            } else {
+                HeaderError::Truncated
+            });
         };
         if used.iter().all(|&b| b == 0) {
             return Err(HeaderError::Blank);

@@ -146,7 +146,8 @@ pub struct OpenReport {
 }
 
 impl OpenReport {
-    /// Whether any damage was found (a torn tail counts: bytes on disk are not as written).
+    /// Whether no damage was found. A torn tail alone is clean: it is an interrupted write
+    /// that was never acknowledged, and opening the log cuts it.
     pub fn is_clean(&self) -> bool {
         self.damage.is_empty() && self.gaps.is_empty()
     }
