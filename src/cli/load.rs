@@ -300,11 +300,7 @@ fn wal_config(args: &LoadArgs, dir: &std::path::Path, record_bytes_per_event: u6
 /// A realistic event whose record is about `target_bytes` on disk (never smaller than the
 /// unpadded event).
 fn template_event(target_bytes: u64) -> ProcessEvent {
-    let mut event = ProcessEvent::new(
-        4242,
-        "load-worker",
-        Utc::now(),
-    );
+    let mut event = ProcessEvent::new(4242, "load-worker", Utc::now());
     event.ppid = Some(1);
     event.executable_path = Some("/usr/bin/load-worker".to_owned());
     event.command_line = vec!["/usr/bin/load-worker".to_owned(), "--serve".to_owned()];
