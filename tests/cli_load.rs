@@ -100,3 +100,56 @@ fn load_appends_to_an_existing_wal_and_checks_the_new_total() {
     }
     assert_eq!(read_dir(&dir).unwrap().events, 4000);
 }
+
+#[test]
+fn ctrl_c_stops_load_cleanly_and_what_was_appended_verifies() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+
+    let scratch = tempfile::tempdir().unwrap();
+    // Far more events than can be written before the signal arrives.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_procmond-wal"))
+        .args(["load", "--events", "10000000", "--publishers", "4"])
+        .args(["--segment-mib", "1", "--group-kib", "32"])
+        .env("TMPDIR", scratch.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut header = String::new();
+    // The header is printed once the interrupt handler is installed.
+    stdout.read_line(&mut header).unwrap();
+    assert!(header.starts_with("load: 10000000 events"), "{header}");
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}\n{stderr}");
+    let appended: u64 = rest
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("interrupted  after "))
+        .and_then(|tail| tail.split_whitespace().next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no interruption line in {rest}"));
+    assert!(appended < 10_000_000);
+    assert!(
+        rest.contains(&format!(
+            "verified     {appended} events on disk, no damage"
+        )),
+        "{rest}"
+    );
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+}

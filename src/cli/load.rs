@@ -11,7 +11,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -21,6 +21,7 @@ use procmond_wal::wal::recovery::read_dir;
 use procmond_wal::wal::{BackendChoice, SyncPolicy, Wal, WalConfig, WalError, WalStats};
 use procmond_wal::{EventKind, ProcessEvent};
 use serde::Serialize;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::JoinSet;
 
 use super::histogram::Histogram;
@@ -124,6 +125,7 @@ struct LatencyJson {
 #[derive(Debug, Serialize)]
 struct LoadJson {
     events: u64,
+    interrupted: bool,
     elapsed_s: f64,
     events_per_s: f64,
     bytes: u64,
@@ -145,10 +147,16 @@ struct LoadJson {
 
 /// What one run measured.
 struct Measured {
+    /// Events made durable (fewer than asked when interrupted).
+    appended: u64,
+    interrupted: bool,
     elapsed: Duration,
     latency: Histogram,
     stats: WalStats,
 }
+
+/// Exit code after Ctrl-C: the shell's convention for SIGINT (128 + 2).
+const EXIT_INTERRUPTED: u8 = 130;
 
 /// Runs `load`.
 pub fn run(args: LoadArgs) -> ExitCode {
@@ -171,36 +179,44 @@ fn load(args: &LoadArgs) -> Result<u8, CliError> {
     let config = wal_config(args, &dir, record_bytes_per_event);
     let (wal, opened) = Wal::open(config)?;
     let events_before = opened.events;
-    if !args.json {
-        println!(
-            "load: {} events of {} bytes, {} publishers x {} in flight, backend {}, sync {}",
+    let header = (!args.json).then(|| {
+        format!(
+            "load: {} events of {} bytes, {} publishers x {} in flight, backend {}, sync {}\n  dir          {}{}",
             args.events,
             record_bytes_per_event,
             args.publishers,
             args.inflight,
             wal.backend(),
             sync_text(args.sync),
-        );
-        println!(
-            "  dir          {}{}",
             dir.display(),
             if temp_dir.is_some() {
                 " (temporary, removed afterwards)"
             } else {
                 ""
             }
-        );
-    }
+        )
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(CliError::Runtime)?;
-    let measured = runtime.block_on(drive(wal, args, template))?;
+    let measured = runtime.block_on(async {
+        // Registered before anything is printed, so a Ctrl-C after the header always takes
+        // the orderly path.
+        let interrupts = signal(SignalKind::interrupt()).ok();
+        if let Some(header) = header {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{header}")
+                .and_then(|()| out.flush())
+                .map_err(CliError::Output)?;
+        }
+        drive(wal, args, template, interrupts).await
+    })?;
     drop(runtime);
 
     // Re-read what is on disk: exactly the appended events, nothing damaged.
     let report = read_dir(&dir)?;
-    let expected_events = events_before + args.events;
+    let expected_events = events_before + measured.appended;
     let verify_problem = if !report.is_clean() {
         Some(format!(
             "{} damaged place(s), {} event(s) lost",
@@ -225,9 +241,10 @@ fn load(args: &LoadArgs) -> Result<u8, CliError> {
     let stats = &measured.stats;
     let micros = |q: f64| (measured.latency.quantile_ns(q) as f64 / 100.0).round() / 10.0;
     let summary = LoadJson {
-        events: args.events,
+        events: measured.appended,
+        interrupted: measured.interrupted,
         elapsed_s,
-        events_per_s: args.events as f64 / elapsed_s,
+        events_per_s: measured.appended as f64 / elapsed_s,
         bytes: stats.record_bytes,
         mb_per_s: stats.record_bytes as f64 / elapsed_s / 1e6,
         record_bytes_per_event,
@@ -260,10 +277,12 @@ fn load(args: &LoadArgs) -> Result<u8, CliError> {
     if let Some(temp) = temp_dir {
         temp.close().map_err(CliError::TempDir)?;
     }
-    Ok(if summary.verified {
-        EXIT_OK
-    } else {
+    Ok(if !summary.verified {
         EXIT_PROBLEM
+    } else if summary.interrupted {
+        EXIT_INTERRUPTED
+    } else {
+        EXIT_OK
     })
 }
 
@@ -327,13 +346,23 @@ fn record_bytes(event: &ProcessEvent) -> u64 {
     frame_len(payload) as u64
 }
 
-async fn drive(wal: Wal, args: &LoadArgs, template: ProcessEvent) -> Result<Measured, CliError> {
+async fn drive(
+    wal: Wal,
+    args: &LoadArgs,
+    template: ProcessEvent,
+    interrupts: Option<Signal>,
+) -> Result<Measured, CliError> {
     let completed = Arc::new(AtomicU64::new(0));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let progress = std::io::stderr()
         .is_terminal()
         .then(|| tokio::spawn(progress_bar(Arc::clone(&completed), args.events, done_rx)));
 
+    // Ctrl-C stops new appends; what is in flight still completes and is verified, and the
+    // temporary directory is removed. A second Ctrl-C exits at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    let interrupt =
+        interrupts.map(|signals| tokio::spawn(watch_interrupt(signals, Arc::clone(&stop))));
     let template = Arc::new(template);
     let inflight = usize::try_from(args.inflight).unwrap_or(usize::MAX);
     let started = Instant::now();
@@ -350,6 +379,7 @@ async fn drive(wal: Wal, args: &LoadArgs, template: ProcessEvent) -> Result<Meas
             share,
             inflight,
             Arc::clone(&completed),
+            Arc::clone(&stop),
         ));
         first_index += share;
     }
@@ -370,6 +400,9 @@ async fn drive(wal: Wal, args: &LoadArgs, template: ProcessEvent) -> Result<Meas
         }
     }
     let elapsed = started.elapsed();
+    if let Some(interrupt) = interrupt {
+        interrupt.abort();
+    }
     let stats = wal.stats();
     let _ = done_tx.send(());
     if let Some(progress) = progress {
@@ -381,6 +414,8 @@ async fn drive(wal: Wal, args: &LoadArgs, template: ProcessEvent) -> Result<Meas
     }
     closed?;
     Ok(Measured {
+        appended: completed.load(Relaxed),
+        interrupted: stop.load(Relaxed),
         elapsed,
         latency,
         stats,
@@ -397,10 +432,14 @@ async fn publish(
     count: u64,
     inflight: usize,
     completed: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
 ) -> Result<Histogram, WalError> {
     let mut histogram = Histogram::default();
     let mut pending: JoinSet<Result<Duration, WalError>> = JoinSet::new();
     for index in first_index..first_index + count {
+        if stop.load(Relaxed) {
+            break;
+        }
         if pending.len() >= inflight
             && let Some(joined) = pending.join_next().await
         {
@@ -419,6 +458,25 @@ async fn publish(
         completed.fetch_add(1, Relaxed);
     }
     Ok(histogram)
+}
+
+async fn watch_interrupt(mut interrupts: Signal, stop: Arc<AtomicBool>) {
+    if interrupts.recv().await.is_none() {
+        return;
+    }
+    stop.store(true, Relaxed);
+    // Start a fresh line when the progress bar is on it.
+    let newline = if std::io::stderr().is_terminal() {
+        "\n"
+    } else {
+        ""
+    };
+    eprintln!(
+        "{newline}procmond-wal load: interrupted; finishing the appends in flight (Ctrl-C again to quit now)"
+    );
+    if interrupts.recv().await.is_some() {
+        std::process::exit(i32::from(EXIT_INTERRUPTED));
+    }
 }
 
 fn receipt_latency(
@@ -499,6 +557,9 @@ fn write_report(
             "written"
         },
     )?;
+    if summary.interrupted {
+        writeln!(out, "  interrupted  after {} events", summary.events)?;
+    }
     match &summary.verify_problem {
         None => writeln!(
             out,
