@@ -8,7 +8,7 @@
 //! prepared template so the run measures the WAL, not event construction.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -214,28 +214,8 @@ fn load(args: &LoadArgs) -> Result<u8, CliError> {
     })?;
     drop(runtime);
 
-    // Re-read what is on disk: exactly the appended events, nothing damaged.
-    let report = read_dir(&dir)?;
     let expected_events = events_before + measured.appended;
-    let verify_problem = if !report.is_clean() {
-        Some(format!(
-            "{} damaged place(s), {} event(s) lost",
-            report.damage.len(),
-            report.lost_events
-        ))
-    } else if report.torn_tail_bytes > 0 {
-        Some(format!(
-            "{} torn byte(s) after a clean close",
-            report.torn_tail_bytes
-        ))
-    } else if report.events != expected_events {
-        Some(format!(
-            "{} events on disk, expected {expected_events}",
-            report.events
-        ))
-    } else {
-        None
-    };
+    let verify_problem = check_on_disk(&dir, expected_events)?;
 
     let elapsed_s = measured.elapsed.as_secs_f64().max(1e-9);
     let stats = &measured.stats;
@@ -286,7 +266,32 @@ fn load(args: &LoadArgs) -> Result<u8, CliError> {
     })
 }
 
-fn wal_config(args: &LoadArgs, dir: &std::path::Path, record_bytes_per_event: u64) -> WalConfig {
+/// Re-reads the directory after the log is closed: it must hold exactly `expected_events`
+/// events, with no damage and no torn tail. Returns what is wrong, if anything.
+fn check_on_disk(dir: &Path, expected_events: u64) -> Result<Option<String>, CliError> {
+    let report = read_dir(dir)?;
+    Ok(if !report.is_clean() {
+        Some(format!(
+            "{} damaged place(s), {} event(s) lost",
+            report.damage.len(),
+            report.lost_events
+        ))
+    } else if report.torn_tail_bytes > 0 {
+        Some(format!(
+            "{} torn byte(s) after a clean close",
+            report.torn_tail_bytes
+        ))
+    } else if report.events != expected_events {
+        Some(format!(
+            "{} events on disk, expected {expected_events}",
+            report.events
+        ))
+    } else {
+        None
+    })
+}
+
+fn wal_config(args: &LoadArgs, dir: &Path, record_bytes_per_event: u64) -> WalConfig {
     let mut config = WalConfig::new(dir);
     config.segment_max_bytes = args.segment_mib.saturating_mul(1024 * 1024);
     config.group_max_bytes = args.group_kib.saturating_mul(1024);
