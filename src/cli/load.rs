@@ -32,8 +32,8 @@ use super::{CliError, EXIT_OK, EXIT_PROBLEM, finish};
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
     /// WAL directory to append to (created if missing). Default: a fresh temporary directory
-    /// under $TMPDIR, removed afterwards. On tmpfs, io_uring's O_DIRECT is refused and
-    /// `auto` uses the portable backend.
+    /// under $TMPDIR, removed afterwards. Where the filesystem refuses O_DIRECT, `auto` uses
+    /// the portable backend.
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Events to append in total.
