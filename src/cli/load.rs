@@ -1,0 +1,575 @@
+//! `procmond-wal load`: appends synthetic events durably through the real WAL, from many
+//! concurrent publishers each keeping many appends in flight, and reports events/s, MB/s,
+//! syncs, records per sync and durable-latency percentiles; then re-reads the directory to
+//! check that exactly the appended events are there, undamaged.
+//!
+//! Latency is measured per append from `enqueue` to its receipt resolving (durable under the
+//! default sync policy), which is what a caller of `append` waits. Events are clones of one
+//! prepared template so the run measures the WAL, not event construction.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use procmond_wal::io::{BackendKind, Preallocation};
+use procmond_wal::wal::format::{EVENT_FIXED_PAYLOAD_BYTES, encode_event, frame_len};
+use procmond_wal::wal::recovery::read_dir;
+use procmond_wal::wal::{BackendChoice, SyncPolicy, Wal, WalConfig, WalError, WalStats};
+use procmond_wal::{EventKind, ProcessEvent};
+use serde::Serialize;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::task::JoinSet;
+
+use super::histogram::Histogram;
+use super::output::write_json_pretty;
+use super::{CliError, EXIT_OK, EXIT_PROBLEM, finish};
+
+/// Arguments of `procmond-wal load`.
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// WAL directory to append to (created if missing). Default: a fresh temporary directory
+    /// under $TMPDIR, removed afterwards. Where the filesystem refuses O_DIRECT, `auto` uses
+    /// the portable backend.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Events to append in total.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub events: u64,
+    /// Concurrent publisher tasks.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub publishers: u64,
+    /// Appends each publisher keeps in flight.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub inflight: u64,
+    /// Approximate record size on disk in bytes (argv is padded to reach it; smaller values
+    /// give the smallest realistic event).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub event_bytes: u64,
+    /// I/O backend.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+    /// `group` (fdatasync after every group write) or `interval:MS` (receipts resolve once
+    /// written; a sync at most every MS milliseconds: a crash can lose the last interval).
+    #[arg(long, default_value = "group", value_parser = parse_sync)]
+    pub sync: SyncPolicy,
+    /// Segment size in MiB.
+    #[arg(long, default_value_t = 100)]
+    pub segment_mib: u64,
+    /// Soft cap of one group write in KiB.
+    #[arg(long, default_value_t = 1024)]
+    pub group_kib: usize,
+    /// How new segments reserve their space.
+    #[arg(long, value_enum, default_value_t = PreallocateArg::Fallocate)]
+    pub preallocate: PreallocateArg,
+    /// One JSON object on stdout for scripts instead of the report for people.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--backend`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum BackendArg {
+    /// io_uring if usable here, else portable.
+    Auto,
+    /// io_uring or fail.
+    Uring,
+    /// pwrite + fdatasync.
+    Portable,
+}
+
+/// `--preallocate`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PreallocateArg {
+    /// fallocate the whole segment.
+    Fallocate,
+    /// Write zeros over the whole segment.
+    Zerofill,
+    /// Let files grow with each write.
+    None,
+}
+
+fn parse_sync(text: &str) -> Result<SyncPolicy, String> {
+    if text == "group" {
+        return Ok(SyncPolicy::EveryGroup);
+    }
+    let interval = text
+        .strip_prefix("interval:")
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .ok_or_else(|| format!("expected `group` or `interval:MS`, got {text:?}"))?;
+    Ok(SyncPolicy::Interval {
+        sync_interval_ms: interval,
+    })
+}
+
+fn sync_text(sync: SyncPolicy) -> String {
+    match sync {
+        SyncPolicy::EveryGroup => "group".to_owned(),
+        SyncPolicy::Interval { sync_interval_ms } => format!("interval:{sync_interval_ms}"),
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Serialize)]
+struct LatencyJson {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+/// The `--json` summary.
+#[derive(Debug, Serialize)]
+struct LoadJson {
+    events: u64,
+    interrupted: bool,
+    elapsed_s: f64,
+    events_per_s: f64,
+    bytes: u64,
+    mb_per_s: f64,
+    record_bytes_per_event: u64,
+    syncs: u64,
+    records_per_sync: f64,
+    latency_us: LatencyJson,
+    latency_samples: u64,
+    backend: BackendKind,
+    sync: String,
+    publishers: u64,
+    inflight: u64,
+    dir: PathBuf,
+    dir_removed: bool,
+    verified: bool,
+    verify_problem: Option<String>,
+}
+
+/// What one run measured.
+struct Measured {
+    /// Events made durable (fewer than asked when interrupted).
+    appended: u64,
+    interrupted: bool,
+    elapsed: Duration,
+    latency: Histogram,
+    stats: WalStats,
+}
+
+/// Exit code after Ctrl-C: the shell's convention for SIGINT (128 + 2).
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// Runs `load`.
+pub fn run(args: LoadArgs) -> ExitCode {
+    finish("load", load(&args))
+}
+
+fn load(args: &LoadArgs) -> Result<u8, CliError> {
+    let (dir, temp_dir) = match &args.dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("procmond-wal-load-")
+                .tempdir()
+                .map_err(CliError::TempDir)?;
+            (temp.path().to_path_buf(), Some(temp))
+        }
+    };
+    let template = template_event(args.event_bytes);
+    let record_bytes_per_event = record_bytes(&template);
+    let config = wal_config(args, &dir, record_bytes_per_event);
+    let (wal, opened) = Wal::open(config)?;
+    let events_before = opened.events;
+    let header = (!args.json).then(|| {
+        format!(
+            "load: {} events of {} bytes, {} publishers x {} in flight, backend {}, sync {}\n  dir          {}{}",
+            args.events,
+            record_bytes_per_event,
+            args.publishers,
+            args.inflight,
+            wal.backend(),
+            sync_text(args.sync),
+            dir.display(),
+            if temp_dir.is_some() {
+                " (temporary, removed afterwards)"
+            } else {
+                ""
+            }
+        )
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    let measured = runtime.block_on(async {
+        // Registered before anything is printed, so a Ctrl-C after the header always takes
+        // the orderly path.
+        let interrupts = signal(SignalKind::interrupt()).ok();
+        if let Some(header) = header {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{header}")
+                .and_then(|()| out.flush())
+                .map_err(CliError::Output)?;
+        }
+        drive(wal, args, template, interrupts).await
+    })?;
+    drop(runtime);
+
+    let expected_events = events_before + measured.appended;
+    let verify_problem = check_on_disk(&dir, expected_events)?;
+
+    let elapsed_s = measured.elapsed.as_secs_f64().max(1e-9);
+    let stats = &measured.stats;
+    let micros = |q: f64| (measured.latency.quantile_ns(q) as f64 / 100.0).round() / 10.0;
+    let summary = LoadJson {
+        events: measured.appended,
+        interrupted: measured.interrupted,
+        elapsed_s,
+        events_per_s: measured.appended as f64 / elapsed_s,
+        bytes: stats.record_bytes,
+        mb_per_s: stats.record_bytes as f64 / elapsed_s / 1e6,
+        record_bytes_per_event,
+        syncs: stats.syncs,
+        records_per_sync: stats.records_per_sync,
+        latency_us: LatencyJson {
+            p50: micros(0.5),
+            p99: micros(0.99),
+            p999: micros(0.999),
+            max: (measured.latency.max_ns() as f64 / 100.0).round() / 10.0,
+        },
+        latency_samples: measured.latency.samples(),
+        backend: stats.backend,
+        sync: sync_text(args.sync),
+        publishers: args.publishers,
+        inflight: args.inflight,
+        dir: dir.clone(),
+        dir_removed: temp_dir.is_some(),
+        verified: verify_problem.is_none(),
+        verify_problem,
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        write_json_pretty(&mut out, &summary)?;
+    } else {
+        write_report(&mut out, &summary, expected_events).map_err(CliError::Output)?;
+    }
+    out.flush().map_err(CliError::Output)?;
+    if let Some(temp) = temp_dir {
+        temp.close().map_err(CliError::TempDir)?;
+    }
+    Ok(if !summary.verified {
+        EXIT_PROBLEM
+    } else if summary.interrupted {
+        EXIT_INTERRUPTED
+    } else {
+        EXIT_OK
+    })
+}
+
+/// Re-reads the directory after the log is closed: it must hold exactly `expected_events`
+/// events, with no damage and no torn tail. Returns what is wrong, if anything.
+fn check_on_disk(dir: &Path, expected_events: u64) -> Result<Option<String>, CliError> {
+    let report = read_dir(dir)?;
+    Ok(if !report.is_clean() {
+        Some(format!(
+            "{} damaged place(s), {} event(s) lost",
+            report.damage.len(),
+            report.lost_events
+        ))
+    } else if report.torn_tail_bytes > 0 {
+        Some(format!(
+            "{} torn byte(s) after a clean close",
+            report.torn_tail_bytes
+        ))
+    } else if report.events != expected_events {
+        Some(format!(
+            "{} events on disk, expected {expected_events}",
+            report.events
+        ))
+    } else {
+        None
+    })
+}
+
+fn wal_config(args: &LoadArgs, dir: &Path, record_bytes_per_event: u64) -> WalConfig {
+    let mut config = WalConfig::new(dir);
+    config.segment_max_bytes = args.segment_mib.saturating_mul(1024 * 1024);
+    config.group_max_bytes = args.group_kib.saturating_mul(1024);
+    config.sync = args.sync;
+    config.backend = match args.backend {
+        BackendArg::Auto => BackendChoice::Auto,
+        BackendArg::Uring => BackendChoice::Uring,
+        BackendArg::Portable => BackendChoice::Portable,
+    };
+    config.preallocation = match args.preallocate {
+        PreallocateArg::Fallocate => Preallocation::Fallocate,
+        PreallocateArg::Zerofill => Preallocation::ZeroFill,
+        PreallocateArg::None => Preallocation::None,
+    };
+    // The run never checkpoints, so every segment stays: budget for all of them (segments
+    // are filled to the rotation point, and count at full size) plus slack for the active
+    // and prepared ones, and never below the library default.
+    let rotate_bytes = config.segment_rotate_bytes().max(1);
+    let segments_needed = args
+        .events
+        .saturating_mul(record_bytes_per_event)
+        .div_ceil(rotate_bytes)
+        .saturating_add(3);
+    config.wal_max_bytes = config
+        .wal_max_bytes
+        .max(segments_needed.saturating_mul(config.segment_max_bytes));
+    config
+}
+
+/// A realistic event whose record is about `target_bytes` on disk (never smaller than the
+/// unpadded event).
+fn template_event(target_bytes: u64) -> ProcessEvent {
+    let mut event = ProcessEvent::new(4242, "load-worker", Utc::now());
+    event.ppid = Some(1);
+    event.executable_path = Some("/usr/bin/load-worker".to_owned());
+    event.command_line = vec!["/usr/bin/load-worker".to_owned(), "--serve".to_owned()];
+    event.user_id = Some("1000".to_owned());
+    event.cpu_usage_percent = Some(1.5);
+    event.memory_usage_bytes = Some(64 << 20);
+    event.accessible = true;
+    event.file_exists = true;
+    let base = record_bytes(&event);
+    // One more argv entry costs its bytes plus an 8-byte length prefix (bincode legacy).
+    let padding = target_bytes.saturating_sub(base + 8);
+    if padding > 0 {
+        event
+            .command_line
+            .push("x".repeat(usize::try_from(padding).unwrap_or(usize::MAX)));
+    }
+    event.truncate_to_limits();
+    event
+}
+
+/// Bytes of the record frame `event` becomes on disk.
+fn record_bytes(event: &ProcessEvent) -> u64 {
+    let payload = encode_event(event).map_or(0, |bytes| bytes.len()) + EVENT_FIXED_PAYLOAD_BYTES;
+    frame_len(payload) as u64
+}
+
+async fn drive(
+    wal: Wal,
+    args: &LoadArgs,
+    template: ProcessEvent,
+    interrupts: Option<Signal>,
+) -> Result<Measured, CliError> {
+    let completed = Arc::new(AtomicU64::new(0));
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let progress = std::io::stderr()
+        .is_terminal()
+        .then(|| tokio::spawn(progress_bar(Arc::clone(&completed), args.events, done_rx)));
+
+    // Ctrl-C stops new appends; what is in flight still completes and is verified, and the
+    // temporary directory is removed. A second Ctrl-C exits at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    let interrupt =
+        interrupts.map(|signals| tokio::spawn(watch_interrupt(signals, Arc::clone(&stop))));
+    let template = Arc::new(template);
+    let inflight = usize::try_from(args.inflight).unwrap_or(usize::MAX);
+    let started = Instant::now();
+    let mut publishers = JoinSet::new();
+    let mut first_index = 0u64;
+    for publisher in 0..args.publishers {
+        // Spread the remainder over the first publishers so the total is exact.
+        let share =
+            args.events / args.publishers + u64::from(publisher < args.events % args.publishers);
+        publishers.spawn(publish(
+            wal.clone(),
+            Arc::clone(&template),
+            first_index,
+            share,
+            inflight,
+            Arc::clone(&completed),
+            Arc::clone(&stop),
+        ));
+        first_index += share;
+    }
+    let mut latency = Histogram::default();
+    let mut failure = None;
+    while let Some(joined) = publishers.join_next().await {
+        match joined {
+            Ok(Ok(histogram)) => latency.merge(&histogram),
+            Ok(Err(error)) => {
+                failure.get_or_insert(CliError::Wal(error));
+                publishers.abort_all();
+            }
+            Err(join) if join.is_cancelled() => {}
+            Err(join) => {
+                failure.get_or_insert(CliError::Task(join));
+                publishers.abort_all();
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    if let Some(interrupt) = interrupt {
+        interrupt.abort();
+    }
+    let stats = wal.stats();
+    let _ = done_tx.send(());
+    if let Some(progress) = progress {
+        let _ = progress.await;
+    }
+    let closed = wal.close().await;
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
+    closed?;
+    Ok(Measured {
+        appended: completed.load(Relaxed),
+        interrupted: stop.load(Relaxed),
+        elapsed,
+        latency,
+        stats,
+    })
+}
+
+/// One publisher: appends `count` events, keeping up to `inflight` receipts pending. Each
+/// receipt is awaited in its own task so its latency is taken when it resolves, not when
+/// the publisher gets round to it.
+async fn publish(
+    wal: Wal,
+    template: Arc<ProcessEvent>,
+    first_index: u64,
+    count: u64,
+    inflight: usize,
+    completed: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> Result<Histogram, WalError> {
+    let mut histogram = Histogram::default();
+    let mut pending: JoinSet<Result<Duration, WalError>> = JoinSet::new();
+    for index in first_index..first_index + count {
+        if stop.load(Relaxed) {
+            break;
+        }
+        if pending.len() >= inflight
+            && let Some(joined) = pending.join_next().await
+        {
+            histogram.record(receipt_latency(joined)?);
+            completed.fetch_add(1, Relaxed);
+        }
+        let mut event = ProcessEvent::clone(&template);
+        event.pid = (index % u64::from(u32::MAX)) as u32 + 1;
+        let kind = EventKind::ALL[(index % 3) as usize];
+        let enqueued = Instant::now();
+        let receipt = wal.enqueue(event, kind).await?;
+        pending.spawn(async move { receipt.await.map(|_| enqueued.elapsed()) });
+    }
+    while let Some(joined) = pending.join_next().await {
+        histogram.record(receipt_latency(joined)?);
+        completed.fetch_add(1, Relaxed);
+    }
+    Ok(histogram)
+}
+
+async fn watch_interrupt(mut interrupts: Signal, stop: Arc<AtomicBool>) {
+    if interrupts.recv().await.is_none() {
+        return;
+    }
+    stop.store(true, Relaxed);
+    // Start a fresh line when the progress bar is on it.
+    let newline = if std::io::stderr().is_terminal() {
+        "\n"
+    } else {
+        ""
+    };
+    eprintln!(
+        "{newline}procmond-wal load: interrupted; finishing the appends in flight (Ctrl-C again to quit now)"
+    );
+    if interrupts.recv().await.is_some() {
+        std::process::exit(i32::from(EXIT_INTERRUPTED));
+    }
+}
+
+fn receipt_latency(
+    joined: Result<Result<Duration, WalError>, tokio::task::JoinError>,
+) -> Result<Duration, WalError> {
+    // A receipt task only awaits a channel; if it is gone the log is gone.
+    joined.unwrap_or(Err(WalError::Closed))
+}
+
+/// Redraws `[#####     ]  45%  123456 events/s` on stderr about ten times a second.
+async fn progress_bar(
+    completed: Arc<AtomicU64>,
+    total: u64,
+    mut done: tokio::sync::oneshot::Receiver<()>,
+) {
+    const WIDTH: u64 = 30;
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        let finished = tokio::select! {
+            _ = ticker.tick() => false,
+            _ = &mut done => true,
+        };
+        let count = completed.load(Relaxed).min(total);
+        let filled = count * WIDTH / total.max(1);
+        let rate = count as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        let mut stderr = std::io::stderr().lock();
+        // Progress is best effort: a failed write to the terminal is not worth stopping for.
+        let _ = write!(
+            stderr,
+            "\r[{}{}] {:>3}%  {:>10.0} events/s",
+            "#".repeat(filled as usize),
+            " ".repeat((WIDTH - filled) as usize),
+            count * 100 / total.max(1),
+            rate
+        );
+        if finished {
+            let _ = writeln!(stderr);
+            return;
+        }
+        let _ = stderr.flush();
+    }
+}
+
+fn write_report(
+    out: &mut impl Write,
+    summary: &LoadJson,
+    expected_events: u64,
+) -> std::io::Result<()> {
+    let millis = |micros: f64| {
+        if micros >= 1000.0 {
+            format!("{:.2} ms", micros / 1000.0)
+        } else {
+            format!("{micros:.0} µs")
+        }
+    };
+    writeln!(out, "  elapsed      {:.3} s", summary.elapsed_s)?;
+    writeln!(
+        out,
+        "  throughput   {:.0} events/s, {:.1} MB/s of records",
+        summary.events_per_s, summary.mb_per_s
+    )?;
+    writeln!(
+        out,
+        "  syncs        {} ({:.1} records per sync)",
+        summary.syncs, summary.records_per_sync
+    )?;
+    writeln!(
+        out,
+        "  latency      p50 {}, p99 {}, p99.9 {}, max {} (enqueue to {})",
+        millis(summary.latency_us.p50),
+        millis(summary.latency_us.p99),
+        millis(summary.latency_us.p999),
+        millis(summary.latency_us.max),
+        if summary.sync == "group" {
+            "durable"
+        } else {
+            "written"
+        },
+    )?;
+    if summary.interrupted {
+        writeln!(out, "  interrupted  after {} events", summary.events)?;
+    }
+    match &summary.verify_problem {
+        None => writeln!(
+            out,
+            "  verified     {expected_events} events on disk, no damage"
+        ),
+        Some(problem) => writeln!(out, "  VERIFY FAILED: {problem}"),
+    }
+}
