@@ -3,6 +3,7 @@
 # Usage: scripts/sim.sh [SEEDS (default 500)] [FIRST_SEED (default 1)]
 # Each seed runs several crash/reopen cycles on the simulated disk with torn unsynced sectors;
 # the run fails at the first seed that loses an acknowledged event or replays out of order.
+# PROCMOND_WAL_SIM_DEBUG=1 prints a summary of what each reopen found.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seeds="${1:-500}"

@@ -218,6 +218,7 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
     if let Some(last) = last_written {
         for segment in &report.segments[..last] {
             sealed.push_back(Sealed {
+                number: segment.number,
                 path: segment.path.clone(),
                 last_sequence: segment.last_sequence,
             });
@@ -257,6 +258,7 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
         } else {
             // Full, or its header is damaged: keep it sealed and start a new segment.
             sealed.push_back(Sealed {
+                number: segment.number,
                 path: segment.path.clone(),
                 last_sequence: segment.last_sequence,
             });
@@ -276,6 +278,7 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
         sealed,
         next_sequence: report.next_sequence,
         acked_through: report.acked_through,
+        checkpoint_segment: report.checkpoint_segment.unwrap_or(0),
         next_segment_number: max_number + 1,
     })
 }

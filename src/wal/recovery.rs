@@ -141,6 +141,8 @@ pub struct OpenReport {
     pub last_sequence: Option<u64>,
     /// Newest checkpoint: highest sequence acknowledged by the broker (0: none).
     pub acked_through: u64,
+    /// The segment holding that checkpoint (None: no checkpoint).
+    pub checkpoint_segment: Option<u64>,
     /// Sequence the next appended event gets.
     pub next_sequence: u64,
 }
@@ -319,7 +321,10 @@ fn read_segment(
                 } else if let Record::Checkpoint(checkpoint) = &record {
                     segment.checkpoints += 1;
                     report.checkpoints += 1;
-                    report.acked_through = report.acked_through.max(checkpoint.acked_through);
+                    if checkpoint.acked_through >= report.acked_through {
+                        report.acked_through = checkpoint.acked_through;
+                        report.checkpoint_segment = Some(number);
+                    }
                 }
                 segment.record_bytes += frame_bytes;
                 report.record_bytes += frame_bytes;

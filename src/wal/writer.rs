@@ -65,6 +65,7 @@ pub(crate) enum Command {
 /// A segment with no more writes coming.
 #[derive(Debug, Clone)]
 pub(crate) struct Sealed {
+    pub number: u64,
     pub path: PathBuf,
     /// Highest event sequence in it (None: no events).
     pub last_sequence: Option<u64>,
@@ -88,6 +89,8 @@ pub(crate) struct Plan {
     pub sealed: VecDeque<Sealed>,
     pub next_sequence: u64,
     pub acked_through: u64,
+    /// The segment holding the newest durable checkpoint (0: none).
+    pub checkpoint_segment: u64,
     pub next_segment_number: u64,
 }
 
@@ -198,6 +201,10 @@ pub(crate) struct Writer<B: Backend> {
     written_sequence: u64,
     durable_sequence: u64,
     acked_through: u64,
+    /// The segment holding the newest durable checkpoint record (0: none). Only segments
+    /// before it may be deleted, so the newest checkpoint — which keeps sequence numbers from
+    /// being reused after everything else is deleted — always survives.
+    checkpoint_segment: u64,
     /// Highest checkpoint put into a group (durable or not).
     acked_queued: u64,
     /// Groups formed so far; a group's id is its position.
@@ -308,6 +315,7 @@ impl<B: Backend> Writer<B> {
             written_sequence: durable,
             durable_sequence: durable,
             acked_through: plan.acked_through,
+            checkpoint_segment: plan.checkpoint_segment,
             acked_queued: plan.acked_through,
             groups_formed: 0,
             groups_written: 0,
@@ -807,7 +815,10 @@ impl<B: Backend> Writer<B> {
         if let Some(acked_through) = acked
             && acked_through > self.acked_through
         {
+            // Groups are resolved before any rotation (rotation waits for every sync), so the
+            // record is in the active segment.
             self.acked_through = acked_through;
+            self.checkpoint_segment = self.active.number;
             self.shared.acked_through.store(acked_through, Relaxed);
             self.start_deletions();
         }
@@ -966,6 +977,7 @@ impl<B: Backend> Writer<B> {
         let old = std::mem::replace(&mut self.active, next);
         tracing::debug!(sealed = old.number, active = number, "WAL segment rotated");
         self.sealed.push_back(Sealed {
+            number: old.number,
             path: old.path,
             last_sequence: old.last_sequence,
         });
@@ -982,10 +994,10 @@ impl<B: Backend> Writer<B> {
         }
         let mut doomed = Vec::new();
         while let Some(front) = self.sealed.front() {
-            if front
+            let acked = front
                 .last_sequence
-                .is_some_and(|last| last > self.acked_through)
-            {
+                .is_none_or(|last| last <= self.acked_through);
+            if !acked || front.number >= self.checkpoint_segment {
                 break;
             }
             if let Some(sealed) = self.sealed.pop_front() {
