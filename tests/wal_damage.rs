@@ -714,3 +714,25 @@ fn truncation_inside_the_padding_of_the_last_frame_keeps_later_appends() {
         assert_eq!(after.torn_tail_bytes, 0);
     }
 }
+
+/// Without preallocation a prepared segment is an empty file: it is as blank as a zeroed one
+/// and must not be reported as a damaged header (nor stop the newest segment from resuming).
+#[test]
+fn a_prepared_segment_without_preallocation_is_blank_not_damage() {
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = tiny_config(dir.path(), backend);
+        config.preallocation = procmond_wal::io::Preallocation::None;
+        write_log(&config, 5);
+        let report = read_dir(dir.path()).unwrap();
+        assert_eq!(report.events, 5);
+        assert!(report.is_clean(), "{backend:?}: {:?}", report.damage);
+        assert_eq!(report.last_written_index(), Some(0), "{backend:?}");
+        reopen_append_and_replay(&config, &[1, 2, 3, 4, 5], 6, 2, "no preallocation");
+        let report = read_dir(dir.path()).unwrap();
+        assert!(report.is_clean(), "{backend:?}: {:?}", report.damage);
+        // Still one written segment: the newest one resumed instead of being sealed.
+        let written = report.segments.iter().filter(|s| !s.is_blank()).count();
+        assert_eq!(written, 1, "{backend:?}");
+    }
+}
