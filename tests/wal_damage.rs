@@ -736,3 +736,103 @@ fn a_prepared_segment_without_preallocation_is_blank_not_damage() {
         assert_eq!(written, 1, "{backend:?}");
     }
 }
+
+/// Event frames of every segment, by segment number, for a log that spans several segments.
+fn frames_by_segment(dir: &Path) -> BTreeMap<u64, Vec<Frame>> {
+    let mut files: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut frames: BTreeMap<u64, Vec<Frame>> = BTreeMap::new();
+    let report = read_dir_with(dir, |segment, offset, record| {
+        if let Record::Event(entry) = record {
+            let bytes = files
+                .entry(segment)
+                .or_insert_with(|| fs::read(segment_path(dir, segment)).unwrap());
+            let offset = offset as usize;
+            let payload_len =
+                u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
+            frames.entry(segment).or_default().push(Frame {
+                sequence: entry.sequence,
+                offset,
+                payload_end: offset + FRAME_HEADER_BYTES + payload_len,
+            });
+        }
+    })
+    .unwrap();
+    assert!(report.is_clean());
+    frames
+}
+
+#[test]
+fn damage_at_the_end_of_a_sealed_segment_and_a_missing_segment_count_their_lost_events() {
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let config = tiny_config(dir.path(), backend);
+        let count = 700;
+        write_log(&config, count);
+        let frames = frames_by_segment(dir.path());
+        assert!(frames.len() >= 3, "{backend:?}: expected rotation");
+        let first = &frames[&1];
+        let second = &frames[&2];
+        let all: Vec<u64> = (1..=count).collect();
+
+        // The last record of sealed segment 1 is garbled: nothing valid follows it there, so
+        // it is a damaged end (not a torn tail), and segment 2's header shows the gap.
+        let victim = *first.last().unwrap();
+        let path = segment_path(dir.path(), 1);
+        let original = fs::read(&path).unwrap();
+        let mut damaged = original.clone();
+        flip_bit(&mut damaged, (victim.offset + 20) * 8 + 3);
+        fs::write(&path, &damaged).unwrap();
+        let report = read_dir(dir.path()).unwrap();
+        let nonzero_end = (victim.offset..damaged.len())
+            .rev()
+            .find(|&i| damaged[i] != 0)
+            .map(|i| align_up(i + 1, 8))
+            .unwrap();
+        assert_eq!(report.damage.len(), 1, "{:?}", report.damage);
+        let damage = &report.damage[0];
+        assert_eq!(
+            (damage.segment, damage.offset, damage.len_bytes, damage.kind),
+            (
+                1,
+                victim.offset as u64,
+                (nonzero_end - victim.offset) as u64,
+                DamageKind::DamagedEnd
+            )
+        );
+        assert_one_gap(&report, victim.sequence, 1);
+        assert_eq!((report.events, report.torn_tail_bytes), (count - 1, 0));
+        let survivors: Vec<u64> = all
+            .iter()
+            .copied()
+            .filter(|&s| s != victim.sequence)
+            .collect();
+        let scratch = tempfile::tempdir().unwrap();
+        copy_dir(dir.path(), scratch.path());
+        reopen_append_and_replay(
+            &tiny_config(scratch.path(), backend),
+            &survivors,
+            count + 1,
+            2,
+            "damaged end",
+        );
+        fs::write(&path, &original).unwrap();
+
+        // A whole middle segment is gone.
+        fs::remove_file(segment_path(dir.path(), 2)).unwrap();
+        let report = read_dir(dir.path()).unwrap();
+        assert_eq!(report.damage.len(), 1, "{:?}", report.damage);
+        assert_eq!(
+            (report.damage[0].segment, report.damage[0].kind),
+            (2, DamageKind::MissingSegment)
+        );
+        let lost = second.len() as u64;
+        assert_one_gap(&report, second[0].sequence, lost);
+        assert_eq!(report.events, count - lost);
+        let survivors: Vec<u64> = all
+            .iter()
+            .copied()
+            .filter(|s| !second.iter().any(|f| f.sequence == *s))
+            .collect();
+        reopen_append_and_replay(&config, &survivors, count + 1, 2, "missing segment");
+    }
+}
