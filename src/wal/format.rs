@@ -149,6 +149,12 @@ impl SegmentHeader {
 
     /// Decodes and validates a header from the start of a segment.
     pub fn decode(bytes: &[u8]) -> Result<SegmentHeader, HeaderError> {
+        // A crash between creating a segment and preallocating it (or no preallocation)
+        // leaves a short or empty file: as blank as a zeroed one, not a damaged header.
+        let present = &bytes[..bytes.len().min(SEGMENT_HEADER_USED_BYTES)];
+        if present.iter().all(|&b| b == 0) {
+            return Err(HeaderError::Blank);
+        }
         let Some(used) = bytes.get(..SEGMENT_HEADER_USED_BYTES) else {
             // A prepared segment without preallocation is an empty (or zero) file.
             return Err(if bytes.iter().all(|&b| b == 0) {
@@ -157,9 +163,6 @@ impl SegmentHeader {
                 HeaderError::Truncated
             });
         };
-        if used.iter().all(|&b| b == 0) {
-            return Err(HeaderError::Blank);
-        }
         if used[0..8] != SEGMENT_MAGIC {
             return Err(HeaderError::BadMagic);
         }
