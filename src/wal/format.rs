@@ -156,12 +156,7 @@ impl SegmentHeader {
             return Err(HeaderError::Blank);
         }
         let Some(used) = bytes.get(..SEGMENT_HEADER_USED_BYTES) else {
-            // A prepared segment without preallocation is an empty (or zero) file.
-            return Err(if bytes.iter().all(|&b| b == 0) {
-                HeaderError::Blank
-            } else {
-                HeaderError::Truncated
-            });
+            return Err(HeaderError::Truncated);
         };
         if used[0..8] != SEGMENT_MAGIC {
             return Err(HeaderError::BadMagic);

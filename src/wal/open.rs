@@ -246,7 +246,8 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
             let mut tail_bytes = vec![0u8; (segment.data_end - tail_offset) as usize];
             let file = wal_io::open_for_read(&segment.path)
                 .map_err(|e| WalError::io("read segment tail", &segment.path, e))?;
-            file.read_exact_at(&mut tail_bytes, tail_offset)
+            // The file may end inside the last frame's padding: what is missing stays zero.
+            read_available_at(&file, &mut tail_bytes, tail_offset)
                 .map_err(|e| WalError::io("read segment tail", &segment.path, e))?;
             resume = Some(Resume {
                 number: segment.number,
@@ -281,4 +282,18 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
         checkpoint_segment: report.checkpoint_segment.unwrap_or(0),
         next_segment_number: max_number + 1,
     })
+}
+
+/// Reads as much of `buf` as the file holds from `offset` (the rest stays as it is).
+fn read_available_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }

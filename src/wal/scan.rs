@@ -177,8 +177,12 @@ impl<R: Read> SegmentScan<R> {
             }
             Probe::NotAFrame => {}
         }
-        // Step over the gap one aligned word at a time until a valid frame or the end.
-        let gap_start = self.abs(self.pos);
+        // Step over the gap one aligned word at a time until a valid frame or the end. The
+        // position is unaligned only when the file ends inside the last frame's padding; the
+        // records then end at that frame's aligned end, where the next frame must go.
+        let gap_start = self
+            .abs(self.pos)
+            .next_multiple_of(FRAME_ALIGN_BYTES as u64);
         let mut nonzero_end = gap_start;
         loop {
             self.fill(FRAME_ALIGN_BYTES)?;
