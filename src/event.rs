@@ -172,6 +172,9 @@ impl ProcessEvent {
     ///
     /// Strings are cut at a UTF-8 character boundary at or below the limit.
     pub fn truncate_to_limits(&mut self) {
+        if self.within_limits() {
+            return;
+        }
         let mut cut = false;
         cut |= truncate_string(&mut self.name, limits::NAME_BYTES);
         for field in [
@@ -194,6 +197,41 @@ impl ProcessEvent {
         if cut {
             self.truncated = true;
         }
+    }
+
+    /// Whether nothing needs truncating (the common case, checked without allocating).
+    fn within_limits(&self) -> bool {
+        let short_fields_fit = [
+            &self.executable_path,
+            &self.executable_hash,
+            &self.hash_algorithm,
+            &self.user_id,
+        ]
+        .into_iter()
+        .flatten()
+        .all(|field| field.len() <= limits::SHORT_FIELD_BYTES);
+        let argv_fits = self.command_line.len() <= limits::ARGV_ENTRIES
+            && self.command_line.iter().map(String::len).sum::<usize>() <= limits::ARGV_TOTAL_BYTES;
+        let metadata_fits = self.platform_metadata.len() <= limits::METADATA_ENTRIES
+            && self.platform_metadata.iter().all(|(key, value)| {
+                key.len() <= limits::METADATA_KEY_BYTES
+                    && value.len() <= limits::METADATA_VALUE_BYTES
+            })
+            && self
+                .platform_metadata
+                .iter()
+                .map(|(key, value)| key.len() + value.len())
+                .sum::<usize>()
+                <= limits::METADATA_TOTAL_BYTES;
+        let times_fit = self.collection_time.timestamp_nanos_opt().is_some()
+            && self
+                .start_time
+                .is_none_or(|time| time.timestamp_nanos_opt().is_some());
+        self.name.len() <= limits::NAME_BYTES
+            && short_fields_fit
+            && argv_fits
+            && metadata_fits
+            && times_fit
     }
 
     /// Bytes of variable-length text the event carries (strings, argv, metadata).

@@ -213,7 +213,11 @@ pub enum EncodeError {
 /// Encodes the event part of a [`WalEntry`] payload; done on the caller's thread so the ring
 /// thread only copies bytes into frames (see [`write_event_frame`]).
 pub fn encode_event(event: &ProcessEvent) -> Result<Vec<u8>, EncodeError> {
-    let bytes = bincode::serde::encode_to_vec(event, bincode_config())?;
+    // Sized up front: every string costs its bytes plus an 8-byte length, and the fixed
+    // fields stay under 256 bytes, so the buffer is allocated once.
+    let strings = 4 + event.command_line.len() + 2 * event.platform_metadata.len();
+    let mut bytes = Vec::with_capacity(event.text_bytes() + 8 * strings + 256);
+    bincode::serde::encode_into_std_write(event, &mut bytes, bincode_config())?;
     if bytes.len() + EVENT_FIXED_PAYLOAD_BYTES > MAX_PAYLOAD_BYTES {
         return Err(EncodeError::TooLarge {
             payload_bytes: bytes.len() + EVENT_FIXED_PAYLOAD_BYTES,
