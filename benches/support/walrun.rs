@@ -1,0 +1,199 @@
+//! Drives this WAL with a [`Workload`]: publisher tasks on a two-worker tokio runtime (the
+//! machine has two cores), each awaiting every append or keeping a window of receipts in
+//! flight; and measures replay of what was written, from the page cache.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use procmond_wal::ProcessEvent;
+use procmond_wal::io::Preallocation;
+use procmond_wal::wal::format::{EVENT_FIXED_PAYLOAD_BYTES, frame_len};
+use procmond_wal::wal::{BackendChoice, Wal, WalConfig, WalReader};
+use serde::Serialize;
+
+use super::events::kind_for;
+use super::latency::LatencyRecorder;
+use super::{BenchError, BenchResult, RunResult, Workload, backend_name};
+
+/// The configuration every WAL run starts from: the crate defaults (100 MiB segments,
+/// 1 MiB groups, fallocate, sync every group) with a disk budget large enough that a
+/// benchmark run never hits it.
+pub fn base_config(dir: &Path, backend: BackendChoice) -> WalConfig {
+    let mut config = WalConfig::new(dir);
+    config.backend = backend;
+    config.wal_max_bytes = 64 * 1024 * 1024 * 1024;
+    config
+}
+
+/// Short name of a preallocation mode for tables.
+pub fn preallocation_name(preallocation: Preallocation) -> &'static str {
+    match preallocation {
+        Preallocation::Fallocate => "fallocate",
+        Preallocation::ZeroFill => "zerofill",
+        Preallocation::None => "none",
+    }
+}
+
+/// A tokio runtime with one worker per core of the benchmark machine.
+pub fn runtime() -> BenchResult<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::Runtime {
+            op: "start tokio runtime",
+            detail: e.to_string(),
+        })
+}
+
+/// Runs `publishers` tasks appending `event` through an open WAL until the time or event
+/// budget is spent. Returns events made durable, elapsed time and per-append latencies.
+pub async fn publish(
+    wal: &Wal,
+    workload: &Workload,
+    event: &ProcessEvent,
+) -> BenchResult<(u64, Duration, LatencyRecorder)> {
+    let issued = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + workload.duration;
+    let window = workload.in_flight_per_publisher.max(1);
+    let mut tasks = Vec::with_capacity(workload.publishers);
+    for _ in 0..workload.publishers {
+        let wal = wal.clone();
+        let event = event.clone();
+        let issued = Arc::clone(&issued);
+        let max_events = workload.max_events;
+        tasks.push(tokio::spawn(async move {
+            let mut recorder = LatencyRecorder::default();
+            let mut in_flight = VecDeque::with_capacity(window);
+            let mut done = 0u64;
+            loop {
+                let index = issued.fetch_add(1, Relaxed);
+                if index >= max_events || Instant::now() >= deadline {
+                    break;
+                }
+                let began = Instant::now();
+                let receipt = wal
+                    .enqueue(event.clone(), kind_for(index))
+                    .await
+                    .map_err(|e| BenchError::wal("enqueue", e))?;
+                in_flight.push_back((began, receipt));
+                if in_flight.len() >= window
+                    && let Some((began, receipt)) = in_flight.pop_front()
+                {
+                    receipt.await.map_err(|e| BenchError::wal("append", e))?;
+                    recorder.record(began.elapsed());
+                    done += 1;
+                }
+            }
+            while let Some((began, receipt)) = in_flight.pop_front() {
+                receipt.await.map_err(|e| BenchError::wal("append", e))?;
+                recorder.record(began.elapsed());
+                done += 1;
+            }
+            Ok::<_, BenchError>((done, recorder))
+        }));
+    }
+    let mut total = 0;
+    let mut merged = LatencyRecorder::default();
+    for task in tasks {
+        let (done, recorder) = task.await.map_err(|e| BenchError::Runtime {
+            op: "join publisher task",
+            detail: e.to_string(),
+        })??;
+        total += done;
+        merged.merge(recorder);
+    }
+    Ok((total, start.elapsed(), merged))
+}
+
+/// Opens a WAL with `config`, runs the workload, closes it and reports. The directory is
+/// left in place (the caller owns it) so replay can read it.
+pub fn run(
+    config: WalConfig,
+    variant: &str,
+    workload: &Workload,
+    event: &ProcessEvent,
+) -> BenchResult<RunResult> {
+    let backend = config.backend;
+    let rt = runtime()?;
+    let (wal, _report) = Wal::open(config).map_err(|e| BenchError::wal("open", e))?;
+    let outcome = rt.block_on(async {
+        let outcome = publish(&wal, workload, event).await;
+        let stats = wal.stats();
+        let closed = wal.close().await.map_err(|e| BenchError::wal("close", e));
+        outcome.and_then(|outcome| closed.map(|()| (outcome, stats)))
+    });
+    let ((events, elapsed, latency), stats) = outcome?;
+    let mut result = RunResult::new(
+        "wal",
+        Some(backend_name(backend)),
+        variant,
+        workload,
+        events,
+        elapsed,
+        latency.summary(),
+    );
+    result.records_per_sync = Some(stats.records_per_sync);
+    result.syncs = Some(stats.syncs);
+    Ok(result)
+}
+
+/// One replay measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayResult {
+    /// I/O backend that wrote the log.
+    pub backend: String,
+    /// Encoded event size.
+    pub event_bytes: usize,
+    /// Events decoded.
+    pub events: u64,
+    /// Wall time of the timed pass.
+    pub elapsed_s: f64,
+    /// Events per second.
+    pub events_per_s: f64,
+    /// Log (record frame) bytes read per second, 10^6 bytes.
+    pub log_mb_per_s: f64,
+    /// Event bytes decoded per second, 10^6 bytes.
+    pub event_mb_per_s: f64,
+}
+
+/// Replays up to `max_events` events of `event_bytes` from `dir` twice — the first pass
+/// loads the page cache (O_DIRECT writes bypass it), the second is timed — decoding each.
+pub fn replay(
+    dir: &Path,
+    backend: &str,
+    event_bytes: usize,
+    max_events: u64,
+) -> BenchResult<ReplayResult> {
+    let read_pass = || -> BenchResult<(u64, Duration)> {
+        let start = Instant::now();
+        let reader = WalReader::open(dir, 0).map_err(|e| BenchError::wal("open reader", e))?;
+        let mut events = 0u64;
+        let mut pids = 0u64;
+        for entry in reader.take(max_events as usize) {
+            let entry = entry.map_err(|e| BenchError::wal("replay", e))?;
+            // Touch the decoded event so the work cannot be optimised away.
+            pids = pids.wrapping_add(u64::from(entry.event.pid));
+            events += 1;
+        }
+        std::hint::black_box(pids);
+        Ok((events, start.elapsed()))
+    };
+    read_pass()?;
+    let (events, elapsed) = read_pass()?;
+    let elapsed_s = elapsed.as_secs_f64().max(1e-9);
+    let frame_bytes = frame_len(EVENT_FIXED_PAYLOAD_BYTES + event_bytes) as f64;
+    Ok(ReplayResult {
+        backend: backend.to_string(),
+        event_bytes,
+        events,
+        elapsed_s,
+        events_per_s: events as f64 / elapsed_s,
+        log_mb_per_s: events as f64 * frame_bytes / elapsed_s / 1e6,
+        event_mb_per_s: events as f64 * event_bytes as f64 / elapsed_s / 1e6,
+    })
+}
