@@ -10,7 +10,12 @@
 //! - `PROCMOND_WAL_BENCH_BACKEND`: `uring` (default), `portable` or `both`.
 //! - `PROCMOND_WAL_BENCH_SIZES`, `PROCMOND_WAL_BENCH_PUBLISHERS`: comma lists.
 //! - `PROCMOND_WAL_BENCH_WINDOW`: appends in flight per pipelined publisher (default 64).
-//! - `PROCMOND_WAL_BENCH_SECTIONS`: any of `disk,matrix,replay,sweep` (default all).
+//! - `PROCMOND_WAL_BENCH_SECTIONS`: any of `targets,disk,matrix,replay,sweep` (default all).
+//! - `PROCMOND_WAL_BENCH_ROUNDS`: interleaved rounds of the target section (3; full: 5).
+//!
+//! The target ratios come from the `targets` section: the machine is shared, so each
+//! reference runs right before the WAL run it is divided into, the pair is repeated, and the
+//! median of the per-round ratios is reported (every round's figures are in the JSON).
 //! - `PROCMOND_WAL_BENCH_DIR`: where files are written; `PROCMOND_WAL_BENCH_OUT`: where the
 //!   JSON goes (`compare-<PROCMOND_WAL_BENCH_LABEL or latest>.json`).
 
@@ -40,6 +45,8 @@ struct Settings {
     event_sizes: Vec<usize>,
     publisher_counts: Vec<usize>,
     window: usize,
+    /// Interleaved rounds of the target measurements.
+    rounds: usize,
     backends: Vec<BackendChoice>,
     sections: Vec<String>,
     /// Byte budget of one throughput run (bounds disk use on fast systems).
@@ -60,19 +67,18 @@ impl Settings {
             Ok(value) => {
                 let sections: Vec<String> =
                     value.split(',').map(|s| s.trim().to_string()).collect();
-                if let Some(bad) = sections
-                    .iter()
-                    .find(|s| !["disk", "matrix", "replay", "sweep"].contains(&s.as_str()))
-                {
+                if let Some(bad) = sections.iter().find(|s| {
+                    !["targets", "disk", "matrix", "replay", "sweep"].contains(&s.as_str())
+                }) {
                     return Err(BenchError::Setting {
                         name: "PROCMOND_WAL_BENCH_SECTIONS",
                         value: bad.clone(),
-                        expected: "a comma list of disk, matrix, replay, sweep",
+                        expected: "a comma list of targets, disk, matrix, replay, sweep",
                     });
                 }
                 sections
             }
-            Err(_) => ["disk", "matrix", "replay", "sweep"]
+            Err(_) => ["targets", "disk", "matrix", "replay", "sweep"]
                 .map(String::from)
                 .to_vec(),
         };
@@ -83,6 +89,7 @@ impl Settings {
             event_sizes: list_from_env("PROCMOND_WAL_BENCH_SIZES", &EVENT_SIZES_BYTES)?,
             publisher_counts: list_from_env("PROCMOND_WAL_BENCH_PUBLISHERS", &PUBLISHER_COUNTS)?,
             window,
+            rounds: list_from_env("PROCMOND_WAL_BENCH_ROUNDS", &[if full { 5 } else { 3 }])?[0],
             backends: backends_from_env()?,
             sections,
             run_max_bytes: if full { 4096 * MIB } else { 512 * MIB },
@@ -126,6 +133,8 @@ struct TargetRow {
     measured: String,
     ratio: f64,
     required: f64,
+    /// The ratio must be at most `required` (latency) rather than at least.
+    at_most: bool,
     met: bool,
 }
 
@@ -140,6 +149,7 @@ struct Report {
     runs: Vec<RunResult>,
     replay: Vec<ReplayResult>,
     sweeps: Vec<RunResult>,
+    target_rounds: Vec<TargetRound>,
     targets: Vec<TargetRow>,
 }
 
@@ -166,6 +176,7 @@ fn run() -> BenchResult<()> {
         runs: Vec::new(),
         replay: Vec::new(),
         sweeps: Vec::new(),
+        target_rounds: Vec::new(),
         targets: Vec::new(),
     };
     println!(
@@ -176,6 +187,9 @@ fn run() -> BenchResult<()> {
         report.machine.filesystem,
         report.machine.commit
     );
+    if settings.wants("targets") {
+        report.target_rounds = target_rounds(&settings)?;
+    }
     if settings.wants("disk") {
         report.disk = disk_references(&settings)?;
     }
@@ -398,105 +412,218 @@ fn sweeps(settings: &Settings) -> BenchResult<Vec<RunResult>> {
     Ok(results)
 }
 
-fn find_run<'a>(
-    runs: &'a [RunResult],
-    system: &str,
-    backend: Option<&str>,
-    mode: &str,
-    event_bytes: usize,
-    publishers: usize,
-) -> Option<&'a RunResult> {
-    runs.iter().find(|run| {
-        run.system == system
-            && run.backend.as_deref() == backend
-            && run.mode == mode
-            && run.event_bytes == event_bytes
-            && run.publishers == publishers
-            && run.variant.is_empty()
-    })
+/// One round of the interleaved target measurements: each reference runs immediately before
+/// the WAL run it is compared with, so both see the same machine load.
+#[derive(Debug, Serialize)]
+struct TargetRound {
+    backend: String,
+    round: usize,
+    disk_1m_fallocated: DiskResult,
+    wal_4k_16_pipelined: RunResult,
+    naive_256_16: RunResult,
+    okaywal_256_16: RunResult,
+    wal_256_16_pipelined: RunResult,
+    wal_256_16_await: RunResult,
+    disk_4k_fallocated: DiskResult,
+    disk_4k_prewritten: DiskResult,
+    wal_256_1_await: RunResult,
 }
 
-fn find_disk<'a>(
-    disk: &'a [DiskResult],
-    block_bytes: usize,
-    state: &str,
-) -> Option<&'a DiskResult> {
-    disk.iter()
-        .find(|d| d.block_bytes == block_bytes && d.file_state == state)
+fn target_rounds(settings: &Settings) -> BenchResult<Vec<TargetRound>> {
+    println!(
+        "\n## Target measurements ({} interleaved rounds per backend)",
+        settings.rounds
+    );
+    let small = event_of_size(256)?;
+    let large = event_of_size(4096)?;
+    let mut rounds = Vec::new();
+    for &backend in &settings.backends {
+        for round in 0..settings.rounds {
+            let wal = |event: &procmond_wal::ProcessEvent, workload: &Workload| {
+                let dir = scratch_dir("target-")?;
+                support::walrun::run(base_config(dir.path(), backend), "", workload, event)
+            };
+            let disk = |block_bytes: usize, file_bytes: u64, state: FileState| {
+                let dir = scratch_dir("disk-")?;
+                write_sync_loop(
+                    dir.path(),
+                    block_bytes,
+                    file_bytes,
+                    state,
+                    settings.run_duration,
+                )
+            };
+            let pipelined = settings.window;
+            let disk_1m_fallocated = disk(1 << 20, settings.run_max_bytes, FileState::Fallocated)?;
+            let wal_4k_16_pipelined = wal(&large, &settings.workload(4096, 16, pipelined))?;
+            let naive_256_16 = support::naive::run(&settings.workload(256, 16, 1), &small)?;
+            let okaywal_256_16 = support::okay::run(&settings.workload(256, 16, 1), &small)?;
+            let wal_256_16_pipelined = wal(&small, &settings.workload(256, 16, pipelined))?;
+            let wal_256_16_await = wal(&small, &settings.workload(256, 16, 1))?;
+            let disk_4k_fallocated = disk(4096, 256 * MIB, FileState::Fallocated)?;
+            let disk_4k_prewritten = disk(4096, 256 * MIB, FileState::Prewritten)?;
+            let wal_256_1_await = wal(&small, &settings.workload(256, 1, 1))?;
+            println!(
+                "{} round {}: 4K×16 {:.0} vs disk {:.0} MB/s | 256B×16 {:.0} (await {:.0}) vs naive {:.0}, okaywal {:.0} ev/s | 1-pub p50 {:.0} vs 4K fallocated {:.0}, prewritten {:.0} µs",
+                backend_name(backend),
+                round + 1,
+                wal_4k_16_pipelined.mb_per_s,
+                disk_1m_fallocated.mb_per_s,
+                wal_256_16_pipelined.events_per_s,
+                wal_256_16_await.events_per_s,
+                naive_256_16.events_per_s,
+                okaywal_256_16.events_per_s,
+                wal_256_1_await.latency.p50_us,
+                disk_4k_fallocated.latency.p50_us,
+                disk_4k_prewritten.latency.p50_us,
+            );
+            rounds.push(TargetRound {
+                backend: backend_name(backend).into(),
+                round: round + 1,
+                disk_1m_fallocated,
+                wal_4k_16_pipelined,
+                naive_256_16,
+                okaywal_256_16,
+                wal_256_16_pipelined,
+                wal_256_16_await,
+                disk_4k_fallocated,
+                disk_4k_prewritten,
+                wal_256_1_await,
+            });
+        }
+    }
+    Ok(rounds)
 }
 
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Target rows: for each target, the median over rounds of the per-round ratio.
 fn targets(report: &Report, settings: &Settings) -> Vec<TargetRow> {
+    type Ratio = fn(&TargetRound) -> (f64, f64);
+    let specs: [(&str, Ratio, f64, bool); 7] = [
+        (
+            "4 KiB × 16 pipelined pubs: MB/s ÷ disk 1 MiB write+fdatasync (fallocated)",
+            |r| {
+                (
+                    r.wal_4k_16_pipelined.mb_per_s,
+                    r.disk_1m_fallocated.mb_per_s,
+                )
+            },
+            0.8,
+            false,
+        ),
+        (
+            "256 B × 16 pipelined pubs: events/s ÷ naive WAL",
+            |r| {
+                (
+                    r.wal_256_16_pipelined.events_per_s,
+                    r.naive_256_16.events_per_s,
+                )
+            },
+            100.0,
+            false,
+        ),
+        (
+            "256 B × 16 awaiting pubs: events/s ÷ naive WAL",
+            |r| (r.wal_256_16_await.events_per_s, r.naive_256_16.events_per_s),
+            100.0,
+            false,
+        ),
+        (
+            "256 B × 16 pipelined pubs: events/s ÷ okaywal",
+            |r| {
+                (
+                    r.wal_256_16_pipelined.events_per_s,
+                    r.okaywal_256_16.events_per_s,
+                )
+            },
+            10.0,
+            false,
+        ),
+        (
+            "256 B × 16 awaiting pubs: events/s ÷ okaywal",
+            |r| {
+                (
+                    r.wal_256_16_await.events_per_s,
+                    r.okaywal_256_16.events_per_s,
+                )
+            },
+            10.0,
+            false,
+        ),
+        (
+            "1 awaiting pub, 256 B: p50 ÷ 4 KiB write+fdatasync p50 (fallocated)",
+            |r| {
+                (
+                    r.wal_256_1_await.latency.p50_us,
+                    r.disk_4k_fallocated.latency.p50_us,
+                )
+            },
+            1.5,
+            true,
+        ),
+        (
+            "1 awaiting pub, 256 B: p50 ÷ 4 KiB write+fdatasync p50 (prewritten)",
+            |r| {
+                (
+                    r.wal_256_1_await.latency.p50_us,
+                    r.disk_4k_prewritten.latency.p50_us,
+                )
+            },
+            1.5,
+            true,
+        ),
+    ];
     let mut rows = Vec::new();
-    let runs = &report.runs;
     for &backend in &settings.backends {
         let backend = backend_name(backend);
-        if let Some(disk) = find_disk(&report.disk, 1 << 20, "fallocated") {
-            for mode in ["pipelined", "await"] {
-                if let Some(wal) = find_run(runs, "wal", Some(backend), mode, 4096, 16) {
-                    let ratio = wal.mb_per_s / disk.mb_per_s;
-                    rows.push(TargetRow {
-                        target: format!("4 KiB × 16 {mode}: MB/s vs disk 1 MiB+fdatasync"),
-                        backend: backend.into(),
-                        measured: format!("{:.0} / {:.0} MB/s", wal.mb_per_s, disk.mb_per_s),
-                        ratio,
-                        required: 0.8,
-                        met: ratio >= 0.8,
-                    });
-                }
-            }
-        }
-        for (reference, required) in [("naive", 100.0), ("okaywal", 10.0)] {
-            let Some(other) = find_run(runs, reference, None, "await", 256, 16) else {
-                continue;
-            };
-            for mode in ["pipelined", "await"] {
-                if let Some(wal) = find_run(runs, "wal", Some(backend), mode, 256, 16) {
-                    let ratio = wal.events_per_s / other.events_per_s;
-                    rows.push(TargetRow {
-                        target: format!("256 B × 16 {mode}: events/s vs {reference}"),
-                        backend: backend.into(),
-                        measured: format!(
-                            "{:.0} / {:.0} ev/s",
-                            wal.events_per_s, other.events_per_s
-                        ),
-                        ratio,
-                        required,
-                        met: ratio >= required,
-                    });
-                }
-            }
-        }
-        for (state, binding) in [("fallocated", true), ("prewritten", false)] {
-            let Some(disk) = find_disk(&report.disk, 4096, state) else {
-                continue;
-            };
-            for event_bytes in [256, 4096] {
-                if let Some(wal) = find_run(runs, "wal", Some(backend), "await", event_bytes, 1) {
-                    let ratio = wal.latency.p50_us / disk.latency.p50_us;
-                    let label = if binding { "" } else { " (context)" };
-                    rows.push(TargetRow {
-                        target: format!(
-                            "1 pub await {event_bytes} B: p50 vs 4 KiB write+fdatasync {state}{label}"
-                        ),
-                        backend: backend.into(),
-                        measured: format!(
-                            "{:.0} / {:.0} µs",
-                            wal.latency.p50_us, disk.latency.p50_us
-                        ),
-                        ratio,
-                        required: 1.5,
-                        met: ratio <= 1.5,
-                    });
-                }
+        let rounds: Vec<&TargetRound> = report
+            .target_rounds
+            .iter()
+            .filter(|r| r.backend == backend)
+            .collect();
+        if !rounds.is_empty() {
+            for (target, ratio_of, required, at_most) in specs {
+                let pairs: Vec<(f64, f64)> = rounds.iter().map(|r| ratio_of(r)).collect();
+                let ratio = median(pairs.iter().map(|(a, b)| a / b).collect());
+                let measured = pairs
+                    .iter()
+                    .map(|(a, b)| format!("{a:.0}/{b:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                rows.push(TargetRow {
+                    target: target.into(),
+                    backend: backend.into(),
+                    measured,
+                    ratio,
+                    required,
+                    at_most,
+                    met: if at_most {
+                        ratio <= required
+                    } else {
+                        ratio >= required
+                    },
+                });
             }
         }
         for replay in report.replay.iter().filter(|r| r.backend == backend) {
             rows.push(TargetRow {
-                target: format!("replay {} B events: log MB/s (≥ 1000)", replay.event_bytes),
+                target: format!(
+                    "replay from page cache, {} B events: log MB/s ÷ 1000",
+                    replay.event_bytes
+                ),
                 backend: backend.into(),
-                measured: format!("{:.0} MB/s", replay.log_mb_per_s),
+                measured: format!("{:.0}", replay.log_mb_per_s),
                 ratio: replay.log_mb_per_s / 1000.0,
                 required: 1.0,
+                at_most: false,
                 met: replay.log_mb_per_s >= 1000.0,
             });
         }
@@ -514,7 +641,7 @@ fn print_targets(rows: &[TargetRow]) {
         "target", "backend", "measured", "ratio", "needed", "met"
     );
     for row in rows {
-        let needed = if row.target.contains("p50") {
+        let needed = if row.at_most {
             format!("≤{}", row.required)
         } else {
             format!("≥{}", row.required)
