@@ -329,8 +329,8 @@ fn matrix(settings: &Settings) -> BenchResult<Vec<RunResult>> {
 fn replays(settings: &Settings) -> BenchResult<Vec<ReplayResult>> {
     println!("\n## Replay from the page cache (written by 16 pipelined publishers)");
     println!(
-        "{:<9} {:>6} {:>10} {:>12} {:>11} {:>13}",
-        "backend", "bytes", "events", "events/s", "log MB/s", "event MB/s"
+        "{:<9} {:>6} {:>10} {:>12} {:>11} {:>13} {:>15}",
+        "backend", "bytes", "events", "events/s", "log MB/s", "event MB/s", "whole-dir MB/s"
     );
     let mut results = Vec::new();
     for &backend in &settings.backends {
@@ -349,13 +349,14 @@ fn replays(settings: &Settings) -> BenchResult<Vec<ReplayResult>> {
                 workload.max_events,
             )?;
             println!(
-                "{:<9} {:>6} {:>10} {:>12.0} {:>11.1} {:>13.1}",
+                "{:<9} {:>6} {:>10} {:>12.0} {:>11.1} {:>13.1} {:>15.1}",
                 result.backend,
                 result.event_bytes,
                 result.events,
                 result.events_per_s,
                 result.log_mb_per_s,
-                result.event_mb_per_s
+                result.event_mb_per_s,
+                result.whole_dir_log_mb_per_s
             );
             results.push(result);
         }
