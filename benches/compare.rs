@@ -11,6 +11,8 @@
 //! - `PROCMOND_WAL_BENCH_SIZES`, `PROCMOND_WAL_BENCH_PUBLISHERS`: comma lists.
 //! - `PROCMOND_WAL_BENCH_WINDOW`: appends in flight per pipelined publisher (default 64).
 //! - `PROCMOND_WAL_BENCH_SECTIONS`: any of `targets,disk,matrix,replay,sweep` (default all).
+//! - `PROCMOND_WAL_BENCH_SYSTEMS`: matrix systems, any of `wal,naive,okaywal` (default all);
+//!   `PROCMOND_WAL_BENCH_MODES`: WAL publisher modes, any of `await,pipelined` (default both).
 //! - `PROCMOND_WAL_BENCH_ROUNDS`: interleaved rounds of the target section (3; full: 5).
 //!
 //! The target ratios come from the `targets` section: the machine is shared, so each
@@ -49,6 +51,10 @@ struct Settings {
     rounds: usize,
     backends: Vec<BackendChoice>,
     sections: Vec<String>,
+    /// Systems the matrix runs.
+    systems: Vec<String>,
+    /// Appends in flight per publisher for the WAL's matrix runs (1 = await each).
+    windows: Vec<usize>,
     /// Byte budget of one throughput run (bounds disk use on fast systems).
     run_max_bytes: u64,
     /// Log bytes replayed per measurement.
@@ -83,6 +89,12 @@ impl Settings {
                 .to_vec(),
         };
         let window = list_from_env("PROCMOND_WAL_BENCH_WINDOW", &[64])?[0];
+        let systems = names_from_env("PROCMOND_WAL_BENCH_SYSTEMS", &["wal", "naive", "okaywal"])?;
+        let modes = names_from_env("PROCMOND_WAL_BENCH_MODES", &["await", "pipelined"])?;
+        let windows = modes
+            .iter()
+            .map(|mode| if mode == "await" { 1 } else { window })
+            .collect();
         Ok(Settings {
             full,
             run_duration: seconds_from_env("PROCMOND_WAL_BENCH_SECONDS", default_seconds)?,
@@ -92,6 +104,8 @@ impl Settings {
             rounds: list_from_env("PROCMOND_WAL_BENCH_ROUNDS", &[if full { 5 } else { 3 }])?[0],
             backends: backends_from_env()?,
             sections,
+            systems,
+            windows,
             run_max_bytes: if full { 4096 * MIB } else { 512 * MIB },
             replay_max_bytes: if full { 1024 * MIB } else { 256 * MIB },
             label: std::env::var("PROCMOND_WAL_BENCH_LABEL").unwrap_or_else(|_| "latest".into()),
@@ -100,6 +114,10 @@ impl Settings {
 
     fn wants(&self, section: &str) -> bool {
         self.sections.iter().any(|s| s == section)
+    }
+
+    fn runs_system(&self, system: &str) -> bool {
+        self.systems.iter().any(|s| s == system)
     }
 
     fn workload(&self, event_bytes: usize, publishers: usize, window: usize) -> Workload {
@@ -111,6 +129,22 @@ impl Settings {
             max_events: (self.run_max_bytes / event_bytes as u64).max(1),
         }
     }
+}
+
+/// A comma list of names from the environment, each one of `allowed`; default `allowed`.
+fn names_from_env(name: &'static str, allowed: &[&str]) -> BenchResult<Vec<String>> {
+    let Ok(value) = std::env::var(name) else {
+        return Ok(allowed.iter().map(|s| s.to_string()).collect());
+    };
+    let names: Vec<String> = value.split(',').map(|s| s.trim().to_string()).collect();
+    if names.is_empty() || names.iter().any(|n| !allowed.contains(&n.as_str())) {
+        return Err(BenchError::Setting {
+            name,
+            value,
+            expected: "a comma list of the documented names",
+        });
+    }
+    Ok(names)
 }
 
 /// Where and on what the numbers were measured.
@@ -301,7 +335,10 @@ fn matrix(settings: &Settings) -> BenchResult<Vec<RunResult>> {
         let event = event_of_size(event_bytes)?;
         for &publishers in &settings.publisher_counts {
             for &backend in &settings.backends {
-                for window in [1, settings.window] {
+                if !settings.runs_system("wal") {
+                    break;
+                }
+                for &window in &settings.windows {
                     let dir = scratch_dir("wal-")?;
                     let workload = settings.workload(event_bytes, publishers, window);
                     let result = support::walrun::run(
@@ -315,12 +352,16 @@ fn matrix(settings: &Settings) -> BenchResult<Vec<RunResult>> {
                 }
             }
             let workload = settings.workload(event_bytes, publishers, 1);
-            let naive = support::naive::run(&workload, &event)?;
-            print_run(&naive);
-            results.push(naive);
-            let okaywal = support::okay::run(&workload, &event)?;
-            print_run(&okaywal);
-            results.push(okaywal);
+            if settings.runs_system("naive") {
+                let naive = support::naive::run(&workload, &event)?;
+                print_run(&naive);
+                results.push(naive);
+            }
+            if settings.runs_system("okaywal") {
+                let okaywal = support::okay::run(&workload, &event)?;
+                print_run(&okaywal);
+                results.push(okaywal);
+            }
         }
     }
     Ok(results)
