@@ -45,5 +45,5 @@ inferno-flamegraph --title "procmond-wal $WORKLOAD_KIND: $publishers publishers,
     <"$out/stacks.folded" >"$out/flamegraph.svg"
 echo "flame graph: $out/flamegraph.svg (profile: $out/perf.data, workload output: $out/load.json)"
 echo "top functions by self time:"
-perf report -i "$out/perf.data" --no-children --sort symbol --stdio 2>/dev/null \
-    | grep -E '^ +[0-9]' | head -15
+perf report -i "$out/perf.data" --no-children --sort symbol -g none --stdio 2>/dev/null \
+    | grep -E '^ +[0-9]' | sed -E 's/ +- +- *$//' | head -15
