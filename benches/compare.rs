@@ -183,6 +183,7 @@ struct Report {
     runs: Vec<RunResult>,
     replay: Vec<ReplayResult>,
     sweeps: Vec<RunResult>,
+    sweep_summary: Vec<SweepSummary>,
     target_rounds: Vec<TargetRound>,
     targets: Vec<TargetRow>,
 }
@@ -210,6 +211,7 @@ fn run() -> BenchResult<()> {
         runs: Vec::new(),
         replay: Vec::new(),
         sweeps: Vec::new(),
+        sweep_summary: Vec::new(),
         target_rounds: Vec::new(),
         targets: Vec::new(),
     };
@@ -234,7 +236,7 @@ fn run() -> BenchResult<()> {
         report.replay = replays(&settings)?;
     }
     if settings.wants("sweep") {
-        report.sweeps = sweeps(&settings)?;
+        (report.sweeps, report.sweep_summary) = sweeps(&settings)?;
     }
     report.targets = targets(&report, &settings);
     print_targets(&report.targets);
@@ -405,53 +407,163 @@ fn replays(settings: &Settings) -> BenchResult<Vec<ReplayResult>> {
     Ok(results)
 }
 
-fn sweeps(settings: &Settings) -> BenchResult<Vec<RunResult>> {
-    println!("\n## Configuration sweeps (first selected backend)");
+/// A sweep cell's workload: (event bytes, publishers, appends in flight per publisher).
+type Shape = (usize, usize, usize);
+
+/// A configuration variant of the sweeps.
+#[derive(Clone, Copy)]
+enum Variant {
+    Preallocation(Preallocation),
+    GroupMaxBytes(usize),
+}
+
+impl Variant {
+    fn label(self) -> String {
+        match self {
+            Variant::Preallocation(p) => format!("prealloc={}", preallocation_name(p)),
+            Variant::GroupMaxBytes(bytes) => format!("group={}", human_bytes(bytes)),
+        }
+    }
+}
+
+/// The median over rounds of one sweep cell, and its ratio to the default configuration
+/// measured in the same round.
+#[derive(Debug, Serialize)]
+struct SweepSummary {
+    variant: String,
+    default_variant: String,
+    mode: String,
+    event_bytes: usize,
+    publishers: usize,
+    events_per_s: f64,
+    mb_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    records_per_sync: f64,
+    events_per_s_vs_default: f64,
+    p50_vs_default: f64,
+}
+
+fn sweeps(settings: &Settings) -> BenchResult<(Vec<RunResult>, Vec<SweepSummary>)> {
+    println!(
+        "\n## Configuration sweeps (first selected backend, {} interleaved rounds)",
+        settings.rounds
+    );
     print_run_header();
     let backend = settings.backends[0];
-    let mut results = Vec::new();
     let small = event_of_size(256)?;
     let large = event_of_size(4096)?;
-    // (event, publishers, in flight per publisher): one awaiting publisher shows latency,
-    // sixteen pipelined ones show throughput.
-    let shapes = [
-        (&small, 256, 1, 1),
-        (&small, 256, 16, 1),
-        (&large, 4096, 16, settings.window),
+    let w = settings.window;
+    // (variants with the default first, shapes): one awaiting publisher shows commit latency,
+    // sixteen awaiting ones show small groups, pipelined ones show throughput.
+    let families: [(Vec<Variant>, Vec<Shape>); 2] = [
+        (
+            vec![
+                Variant::Preallocation(Preallocation::Fallocate),
+                Variant::Preallocation(Preallocation::ZeroFill),
+                Variant::Preallocation(Preallocation::None),
+            ],
+            vec![(256, 1, 1), (256, 16, 1), (4096, 16, w)],
+        ),
+        (
+            vec![
+                Variant::GroupMaxBytes(1024 * 1024),
+                Variant::GroupMaxBytes(256 * 1024),
+                Variant::GroupMaxBytes(4 * 1024 * 1024),
+            ],
+            vec![(256, 16, w), (4096, 16, w), (4096, 64, w)],
+        ),
     ];
-    for preallocation in [
-        Preallocation::Fallocate,
-        Preallocation::ZeroFill,
-        Preallocation::None,
-    ] {
-        for (event, event_bytes, publishers, window) in shapes {
-            let dir = scratch_dir("sweep-")?;
-            let mut config = base_config(dir.path(), backend);
-            config.preallocation = preallocation;
-            let variant = format!("prealloc={}", preallocation_name(preallocation));
-            let workload = settings.workload(event_bytes, publishers, window);
-            let result = support::walrun::run(config, &variant, &workload, event)?;
-            print_run(&result);
-            results.push(result);
+    let mut runs = Vec::new();
+    let mut summaries = Vec::new();
+    for (variants, shapes) in &families {
+        // cells[shape][variant] = one result per round
+        let mut cells: Vec<Vec<Vec<RunResult>>> =
+            vec![vec![Vec::new(); variants.len()]; shapes.len()];
+        for round in 0..settings.rounds {
+            for (shape_index, &(event_bytes, publishers, window)) in shapes.iter().enumerate() {
+                let event = if event_bytes == 256 { &small } else { &large };
+                for (variant_index, &variant) in variants.iter().enumerate() {
+                    let dir = scratch_dir("sweep-")?;
+                    let mut config = base_config(dir.path(), backend);
+                    match variant {
+                        Variant::Preallocation(p) => config.preallocation = p,
+                        Variant::GroupMaxBytes(bytes) => config.group_max_bytes = bytes,
+                    }
+                    let workload = settings.workload(event_bytes, publishers, window);
+                    let mut result =
+                        support::walrun::run(config, &variant.label(), &workload, event)?;
+                    result.round = round + 1;
+                    print_run(&result);
+                    cells[shape_index][variant_index].push(result.clone());
+                    runs.push(result);
+                }
+            }
+        }
+        for (shape_index, &(event_bytes, publishers, window)) in shapes.iter().enumerate() {
+            let default = &cells[shape_index][0];
+            for (variant_index, &variant) in variants.iter().enumerate() {
+                let cell = &cells[shape_index][variant_index];
+                let pick = |f: fn(&RunResult) -> f64| median(cell.iter().map(f).collect());
+                summaries.push(SweepSummary {
+                    variant: variant.label(),
+                    default_variant: variants[0].label(),
+                    mode: if window == 1 { "await" } else { "pipelined" }.into(),
+                    event_bytes,
+                    publishers,
+                    events_per_s: pick(|r| r.events_per_s),
+                    mb_per_s: pick(|r| r.mb_per_s),
+                    p50_us: pick(|r| r.latency.p50_us),
+                    p99_us: pick(|r| r.latency.p99_us),
+                    records_per_sync: pick(|r| r.records_per_sync.unwrap_or(0.0)),
+                    events_per_s_vs_default: median(
+                        cell.iter()
+                            .zip(default)
+                            .map(|(r, d)| r.events_per_s / d.events_per_s)
+                            .collect(),
+                    ),
+                    p50_vs_default: median(
+                        cell.iter()
+                            .zip(default)
+                            .map(|(r, d)| r.latency.p50_us / d.latency.p50_us)
+                            .collect(),
+                    ),
+                });
+            }
         }
     }
-    for group_max_bytes in [256 * 1024, 1024 * 1024, 4 * 1024 * 1024] {
-        for (event, event_bytes, publishers, window) in [
-            (&small, 256, 16, settings.window),
-            (&large, 4096, 16, settings.window),
-            (&large, 4096, 64, settings.window),
-        ] {
-            let dir = scratch_dir("sweep-")?;
-            let mut config = base_config(dir.path(), backend);
-            config.group_max_bytes = group_max_bytes;
-            let variant = format!("group={}", human_bytes(group_max_bytes));
-            let workload = settings.workload(event_bytes, publishers, window);
-            let result = support::walrun::run(config, &variant, &workload, event)?;
-            print_run(&result);
-            results.push(result);
-        }
+    println!("\n## Sweep summary (medians over rounds; ratios to the default in the same round)");
+    println!(
+        "{:<20} {:<10} {:>6} {:>4} {:>11} {:>9} {:>9} {:>9} {:>9} {:>11} {:>9}",
+        "variant",
+        "mode",
+        "bytes",
+        "pubs",
+        "events/s",
+        "MB/s",
+        "p50 µs",
+        "p99 µs",
+        "rec/sync",
+        "ev/s ÷ dflt",
+        "p50 ÷ dflt"
+    );
+    for s in &summaries {
+        println!(
+            "{:<20} {:<10} {:>6} {:>4} {:>11.0} {:>9.1} {:>9.0} {:>9.0} {:>9.1} {:>11.2} {:>9.2}",
+            s.variant,
+            s.mode,
+            s.event_bytes,
+            s.publishers,
+            s.events_per_s,
+            s.mb_per_s,
+            s.p50_us,
+            s.p99_us,
+            s.records_per_sync,
+            s.events_per_s_vs_default,
+            s.p50_vs_default
+        );
     }
-    Ok(results)
+    Ok((runs, summaries))
 }
 
 /// One round of the interleaved target measurements: each reference runs immediately before

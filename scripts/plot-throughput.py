@@ -197,7 +197,19 @@ def markdown(report):
                 f"{lat['p99_us']:.0f} | {lat['p999_us']:.0f} |"
             )
         lines.append("")
-    for title, runs in (("runs", report["runs"]), ("sweeps", report["sweeps"])):
+    if report.get("sweep_summary"):
+        lines += [
+            "| variant (vs default) | mode | event B | publishers | events/s | MB/s | p50 µs | p99 µs | records/sync | events/s ÷ default | p50 ÷ default |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in report["sweep_summary"]:
+            lines.append(
+                f"| {r['variant']} (vs {r['default_variant']}) | {r['mode']} | {r['event_bytes']} | {r['publishers']} | "
+                f"{r['events_per_s']:.0f} | {r['mb_per_s']:.1f} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | "
+                f"{r['records_per_sync']:.1f} | {r['events_per_s_vs_default']:.2f} | {r['p50_vs_default']:.2f} |"
+            )
+        lines.append("")
+    for title, runs in (("runs", report["runs"]),):
         if not runs:
             continue
         lines += [

@@ -246,6 +246,8 @@ pub struct RunResult {
     pub records_per_sync: Option<f64>,
     /// fdatasync calls (this WAL only).
     pub syncs: Option<u64>,
+    /// Round of an interleaved measurement (0: not part of one).
+    pub round: usize,
 }
 
 impl RunResult {
@@ -277,6 +279,7 @@ impl RunResult {
             latency,
             records_per_sync: None,
             syncs: None,
+            round: 0,
         }
     }
 }

@@ -120,7 +120,13 @@ pub fn run(
 ) -> BenchResult<RunResult> {
     let backend = config.backend;
     let rt = runtime()?;
+    let dir = config.dir.clone();
+    let segment_max_bytes = config.segment_max_bytes;
+    let preallocation = config.preallocation;
     let (wal, _report) = Wal::open(config).map_err(|e| BenchError::wal("open", e))?;
+    if preallocation != Preallocation::None {
+        wait_for_prepared_segment(&dir, segment_max_bytes)?;
+    }
     let outcome = rt.block_on(async {
         let outcome = publish(&wal, workload, event).await;
         let stats = wal.stats();
@@ -140,6 +146,32 @@ pub fn run(
     result.records_per_sync = Some(stats.records_per_sync);
     result.syncs = Some(stats.syncs);
     Ok(result)
+}
+
+/// Waits until the writer's background preparation of the next segment has reserved its
+/// full size, so a run measures the steady state (next segment ready) rather than the
+/// one-off preparation at open competing with the first appends. The signal is the file
+/// itself: a second segment file at `segment_max_bytes` long.
+fn wait_for_prepared_segment(dir: &Path, segment_max_bytes: u64) -> BenchResult<()> {
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        let segments = procmond_wal::wal::recovery::list_segments(dir)
+            .map_err(|e| BenchError::wal("list segments", e))?;
+        let prepared = segments.len() >= 2
+            && segments.last().is_some_and(|(_, path)| {
+                std::fs::metadata(path).is_ok_and(|meta| meta.len() >= segment_max_bytes)
+            });
+        if prepared {
+            return Ok(());
+        }
+        if Instant::now() >= give_up {
+            return Err(BenchError::Runtime {
+                op: "wait for the next segment to be prepared",
+                detail: format!("{} has no full second segment after 60 s", dir.display()),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// One replay measurement.
