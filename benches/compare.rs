@@ -12,7 +12,8 @@
 //! - `PROCMOND_WAL_BENCH_WINDOW`: appends in flight per pipelined publisher (default 64).
 //! - `PROCMOND_WAL_BENCH_SECTIONS`: any of `targets,disk,matrix,replay,sweep` (default all).
 //! - `PROCMOND_WAL_BENCH_SYSTEMS`: matrix systems, any of `wal,naive,okaywal` (default all);
-//!   `PROCMOND_WAL_BENCH_MODES`: WAL publisher modes, any of `await,pipelined` (default both).
+//!   `PROCMOND_WAL_BENCH_MODES`: WAL publisher modes, any of `await,pipelined,batch` (default
+//!   all; `batch` = `append_batch` of WINDOW events, awaited).
 //! - `PROCMOND_WAL_BENCH_ROUNDS`: interleaved rounds of the target section (3; full: 5).
 //!
 //! The target ratios come from the `targets` section: the machine is shared, so each
@@ -53,8 +54,8 @@ struct Settings {
     sections: Vec<String>,
     /// Systems the matrix runs.
     systems: Vec<String>,
-    /// Appends in flight per publisher for the WAL's matrix runs (1 = await each).
-    windows: Vec<usize>,
+    /// The WAL's publisher modes in the matrix: `await`, `pipelined`, `batch`.
+    modes: Vec<String>,
     /// Byte budget of one throughput run (bounds disk use on fast systems).
     run_max_bytes: u64,
     /// Log bytes replayed per measurement.
@@ -90,11 +91,7 @@ impl Settings {
         };
         let window = list_from_env("PROCMOND_WAL_BENCH_WINDOW", &[64])?[0];
         let systems = names_from_env("PROCMOND_WAL_BENCH_SYSTEMS", &["wal", "naive", "okaywal"])?;
-        let modes = names_from_env("PROCMOND_WAL_BENCH_MODES", &["await", "pipelined"])?;
-        let windows = modes
-            .iter()
-            .map(|mode| if mode == "await" { 1 } else { window })
-            .collect();
+        let modes = names_from_env("PROCMOND_WAL_BENCH_MODES", &["await", "pipelined", "batch"])?;
         Ok(Settings {
             full,
             run_duration: seconds_from_env("PROCMOND_WAL_BENCH_SECONDS", default_seconds)?,
@@ -105,7 +102,7 @@ impl Settings {
             backends: backends_from_env()?,
             sections,
             systems,
-            windows,
+            modes,
             run_max_bytes: if full { 4096 * MIB } else { 512 * MIB },
             replay_max_bytes: if full { 1024 * MIB } else { 256 * MIB },
             label: std::env::var("PROCMOND_WAL_BENCH_LABEL").unwrap_or_else(|_| "latest".into()),
@@ -120,11 +117,24 @@ impl Settings {
         self.systems.iter().any(|s| s == system)
     }
 
+    /// The workload of a WAL publisher mode: awaiting each append, `window` receipts in
+    /// flight, or `append_batch` of `window` events.
+    fn mode_workload(&self, event_bytes: usize, publishers: usize, mode: &str) -> Workload {
+        let mut workload = self.workload(event_bytes, publishers, 1);
+        match mode {
+            "pipelined" => workload.in_flight_per_publisher = self.window,
+            "batch" => workload.batch_events = self.window,
+            _ => {}
+        }
+        workload
+    }
+
     fn workload(&self, event_bytes: usize, publishers: usize, window: usize) -> Workload {
         Workload {
             event_bytes,
             publishers,
             in_flight_per_publisher: window,
+            batch_events: 1,
             duration: self.run_duration,
             max_events: (self.run_max_bytes / event_bytes as u64).max(1),
         }
@@ -340,9 +350,9 @@ fn matrix(settings: &Settings) -> BenchResult<Vec<RunResult>> {
                 if !settings.runs_system("wal") {
                     break;
                 }
-                for &window in &settings.windows {
+                for mode in &settings.modes {
                     let dir = scratch_dir("wal-")?;
-                    let workload = settings.workload(event_bytes, publishers, window);
+                    let workload = settings.mode_workload(event_bytes, publishers, mode);
                     let result = support::walrun::run(
                         base_config(dir.path(), backend),
                         "",
@@ -578,6 +588,7 @@ struct TargetRound {
     okaywal_256_16: RunResult,
     wal_256_16_pipelined: RunResult,
     wal_256_16_await: RunResult,
+    wal_256_16_batch: RunResult,
     disk_4k_fallocated: DiskResult,
     disk_4k_prewritten: DiskResult,
     wal_256_1_await: RunResult,
@@ -614,17 +625,19 @@ fn target_rounds(settings: &Settings) -> BenchResult<Vec<TargetRound>> {
             let okaywal_256_16 = support::okay::run(&settings.workload(256, 16, 1), &small)?;
             let wal_256_16_pipelined = wal(&small, &settings.workload(256, 16, pipelined))?;
             let wal_256_16_await = wal(&small, &settings.workload(256, 16, 1))?;
+            let wal_256_16_batch = wal(&small, &settings.mode_workload(256, 16, "batch"))?;
             let disk_4k_fallocated = disk(4096, 256 * MIB, FileState::Fallocated)?;
             let disk_4k_prewritten = disk(4096, 256 * MIB, FileState::Prewritten)?;
             let wal_256_1_await = wal(&small, &settings.workload(256, 1, 1))?;
             println!(
-                "{} round {}: 4K×16 {:.0} vs disk {:.0} MB/s | 256B×16 {:.0} (await {:.0}) vs naive {:.0}, okaywal {:.0} ev/s | 1-pub p50 {:.0} vs 4K fallocated {:.0}, prewritten {:.0} µs",
+                "{} round {}: 4K×16 {:.0} vs disk {:.0} MB/s | 256B×16 {:.0} (await {:.0}, batch {:.0}) vs naive {:.0}, okaywal {:.0} ev/s | 1-pub p50 {:.0} vs 4K fallocated {:.0}, prewritten {:.0} µs",
                 backend_name(backend),
                 round + 1,
                 wal_4k_16_pipelined.mb_per_s,
                 disk_1m_fallocated.mb_per_s,
                 wal_256_16_pipelined.events_per_s,
                 wal_256_16_await.events_per_s,
+                wal_256_16_batch.events_per_s,
                 naive_256_16.events_per_s,
                 okaywal_256_16.events_per_s,
                 wal_256_1_await.latency.p50_us,
@@ -640,6 +653,7 @@ fn target_rounds(settings: &Settings) -> BenchResult<Vec<TargetRound>> {
                 okaywal_256_16,
                 wal_256_16_pipelined,
                 wal_256_16_await,
+                wal_256_16_batch,
                 disk_4k_fallocated,
                 disk_4k_prewritten,
                 wal_256_1_await,
@@ -661,7 +675,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// Target rows: for each target, the median over rounds of the per-round ratio.
 fn targets(report: &Report, settings: &Settings) -> Vec<TargetRow> {
     type Ratio = fn(&TargetRound) -> (f64, f64);
-    let specs: [(&str, Ratio, f64, bool); 7] = [
+    let specs: [(&str, Ratio, f64, bool); 9] = [
         (
             "4 KiB × 16 pipelined pubs: MB/s ÷ disk 1 MiB write+fdatasync (fallocated)",
             |r| {
@@ -688,6 +702,23 @@ fn targets(report: &Report, settings: &Settings) -> Vec<TargetRow> {
             "256 B × 16 awaiting pubs: events/s ÷ naive WAL",
             |r| (r.wal_256_16_await.events_per_s, r.naive_256_16.events_per_s),
             100.0,
+            false,
+        ),
+        (
+            "256 B × 16 batching pubs: events/s ÷ naive WAL",
+            |r| (r.wal_256_16_batch.events_per_s, r.naive_256_16.events_per_s),
+            100.0,
+            false,
+        ),
+        (
+            "256 B × 16 batching pubs: events/s ÷ okaywal",
+            |r| {
+                (
+                    r.wal_256_16_batch.events_per_s,
+                    r.okaywal_256_16.events_per_s,
+                )
+            },
+            10.0,
             false,
         ),
         (

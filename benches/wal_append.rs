@@ -72,6 +72,7 @@ fn durable_append(c: &mut Criterion) {
                         event_bytes,
                         publishers,
                         in_flight_per_publisher: window,
+                        batch_events: 1,
                         duration: Duration::from_secs(3600),
                         max_events: iters * events_per_iter,
                     };
@@ -107,6 +108,7 @@ fn replay(c: &mut Criterion) {
         event_bytes,
         publishers: 16,
         in_flight_per_publisher: 64,
+        batch_events: 1,
         duration: Duration::from_secs(3600),
         max_events: events,
     };
@@ -151,6 +153,7 @@ fn references(c: &mut Criterion) {
                     event_bytes: 256,
                     publishers: 16,
                     in_flight_per_publisher: 1,
+                    batch_events: 1,
                     duration: Duration::from_secs(3600),
                     max_events: iters * events_per_iter,
                 };

@@ -198,6 +198,9 @@ pub struct Workload {
     pub publishers: usize,
     /// 1: each publisher awaits every append; more: pipelined with receipts.
     pub in_flight_per_publisher: usize,
+    /// More than 1: each publisher hands over this many events per `append_batch` call and
+    /// awaits it (this WAL only; overrides `in_flight_per_publisher`).
+    pub batch_events: usize,
     /// Time budget of the run.
     pub duration: std::time::Duration,
     /// Event budget of the run (bounds disk use on fast systems).
@@ -205,9 +208,11 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// `await` or `pipelined`, for tables.
+    /// `await`, `pipelined` or `batch`, for tables.
     pub fn mode(&self) -> &'static str {
-        if self.in_flight_per_publisher <= 1 {
+        if self.batch_events > 1 {
+            "batch"
+        } else if self.in_flight_per_publisher <= 1 {
             "await"
         } else {
             "pipelined"
@@ -222,7 +227,7 @@ pub struct RunResult {
     pub system: String,
     /// I/O backend (this WAL only).
     pub backend: Option<String>,
-    /// `await` or `pipelined`.
+    /// `await`, `pipelined` or `batch`.
     pub mode: String,
     /// Free-form variant label (configuration sweeps).
     pub variant: String,

@@ -62,6 +62,7 @@ pub fn run(workload: &Workload, event: &ProcessEvent) -> BenchResult<RunResult> 
     let wal = NaiveWal::create(dir.path())?;
     let blocking = Workload {
         in_flight_per_publisher: 1,
+        batch_events: 1,
         ..*workload
     };
     let (events, elapsed, latency) = run_blocking_publishers(&blocking, |_| {

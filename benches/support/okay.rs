@@ -16,6 +16,7 @@ pub fn run(workload: &Workload, event: &ProcessEvent) -> BenchResult<RunResult> 
         .map_err(|e| BenchError::io("open okaywal log", &path, e))?;
     let blocking = Workload {
         in_flight_per_publisher: 1,
+        batch_events: 1,
         ..*workload
     };
     let (events, elapsed, latency) = run_blocking_publishers(&blocking, |_| {
