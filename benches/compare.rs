@@ -274,6 +274,7 @@ fn disk_references(settings: &Settings) -> BenchResult<Vec<DiskResult>> {
         (4096, small_file_bytes, FileState::Fallocated),
         (4096, small_file_bytes, FileState::Prewritten),
         (4096, small_file_bytes, FileState::Growing),
+        (256 * 1024, settings.run_max_bytes, FileState::Fallocated),
     ];
     let mut results = Vec::new();
     for (block_bytes, file_bytes, state) in cases {
@@ -282,6 +283,24 @@ fn disk_references(settings: &Settings) -> BenchResult<Vec<DiskResult>> {
             block_bytes,
             file_bytes,
             state,
+            settings.run_duration,
+        )?;
+        println!(
+            "{:<34} {:>9.1} {:>10.0} {:>9.1} {:>9.1} {:>9.1}",
+            result.name,
+            result.mb_per_s,
+            result.ops_per_s,
+            result.latency.p50_us,
+            result.latency.p99_us,
+            result.latency.p999_us
+        );
+        results.push(result);
+    }
+    for block_bytes in [1 << 20, 4096] {
+        let result = support::disk::overlapped_write_sync(
+            dir.path(),
+            block_bytes,
+            settings.run_max_bytes,
             settings.run_duration,
         )?;
         println!(

@@ -149,3 +149,85 @@ pub fn human_bytes(bytes: usize) -> String {
         format!("{bytes}B")
     }
 }
+
+/// Like [`write_sync_loop`] into a fresh fallocated file, but the next block's write overlaps
+/// the current block's `fdatasync` (a writer thread stays at most one block ahead of a syncer
+/// thread; a block counts once a sync that started after its write returned). This is the
+/// disk-level ceiling of a writer that overlaps the next group's write with the current sync.
+pub fn overlapped_write_sync(
+    dir: &Path,
+    block_bytes: usize,
+    file_bytes: u64,
+    duration: Duration,
+) -> BenchResult<DiskResult> {
+    use std::sync::mpsc::sync_channel;
+
+    let path = dir.join(format!("disk-overlap-{block_bytes}.dat"));
+    let file = open_direct(&path)?;
+    fallocate(&file, file_bytes).map_err(|e| BenchError::io("fallocate", &path, e))?;
+    file.sync_all()
+        .map_err(|e| BenchError::io("fsync after fallocate", &path, e))?;
+    let mut block = AlignedBuf::zeroed(block_bytes);
+    for (index, byte) in block.iter_mut().enumerate() {
+        *byte = (index % 251) as u8;
+    }
+    let start = Instant::now();
+    let deadline = start + duration;
+    // Capacity 0: the writer hands over block i only when the syncer takes it, so at most
+    // one written block waits for a sync while the next write proceeds.
+    let (written_tx, written_rx) = sync_channel::<Instant>(0);
+    let (recorder, ops) = std::thread::scope(|scope| -> BenchResult<(LatencyRecorder, u64)> {
+        let (file, path) = (&file, &path);
+        let syncer = scope.spawn(move || -> BenchResult<(LatencyRecorder, u64)> {
+            let mut recorder = LatencyRecorder::default();
+            let mut ops = 0u64;
+            while let Ok(first_began) = written_rx.recv() {
+                // Everything written so far (at least this block) is covered by this sync.
+                let mut covered = 1u64;
+                let mut oldest = first_began;
+                while let Ok(began) = written_rx.try_recv() {
+                    covered += 1;
+                    oldest = oldest.min(began);
+                }
+                file.sync_data()
+                    .map_err(|e| BenchError::io("fdatasync", path, e))?;
+                recorder.record(oldest.elapsed());
+                ops += covered;
+            }
+            Ok((recorder, ops))
+        });
+        let mut offset = 0u64;
+        while offset + block_bytes as u64 <= file_bytes && Instant::now() < deadline {
+            let began = Instant::now();
+            file.write_all_at(&block, offset)
+                .map_err(|e| BenchError::io("O_DIRECT write", path, e))?;
+            if written_tx.send(began).is_err() {
+                break;
+            }
+            offset += block_bytes as u64;
+        }
+        drop(written_tx);
+        syncer.join().unwrap_or_else(|_| {
+            Err(BenchError::Runtime {
+                op: "join syncer thread",
+                detail: "syncer panicked".into(),
+            })
+        })
+    })?;
+    let elapsed_s = start.elapsed().as_secs_f64().max(1e-9);
+    drop(file);
+    std::fs::remove_file(&path).map_err(|e| BenchError::io("remove reference file", &path, e))?;
+    Ok(DiskResult {
+        name: format!(
+            "write{}+fdatasync/fallocated/overlapped",
+            human_bytes(block_bytes)
+        ),
+        block_bytes,
+        file_state: "fallocated-overlapped".into(),
+        ops,
+        elapsed_s,
+        mb_per_s: ops as f64 * block_bytes as f64 / elapsed_s / 1e6,
+        ops_per_s: ops as f64 / elapsed_s,
+        latency: recorder.summary(),
+    })
+}
