@@ -6,31 +6,36 @@
 # runs the quick same-run comparison harness at both revisions and prints their target
 # ratios side by side.
 #
-# Usage: scripts/bench-compare.sh [--bench NAME] [--with-compare] BASE_REV [NEW_REV]
-#   NEW_REV defaults to HEAD. NAME defaults to wal_append. Commit your changes first: only
-#   committed revisions are compared.
+# Usage: scripts/bench-compare.sh [--bench NAME] [--filter REGEX] [--with-compare]
+#                                 BASE_REV [NEW_REV]
+#   NEW_REV defaults to HEAD. NAME defaults to wal_append; REGEX selects criterion benchmarks
+#   (e.g. 'durable_append'). Commit your changes first: only committed revisions are compared.
 set -euo pipefail
 
 bench=wal_append with_compare=0
+filter=()
 args=()
 while [[ $# -gt 0 ]]; do
     case $1 in
         --bench) bench=$2; shift 2 ;;
+        --filter) filter=("$2"); shift 2 ;;
         --with-compare) with_compare=1; shift ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         -*) echo "unknown option: $1 (see --help)" >&2; exit 64 ;;
         *) args+=("$1"); shift ;;
     esac
 done
 if [[ ${#args[@]} -lt 1 || ${#args[@]} -gt 2 ]]; then
-    echo "usage: $0 [--bench NAME] [--with-compare] BASE_REV [NEW_REV]" >&2
+    echo "usage: $0 [--bench NAME] [--filter REGEX] [--with-compare] BASE_REV [NEW_REV]" >&2
     exit 64
 fi
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 base_rev=$(git -C "$repo" rev-parse --verify "${args[0]}^{commit}")
 new_rev=$(git -C "$repo" rev-parse --verify "${args[1]:-HEAD}^{commit}")
-target=${CARGO_TARGET_DIR:-$repo/target}/bench-compare
-out=$target/results
+# The usual target directory: dependencies are reused, and both revisions write their
+# criterion baselines to the same target/criterion.
+target=${CARGO_TARGET_DIR:-$repo/target}
+out=$target/bench-compare
 mkdir -p "$out"
 work=$(mktemp -d)
 cleanup() {
@@ -52,10 +57,10 @@ for name in base new; do
 done
 
 echo "== criterion: $bench at base $(git -C "$repo" rev-parse --short "$base_rev")"
-(cd "$work/base" && CARGO_TARGET_DIR=$target cargo bench --bench "$bench" -- --save-baseline base) \
+(cd "$work/base" && CARGO_TARGET_DIR=$target cargo bench --bench "$bench" -- --save-baseline base "${filter[@]}") \
     | tee "$out/criterion-base.txt"
 echo "== criterion: $bench at new $(git -C "$repo" rev-parse --short "$new_rev"), compared with base"
-(cd "$work/new" && CARGO_TARGET_DIR=$target cargo bench --bench "$bench" -- --baseline base) \
+(cd "$work/new" && CARGO_TARGET_DIR=$target cargo bench --bench "$bench" -- --baseline base "${filter[@]}") \
     | tee "$out/criterion-new.txt"
 echo "== changes (criterion, new vs base)"
 grep -E '^[a-z_]+/|change:|Performance has|No change|Change within' "$out/criterion-new.txt" || true
