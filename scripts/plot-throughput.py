@@ -25,6 +25,8 @@ COLOURS = {
     ("wal", "uring", "await"): "#6baed6",
     ("wal", "portable", "pipelined"): "#2ca02c",
     ("wal", "portable", "await"): "#98df8a",
+    ("wal", "uring", "batch"): "#17becf",
+    ("wal", "portable", "batch"): "#8c564b",
     ("naive", None, "await"): "#d62728",
     ("okaywal", None, "await"): "#ff7f0e",
 }
@@ -32,11 +34,21 @@ COLOURS = {
 
 def series_label(system, backend, mode, window):
     if system == "wal":
-        how = f"{window} in flight/publisher" if mode == "pipelined" else "each append awaited"
+        how = {
+            "pipelined": f"{window} in flight/publisher",
+            "batch": f"append_batch of {window}, awaited",
+        }.get(mode, "each append awaited")
         return f"this WAL ({backend}), {how}"
     if system == "naive":
         return "naive WAL (mutex + write + fdatasync per event)"
     return "okaywal 0.3 (commit per entry)"
+
+
+def dash_of(key):
+    """Stroke pattern of a series: dotted for awaited appends, long dashes for batches."""
+    if key[0] != "wal":
+        return ""
+    return {"await": "2,2", "batch": "8,3"}.get(key[2], "")
 
 
 def collect_series(report, event_bytes):
@@ -68,7 +80,8 @@ def render_svg(report):
     y_lo = 10 ** math.floor(math.log10(min(values)))
     y_hi = 10 ** math.ceil(math.log10(max(values)))
     width = max(PANEL_W * len(sizes), 440)
-    legend_rows = math.ceil(8 / max(1, int(width // 440)))
+    series_count = len({(r["system"], r["backend"], r["mode"]) for r in report["runs"] if not r["variant"]})
+    legend_rows = math.ceil((series_count + 1) / max(1, int(width // 440)))
     height = PANEL_H + 20 * legend_rows + 40
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -134,23 +147,23 @@ def render_svg(report):
             if key not in keys_seen:
                 keys_seen.append(key)
             path = " ".join(f"{px(p):.1f},{py(max(v, y_lo)):.1f}" for p, v in points)
-            dash = ' stroke-dasharray="2,2"' if key[2] == "await" and key[0] == "wal" else ""
+            dash = f' stroke-dasharray="{dash_of(key)}"' if dash_of(key) else ""
             out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
             for p, v in points:
                 out.append(f'<circle cx="{px(p):.1f}" cy="{py(max(v, y_lo)):.1f}" r="3" fill="{colour}"/>')
     legend_y = 20 + PANEL_H + 8
     entries = [
-        (COLOURS.get(key, "#9467bd"), series_label(*key, report["window"]), key[0] == "wal" and key[2] == "await")
+        (COLOURS.get(key, "#9467bd"), series_label(*key, report["window"]), dash_of(key))
         for key in keys_seen
     ]
-    entries.append(("#555", "disk limit: 1 MiB O_DIRECT write + fdatasync per block, as events/s", True))
+    entries.append(("#555", "disk limit: 1 MiB O_DIRECT write + fdatasync per block, as events/s", "5,4"))
     columns = max(1, int(width // 440))
     rows = math.ceil(len(entries) / columns)
     for i, (colour, label, dashed) in enumerate(entries):
         column, row = divmod(i, rows)
         x = 20 + column * (width / columns)
         y = legend_y + row * 20
-        dash = ' stroke-dasharray="5,4"' if dashed else ""
+        dash = f' stroke-dasharray="{dashed}"' if dashed else ""
         out.append(f'<line x1="{x}" y1="{y}" x2="{x + 26}" y2="{y}" stroke="{colour}" stroke-width="2"{dash}/>')
         out.append(f'<text x="{x + 32}" y="{y + 4}">{escape(label)}</text>')
     out.append("</svg>")
