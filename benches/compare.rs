@@ -105,7 +105,7 @@ impl Settings {
             modes,
             run_max_bytes: if full { 4096 * MIB } else { 512 * MIB },
             replay_max_bytes: if full { 1024 * MIB } else { 256 * MIB },
-            label: std::env::var("PROCMOND_WAL_BENCH_LABEL").unwrap_or_else(|_| "latest".into()),
+            label: label_from_env()?,
         })
     }
 
@@ -138,6 +138,27 @@ impl Settings {
             duration: self.run_duration,
             max_events: (self.run_max_bytes / event_bytes as u64).max(1),
         }
+    }
+}
+
+/// The report label: it becomes part of a file name, so only `[A-Za-z0-9._-]`.
+fn label_from_env() -> BenchResult<String> {
+    let Ok(label) = std::env::var("PROCMOND_WAL_BENCH_LABEL") else {
+        return Ok("latest".into());
+    };
+    let valid = !label.is_empty()
+        && !label.starts_with('.')
+        && label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(label)
+    } else {
+        Err(BenchError::Setting {
+            name: "PROCMOND_WAL_BENCH_LABEL",
+            value: label,
+            expected: "letters, digits, '.', '_' or '-' (not starting with '.')",
+        })
     }
 }
 
