@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by scripts/perf-record.sh and scripts/perf-stat.sh (sourced, not run): installs
 # perf and finds out what it can measure here, and builds or finds the workload to run.
 # Callers have `set -euo pipefail`.
@@ -39,7 +40,9 @@ MSG
     export PERF_HW
 }
 
-# Sets WORKLOAD (an array: the command to profile) and WORKLOAD_KIND (`load` or `compare`).
+# Sets WORKLOAD (an array: the command to profile) and WORKLOAD_KIND (`load` or `compare`),
+# both read by the sourcing script.
+# shellcheck disable=SC2034
 # Prefers `procmond-wal load`; falls back to the compare bench narrowed to this WAL when the
 # checked-out revision has no `load` subcommand. PROCMOND_WAL_BIN overrides the binary.
 prepare_workload() {
@@ -76,8 +79,8 @@ for line in sys.stdin:
     [[ $backend == auto ]] && backend=uring
     WORKLOAD_KIND=compare
     WORKLOAD=(env PROCMOND_WAL_BENCH_SECTIONS=matrix PROCMOND_WAL_BENCH_SYSTEMS=wal
-        PROCMOND_WAL_BENCH_MODES=$mode PROCMOND_WAL_BENCH_SIZES=$event_bytes
-        PROCMOND_WAL_BENCH_PUBLISHERS=$publishers PROCMOND_WAL_BENCH_WINDOW=$inflight
-        PROCMOND_WAL_BENCH_BACKEND=$backend PROCMOND_WAL_BENCH_SECONDS=${SECONDS_PER_RUN:-3}
+        "PROCMOND_WAL_BENCH_MODES=$mode" "PROCMOND_WAL_BENCH_SIZES=$event_bytes"
+        "PROCMOND_WAL_BENCH_PUBLISHERS=$publishers" "PROCMOND_WAL_BENCH_WINDOW=$inflight"
+        "PROCMOND_WAL_BENCH_BACKEND=$backend" "PROCMOND_WAL_BENCH_SECONDS=${SECONDS_PER_RUN:-3}"
         PROCMOND_WAL_BENCH_LABEL=perf "$bench")
 }
