@@ -437,7 +437,7 @@ fn replays(settings: &Settings) -> BenchResult<Vec<ReplayResult>> {
             support::walrun::run(base_config(dir.path(), backend), "", &workload, &event)?;
             let result = support::walrun::replay(
                 dir.path(),
-                backend_name(backend),
+                &backend_name(backend),
                 event_bytes,
                 workload.max_events,
             )?;
@@ -685,7 +685,7 @@ fn target_rounds(settings: &Settings) -> BenchResult<Vec<TargetRound>> {
                 disk_4k_prewritten.latency.p50_us,
             );
             rounds.push(TargetRound {
-                backend: backend_name(backend).into(),
+                backend: backend_name(backend),
                 round: round + 1,
                 disk_1m_fallocated,
                 wal_4k_16_pipelined,
@@ -825,7 +825,7 @@ fn targets(report: &Report, settings: &Settings) -> Vec<TargetRow> {
                     .join(" ");
                 rows.push(TargetRow {
                     target: target.into(),
-                    backend: backend.into(),
+                    backend: backend.clone(),
                     measured,
                     ratio,
                     required,
@@ -844,7 +844,7 @@ fn targets(report: &Report, settings: &Settings) -> Vec<TargetRow> {
                     "replay from page cache, {} B events: log MB/s ÷ 1000",
                     replay.event_bytes
                 ),
-                backend: backend.into(),
+                backend: backend.clone(),
                 measured: format!("{:.0}", replay.log_mb_per_s),
                 ratio: replay.log_mb_per_s / 1000.0,
                 required: 1.0,

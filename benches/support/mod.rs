@@ -142,13 +142,10 @@ pub fn backends_from_env() -> BenchResult<Vec<BackendChoice>> {
     }
 }
 
-/// Short name of a backend choice for tables.
-pub fn backend_name(choice: BackendChoice) -> &'static str {
-    match choice {
-        BackendChoice::Uring => "uring",
-        BackendChoice::Portable => "portable",
-        BackendChoice::Auto => "auto",
-    }
+/// Short name of a backend choice for tables (`uring`, `portable`, ...): its variant name in
+/// lower case, so new variants need no change here.
+pub fn backend_name(choice: BackendChoice) -> String {
+    format!("{choice:?}").to_lowercase()
 }
 
 /// A positive number of seconds from the environment, or `default`.

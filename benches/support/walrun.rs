@@ -160,7 +160,7 @@ pub fn run(
     let ((events, elapsed, latency), stats) = outcome?;
     let mut result = RunResult::new(
         "wal",
-        Some(backend_name(backend)),
+        Some(backend_name(backend).as_str()),
         variant,
         workload,
         events,
