@@ -199,9 +199,10 @@ impl ProcessEvent {
         }
     }
 
-    /// Whether nothing needs truncating (the common case, checked without allocating).
-    fn within_limits(&self) -> bool {
-        let short_fields_fit = [
+    /// The optional short text fields that are present (all limited to
+    /// [`limits::SHORT_FIELD_BYTES`]).
+    fn short_fields(&self) -> impl Iterator<Item = &String> {
+        [
             &self.executable_path,
             &self.executable_hash,
             &self.hash_algorithm,
@@ -209,7 +210,13 @@ impl ProcessEvent {
         ]
         .into_iter()
         .flatten()
-        .all(|field| field.len() <= limits::SHORT_FIELD_BYTES);
+    }
+
+    /// Whether nothing needs truncating (the common case, checked without allocating).
+    fn within_limits(&self) -> bool {
+        let short_fields_fit = self
+            .short_fields()
+            .all(|field| field.len() <= limits::SHORT_FIELD_BYTES);
         let argv_fits = self.command_line.len() <= limits::ARGV_ENTRIES
             && self.command_line.iter().map(String::len).sum::<usize>() <= limits::ARGV_TOTAL_BYTES;
         let metadata_fits = self.platform_metadata.len() <= limits::METADATA_ENTRIES
@@ -236,16 +243,7 @@ impl ProcessEvent {
 
     /// Bytes of variable-length text the event carries (strings, argv, metadata).
     pub fn text_bytes(&self) -> usize {
-        let optional = [
-            &self.executable_path,
-            &self.executable_hash,
-            &self.hash_algorithm,
-            &self.user_id,
-        ]
-        .into_iter()
-        .flatten()
-        .map(String::len)
-        .sum::<usize>();
+        let optional = self.short_fields().map(String::len).sum::<usize>();
         let argv = self.command_line.iter().map(String::len).sum::<usize>();
         let metadata = self
             .platform_metadata
