@@ -1,9 +1,11 @@
 //! The ring thread's writer: group commit, rotation, checkpoints and segment deletion.
 //!
-//! One task on the ring thread owns every segment file. Appends arrive on a bounded channel;
-//! while one group's write+sync is in flight, new appends queue; when it completes, everything
-//! queued (up to `group_max_bytes`) becomes the next group — no timer, no added delay. Callers
-//! are answered only after the sync that covers their record (docs/design.md, "Group commit").
+//! One task on the ring thread owns every segment file. Appends arrive on a bounded channel
+//! and queue while I/O is in flight; whenever the write slot frees, everything queued (up to
+//! `group_max_bytes`) becomes the next group — no timer, no added delay. One group write and
+//! one `fdatasync` may be in flight together (the next write overlaps the current sync).
+//! Callers are answered only after a sync that started after their group's write completed
+//! (docs/design.md §3).
 //!
 //! Must never: drop an in-flight write or sync future, retry a failed sync, or answer a caller
 //! before its bytes are durable (under the default policy).
