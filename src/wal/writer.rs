@@ -104,7 +104,7 @@ enum EventsReply {
 enum Pending {
     Events {
         timestamp: DateTime<Utc>,
-        items: VecDeque<(EventKind, Vec<u8>)>,
+        items: Items,
         first_sequence: Option<u64>,
         reply: EventsReply,
     },
@@ -115,6 +115,29 @@ enum Pending {
     Barrier {
         reply: Reply<u64>,
     },
+}
+
+/// The encoded events of one append or batch, consumed from the front. A single append (the
+/// common case) is stored inline so accepting it allocates nothing on the ring thread.
+enum Items {
+    One(Option<(EventKind, Vec<u8>)>),
+    Many(VecDeque<(EventKind, Vec<u8>)>),
+}
+
+impl Items {
+    fn front(&self) -> Option<&(EventKind, Vec<u8>)> {
+        match self {
+            Items::One(item) => item.as_ref(),
+            Items::Many(items) => items.front(),
+        }
+    }
+
+    fn pop_front(&mut self) {
+        match self {
+            Items::One(item) => *item = None,
+            Items::Many(items) => drop(items.pop_front()),
+        }
+    }
 }
 
 enum Completion {
@@ -452,7 +475,7 @@ impl<B: Backend> Writer<B> {
                 reply,
             } => Pending::Events {
                 timestamp,
-                items: VecDeque::from([(kind, event_bytes)]),
+                items: Items::One(Some((kind, event_bytes))),
                 first_sequence: None,
                 reply: EventsReply::One(reply),
             },
@@ -467,7 +490,7 @@ impl<B: Backend> Writer<B> {
                 }
                 Pending::Events {
                     timestamp,
-                    items: items.into(),
+                    items: Items::Many(items.into()),
                     first_sequence: None,
                     reply: EventsReply::Batch(reply),
                 }
