@@ -84,7 +84,16 @@ impl Wal {
     ///
     /// Blocking: it reads the whole directory. From async code, call it in `spawn_blocking`.
     pub fn open(config: WalConfig) -> Result<(Wal, OpenReport), WalError> {
-        let opened = open::open(config.clone())?;
+        Self::open_with_ring_task(config, None)
+    }
+
+    /// [`Wal::open`], also starting `ring_task` on the ring thread (the connector's link).
+    #[allow(dead_code)] // The connector's entry point; remove once it calls this.
+    pub(crate) fn open_with_ring_task(
+        config: WalConfig,
+        ring_task: Option<open::RingTask>,
+    ) -> Result<(Wal, OpenReport), WalError> {
+        let opened = open::open(config.clone(), ring_task)?;
         let skipped = opened.report.skipped_regions() as u64;
         let wal = Wal {
             commands: opened.commands,

@@ -4,7 +4,9 @@
 
 use std::collections::VecDeque;
 use std::fs;
+use std::future::Future;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -34,7 +36,13 @@ pub(crate) struct Opened {
     pub thread: std::thread::JoinHandle<()>,
 }
 
-pub(crate) fn open(config: WalConfig) -> Result<Opened, WalError> {
+/// A task to run on the ring thread beside the writer (the connector's link lives there, so
+/// the WAL files and the broker socket share one ring). It is started before the writer and
+/// learns which backend the ring runs; it must finish before the log is closed, because the
+/// ring thread's runtime ends with the writer.
+pub(crate) type RingTask = Box<dyn FnOnce(BackendKind) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+pub(crate) fn open(config: WalConfig, ring_task: Option<RingTask>) -> Result<Opened, WalError> {
     config.validate()?;
     let dir = config.dir.clone();
     if !dir.exists() {
@@ -59,15 +67,13 @@ pub(crate) fn open(config: WalConfig) -> Result<Opened, WalError> {
         .name("procmond-wal-ring".into())
         .spawn(move || {
             let _lock = lock; // Released when the ring thread ends.
-            ring_main(
+            let setup = RingSetup {
                 sim_disk,
-                backend_kind,
+                kind: backend_kind,
                 buffer_bytes,
-                plan,
-                thread_shared,
-                receiver,
-                ready_tx,
-            );
+                ring_task,
+            };
+            ring_main(setup, plan, thread_shared, receiver, ready_tx);
         })
         .map_err(|e| WalError::io("spawn ring thread", &dir, e))?;
     match ready_rx.recv() {
@@ -129,15 +135,27 @@ fn choose_backend(config: &WalConfig) -> Result<BackendKind, WalError> {
     }
 }
 
-fn ring_main(
+/// What the ring thread is started with besides the writer's plan.
+struct RingSetup {
     sim_disk: Option<SimDisk>,
     kind: BackendKind,
     buffer_bytes: usize,
+    ring_task: Option<RingTask>,
+}
+
+fn ring_main(
+    setup: RingSetup,
     plan: Plan,
     shared: Arc<Shared>,
     commands: mpsc::Receiver<Command>,
     ready: std::sync::mpsc::Sender<Result<(), WalError>>,
 ) {
+    let RingSetup {
+        sim_disk,
+        kind,
+        buffer_bytes,
+        ring_task,
+    } = setup;
     let dir = plan.config.dir.clone();
     match kind {
         BackendKind::Uring => {
@@ -149,6 +167,9 @@ fn ring_main(
                 }
             };
             runtime.block_on(async move {
+                if let Some(task) = ring_task {
+                    tokio::task::spawn_local(task(kind));
+                }
                 let backend = UringBackend::new(buffer_bytes, GROUP_BUFFERS);
                 tracing::debug!(registered = backend.registered(), "io_uring group buffers");
                 serve(backend, plan, shared, commands, ready).await;
@@ -167,6 +188,9 @@ fn ring_main(
             };
             let local = tokio::task::LocalSet::new();
             local.block_on(&runtime, async move {
+                if let Some(task) = ring_task {
+                    tokio::task::spawn_local(task(kind));
+                }
                 if let (BackendKind::Simulated, Some(disk)) = (kind, sim_disk) {
                     let backend = SimBackend::new(disk, buffer_bytes, GROUP_BUFFERS);
                     serve(backend, plan, shared, commands, ready).await;
