@@ -15,6 +15,7 @@
 pub mod broker;
 pub mod event;
 pub mod io;
+pub mod source;
 pub mod wal;
 pub mod wire;
 
