@@ -6,8 +6,8 @@
 //! - [`rng`]: the seeded pseudo-random generator.
 //!
 //! [`SyntheticSource`] adds the only async part: waiting (`tokio::time`) until the next
-//! events are due. Every generated event carries `synthetic.seed` and `synthetic.index`
-//! metadata so it can never be taken for a real observation.
+//! events are due. Every generated event carries `synthetic` metadata (the seed) so it can
+//! never be taken for a real observation.
 
 pub mod generator;
 pub mod pacing;
@@ -69,8 +69,8 @@ pub struct SyntheticConfig {
     /// Events per second, or max.
     pub rate: Rate,
     /// Target WAL record size of each event in bytes (see [`record_bytes`]); at most
-    /// [`MAX_EVENT_BYTES`]. Targets below the natural size (~300 bytes) give the natural
-    /// size.
+    /// [`MAX_EVENT_BYTES`]. Targets below the natural size (at most 256 bytes for
+    /// seeds under 10 000) give the natural size.
     pub event_bytes: u64,
     /// Most events in one batch (and the most a slow consumer can fall behind the rate).
     pub max_batch_events: u64,

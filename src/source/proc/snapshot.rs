@@ -168,7 +168,7 @@ pub fn cpu_percent(cpu_ticks_delta: u64, clock_ticks_per_s: u64, elapsed_s: f64)
         clock_ticks_per_s > 0,
         "clock ticks per second is validated at open"
     );
-    if !(elapsed_s > 0.0) || clock_ticks_per_s == 0 {
+    if elapsed_s.is_nan() || elapsed_s <= 0.0 || clock_ticks_per_s == 0 {
         return None;
     }
     Some(cpu_ticks_delta as f64 / clock_ticks_per_s as f64 / elapsed_s * 100.0)

@@ -19,10 +19,9 @@ pub const MAX_EVENT_BYTES: u64 = limits::ARGV_TOTAL_BYTES as u64;
 /// Most simulated processes alive at once (bounds the generator's memory).
 pub const MAX_LIVE_PROCESSES: usize = 1024;
 
-/// Metadata key marking generated events, so they can never be mistaken for evidence.
-pub const META_SYNTHETIC_SEED: &str = "synthetic.seed";
-/// Metadata key: the event's index in the stream (0, 1, 2, ...).
-pub const META_SYNTHETIC_INDEX: &str = "synthetic.index";
+/// Metadata key marking generated events, so they can never be mistaken for evidence; the
+/// value is the seed.
+pub const META_SYNTHETIC: &str = "synthetic";
 
 /// Pids are handed out upwards from here and wrap at the Linux default `pid_max`.
 const FIRST_PID: u32 = 1000;
@@ -31,31 +30,33 @@ const PID_LIMIT: u32 = 4_194_304;
 /// Characters of the padding argument.
 const PAD_ALPHABET: &[u8; 64] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_";
 
-/// Programs the simulated processes run: (name, executable, arguments).
+/// Programs the simulated processes run: (name, executable, argv). Short on purpose: the
+/// natural record (no padding) stays at or under 256 bytes, the smallest usual target.
 const PROGRAMS: &[(&str, &str, &[&str])] = &[
-    ("bash", "/usr/bin/bash", &["-l"]),
-    ("sshd", "/usr/sbin/sshd", &["-D", "-e"]),
-    ("nginx", "/usr/sbin/nginx", &["-g", "daemon off;"]),
-    (
-        "python3",
-        "/usr/bin/python3",
-        &["-m", "http.server", "8080"],
-    ),
+    ("bash", "/bin/bash", &["-bash"]),
+    ("sshd", "/usr/sbin/sshd", &["sshd", "-D"]),
+    ("nginx", "/usr/sbin/nginx", &["nginx", "-g", "daemon off;"]),
+    ("python3", "/usr/bin/python3", &["python3", "app.py"]),
     (
         "postgres",
-        "/usr/lib/postgresql/16/bin/postgres",
-        &["-D", "/var/lib/postgresql/16/main"],
+        "/usr/bin/postgres",
+        &["postgres", "-D", "/srv/pg"],
     ),
-    ("cron", "/usr/sbin/cron", &["-f"]),
-    ("node", "/usr/bin/node", &["server.js", "--port", "3000"]),
+    ("cron", "/usr/sbin/cron", &["cron", "-f"]),
+    ("node", "/usr/bin/node", &["node", "server.js"]),
     (
         "curl",
         "/usr/bin/curl",
-        &["-fsS", "https://example.com/health"],
+        &["curl", "-fsS", "http://10.0.0.1/"],
     ),
-    ("containerd", "/usr/bin/containerd", &[]),
-    ("make", "/usr/bin/make", &["-j2", "all"]),
+    ("containerd", "/usr/bin/containerd", &["containerd"]),
+    ("make", "/usr/bin/make", &["make", "-j2"]),
 ];
+
+/// Argument a Modify toggles at the end of argv (the process re-exec'd itself with it).
+const TOGGLED_ARG: &str = "-v";
+/// Suffix a Modify toggles on the name (the process renamed itself).
+const RENAME_SUFFIX: &str = ":w";
 
 /// Bytes of the WAL record `event` becomes (frame header, fixed payload fields and the
 /// encoded event, aligned): the size `event_bytes` aims at. Events that cannot be encoded
@@ -66,14 +67,15 @@ pub fn record_bytes(event: &ProcessEvent) -> u64 {
     })
 }
 
-/// One simulated process.
+/// One simulated process. Its changes are toggles, so repeated Modifies never grow it.
 #[derive(Debug, Clone)]
 struct LiveProcess {
     pid: u32,
     ppid: u32,
-    name: String,
-    executable_path: String,
-    argv: Vec<String>,
+    /// Index into [`PROGRAMS`].
+    program: usize,
+    renamed: bool,
+    extra_arg: bool,
     start_time: DateTime<Utc>,
     uid: u32,
 }
@@ -91,7 +93,7 @@ pub struct Generator {
 
 impl Generator {
     /// A generator for `seed`, padding events to `event_bytes` (rounded up to the record
-    /// alignment of 8 bytes; smaller targets give the natural size, ~300 bytes).
+    /// alignment of 8 bytes; smaller targets give the natural size, at most 256 bytes for seeds under 10 000).
     pub fn new(seed: u64, event_bytes: u64) -> Result<Self, SourceError> {
         if event_bytes > MAX_EVENT_BYTES {
             return Err(SourceError::InvalidConfig {
@@ -137,14 +139,13 @@ impl Generator {
                 let change = self.rng.below(3);
                 let process = &mut self.live[index];
                 match change {
-                    // The process rewrote its arguments (or exec'd itself with new ones).
-                    0 => process
-                        .argv
-                        .push(format!("--generation={}", self.generated)),
-                    // Its parent exited: re-parented to init.
-                    1 => process.ppid = 1,
+                    // The process re-exec'd itself with other arguments.
+                    0 => process.extra_arg = !process.extra_arg,
                     // It renamed itself (prctl PR_SET_NAME).
-                    _ => process.name = format!("{}:w{}", process.name, self.generated % 10),
+                    1 => process.renamed = !process.renamed,
+                    // Its parent exited: re-parented to init (or, if it already was, adopted
+                    // by a subreaper).
+                    _ => process.ppid = if process.ppid == 1 { 2 } else { 1 },
                 }
                 process.clone()
             }
@@ -166,13 +167,14 @@ impl Generator {
         let full = self.live.len() >= MAX_LIVE_PROCESSES;
         match roll {
             0..40 if !full => EventKind::Start,
-            0..40 | 40..75 => EventKind::Stop,
+            // At the cap, what would have been a Start stops a process instead.
+            0..75 => EventKind::Stop,
             _ => EventKind::Modify,
         }
     }
 
     fn spawn(&mut self, collection_time: DateTime<Utc>) -> LiveProcess {
-        let (name, executable_path, args) = PROGRAMS[self.rng.index(PROGRAMS.len())];
+        let program = self.rng.index(PROGRAMS.len());
         let pid = self.allocate_pid();
         let ppid = if self.live.is_empty() || self.rng.below(4) == 0 {
             1
@@ -181,14 +183,12 @@ impl Generator {
         };
         let uid = [0, 33, 1000, 1001][self.rng.index(4)];
         let started_ms_ago = i64::try_from(self.rng.below(1000)).unwrap_or(0);
-        let mut argv = vec![executable_path.to_owned()];
-        argv.extend(args.iter().map(|arg| (*arg).to_owned()));
         LiveProcess {
             pid,
             ppid,
-            name: name.to_owned(),
-            executable_path: executable_path.to_owned(),
-            argv,
+            program,
+            renamed: false,
+            extra_arg: false,
             start_time: collection_time - TimeDelta::milliseconds(started_ms_ago),
             uid,
         }
@@ -211,10 +211,18 @@ impl Generator {
     }
 
     fn event_for(&mut self, process: &LiveProcess, collection_time: DateTime<Utc>) -> ProcessEvent {
-        let mut event = ProcessEvent::new(process.pid, process.name.clone(), collection_time);
+        let (name, executable_path, argv) = PROGRAMS[process.program];
+        let mut name = name.to_owned();
+        if process.renamed {
+            name.push_str(RENAME_SUFFIX);
+        }
+        let mut event = ProcessEvent::new(process.pid, name, collection_time);
         event.ppid = Some(process.ppid);
-        event.executable_path = Some(process.executable_path.clone());
-        event.command_line = process.argv.clone();
+        event.executable_path = Some(executable_path.to_owned());
+        event.command_line = argv.iter().map(|arg| (*arg).to_owned()).collect();
+        if process.extra_arg {
+            event.command_line.push(TOGGLED_ARG.to_owned());
+        }
         event.start_time = Some(process.start_time);
         event.cpu_usage_percent = Some(self.rng.below(10_000) as f64 / 100.0);
         event.memory_usage_bytes = Some((1 + self.rng.below(4096)) * 64 * 1024);
@@ -223,10 +231,7 @@ impl Generator {
         event.file_exists = true;
         event
             .platform_metadata
-            .insert(META_SYNTHETIC_SEED.to_owned(), self.seed.to_string());
-        event
-            .platform_metadata
-            .insert(META_SYNTHETIC_INDEX.to_owned(), self.generated.to_string());
+            .insert(META_SYNTHETIC.to_owned(), self.seed.to_string());
         event
     }
 
