@@ -12,6 +12,10 @@ use std::os::unix::ffi::OsStrExt;
 /// `PF_KTHREAD` in the `flags` field of `/proc/[pid]/stat`: the task is a kernel thread.
 pub const PF_KTHREAD: u32 = 0x0020_0000;
 
+/// `PF_EXITING` in the `flags` field: the task is exiting (its memory, and with it argv and
+/// the `exe` link, may already be gone while the state is still running).
+pub const PF_EXITING: u32 = 0x0000_0004;
+
 /// Suffix the kernel appends to the `exe` link target when the executable was unlinked.
 const DELETED_SUFFIX: &str = " (deleted)";
 
@@ -51,10 +55,10 @@ impl StatFields {
         self.flags & PF_KTHREAD != 0
     }
 
-    /// Whether the task has exited and waits to be reaped (or is being torn down): its
-    /// `exe` link and argv are gone, which is not a change of those attributes.
+    /// Whether the task is exiting or has exited and waits to be reaped: its `exe` link and
+    /// argv are gone (or going), which is not a change of those attributes.
     pub fn is_exiting(&self) -> bool {
-        matches!(self.state, 'Z' | 'X' | 'x')
+        self.flags & PF_EXITING != 0 || matches!(self.state, 'Z' | 'X' | 'x')
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::diff::{diff, to_events};
 use super::reader::{ProcReader, ReadStats};
 use super::schedule::{DEFAULT_BACKPRESSURE_FACTOR, PollSchedule};
-use super::snapshot::{Snapshot, fill_cpu_usage};
+use super::snapshot::{Snapshot, carry_forward, fill_cpu_usage};
 use crate::event::{EventKind, ProcessEvent};
 use crate::source::error::SourceError;
 
@@ -153,6 +153,7 @@ impl ProcPoller {
         };
         let events = match &self.previous {
             Some(previous) => {
+                carry_forward(previous, &mut next);
                 fill_cpu_usage(
                     previous,
                     &mut next,

@@ -215,6 +215,7 @@ impl ProcReader {
 
         let mut record = ProcessRecord::new(pid, stat.start_ticks, stat.comm.clone());
         record.ppid = (stat.ppid != 0).then_some(stat.ppid);
+        record.kernel_thread = stat.is_kernel_thread();
         record.start_time = self.start_time(stat.start_ticks);
         record.cpu_ticks = stat.cpu_ticks;
         record.memory_usage_bytes = Some(
@@ -252,7 +253,8 @@ impl ProcReader {
             // not a read failure, and not worth two syscalls each.
             record.file_exists = false;
         } else if stat.is_exiting() {
-            // A zombie's memory and executable are already released: unknown, not changed.
+            // An exiting process's memory and executable are released (or being released):
+            // unknown now, not changed.
             record.unobserved.executable = true;
             record.unobserved.argv = true;
         } else {

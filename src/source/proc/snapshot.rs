@@ -21,7 +21,8 @@ pub const META_SESSION: &str = "linux.session";
 pub const META_THREADS: &str = "linux.threads";
 /// Metadata key: `"true"` for kernel threads (absent otherwise).
 pub const META_KERNEL_THREAD: &str = "linux.kernel_thread";
-/// Metadata key: `"true"` when the process had exited (zombie) when it was read.
+/// Metadata key: `"true"` when the process was exiting, or had exited and not yet been
+/// reaped (zombie), when it was read.
 pub const META_EXITING: &str = "linux.exiting";
 /// Metadata key on Modify events: the tracked attributes that changed, comma-separated
 /// (`name`, `executable_path`, `argv`, `uid`, `ppid`).
@@ -57,6 +58,8 @@ pub struct ProcessRecord {
     pub start_ticks: u64,
     /// Parent process id; `None` for the roots (parent 0).
     pub ppid: Option<u32>,
+    /// A kernel thread (no executable, no argv; its name is the kernel's to change).
+    pub kernel_thread: bool,
     /// `comm` (at most 15 bytes, set by the kernel from the executable name or by the process).
     pub name: String,
     /// Executable path from the `exe` link, when readable and the process has one.
@@ -92,6 +95,7 @@ impl ProcessRecord {
             pid,
             start_ticks,
             ppid: None,
+            kernel_thread: false,
             name: name.into(),
             executable_path: None,
             file_exists: false,
@@ -161,6 +165,42 @@ impl Snapshot {
     }
 }
 
+/// Fills the tracked attributes `next` could not read with the values `previous` knew for
+/// the same process (same pid and start time), and marks them known again.
+///
+/// Why: a process that is exiting, or a file refused for a moment, must not blank out what
+/// was already known — the Stop event that follows carries the last known argv and
+/// executable, and the next real change is still compared against the last known value.
+/// Attributes never read since the process appeared stay unobserved.
+pub fn carry_forward(previous: &Snapshot, next: &mut Snapshot) {
+    for record in next.processes.values_mut() {
+        if !record.unobserved.any() {
+            continue;
+        }
+        let Some(before) = previous
+            .processes
+            .get(&record.pid)
+            .filter(|before| before.same_process(record))
+        else {
+            continue;
+        };
+        if record.unobserved.executable && !before.unobserved.executable {
+            record.executable_path.clone_from(&before.executable_path);
+            record.file_exists = before.file_exists;
+            record.unobserved.executable = false;
+        }
+        if record.unobserved.argv && !before.unobserved.argv {
+            record.argv.clone_from(&before.argv);
+            record.argv_cut = before.argv_cut;
+            record.unobserved.argv = false;
+        }
+        if record.unobserved.uid && !before.unobserved.uid {
+            record.uid = before.uid;
+            record.unobserved.uid = false;
+        }
+    }
+}
+
 /// CPU use in percent of one core: `cpu_ticks_delta` ticks of CPU time during `elapsed_s`
 /// seconds of wall time. `None` when no time passed.
 pub fn cpu_percent(cpu_ticks_delta: u64, clock_ticks_per_s: u64, elapsed_s: f64) -> Option<f64> {
@@ -223,6 +263,46 @@ mod tests {
         assert_eq!(after.processes[&10].cpu_usage_percent, Some(100.0));
         assert_eq!(after.processes[&11].cpu_usage_percent, None);
         assert_eq!(after.processes[&12].cpu_usage_percent, None);
+    }
+
+    #[test]
+    fn unreadable_attributes_keep_their_last_known_values() {
+        let time = DateTime::from_timestamp_nanos(0);
+        let start = Instant::now();
+        let mut known = ProcessRecord::new(10, 5, "sh");
+        known.argv = vec!["sh".into(), "-c".into()];
+        known.executable_path = Some("/bin/sh".into());
+        known.file_exists = true;
+        known.uid = Some(7);
+        let mut never_read = ProcessRecord::new(11, 5, "x");
+        never_read.unobserved.argv = true;
+        let mut before = Snapshot::new(time, start);
+        before.insert(known.clone());
+        before.insert(never_read.clone());
+
+        let mut blind = ProcessRecord::new(10, 5, "sh");
+        blind.unobserved = Unobserved {
+            executable: true,
+            argv: true,
+            uid: true,
+        };
+        let mut reused = blind.clone();
+        reused.start_ticks = 6;
+        reused.pid = 12;
+        let mut after = Snapshot::new(time, start);
+        after.insert(blind);
+        after.insert(never_read.clone());
+        after.insert(reused.clone());
+        let mut other_process = before.clone();
+        other_process.insert(ProcessRecord::new(12, 5, "old"));
+        carry_forward(&other_process, &mut after);
+
+        assert_eq!(after.processes[&10], known, "filled in and marked known");
+        assert_eq!(after.processes[&11], never_read, "nothing known to fill in");
+        assert_eq!(
+            after.processes[&12], reused,
+            "another process's values never leak"
+        );
     }
 
     #[test]
