@@ -129,6 +129,10 @@ impl ProcPoller {
     /// Waits until the next poll is due, then polls. The wait is the only await; the poll
     /// itself reads /proc synchronously (milliseconds for a few hundred processes, see
     /// `docs/sources.md`), so run this on a runtime where that may block briefly.
+    ///
+    /// Cancel-safe: dropping the future during the wait changes nothing, so it can be raced
+    /// (`tokio::select!`) against a backpressure signal; after [`ProcPoller::slow_down`] the
+    /// next call waits by the new interval, counted from the previous poll's start.
     pub async fn next_batch(&mut self) -> Result<PollBatch, SourceError> {
         let delay = self
             .schedule
