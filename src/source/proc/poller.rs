@@ -132,7 +132,8 @@ impl ProcPoller {
     ///
     /// Cancel-safe: dropping the future during the wait changes nothing, so it can be raced
     /// (`tokio::select!`) against a backpressure signal; after [`ProcPoller::slow_down`] the
-    /// next call waits by the new interval, counted from the previous poll's start.
+    /// next call waits by the new interval, counted from the previous poll's start. Needs a
+    /// tokio runtime with the time driver.
     pub async fn next_batch(&mut self) -> Result<PollBatch, SourceError> {
         let delay = self
             .schedule
