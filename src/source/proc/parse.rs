@@ -1,6 +1,6 @@
 //! Pure parsers for the /proc text formats the process source reads: `/proc/[pid]/stat`,
 //! `/proc/[pid]/status` (the `Uid:` line), `/proc/[pid]/cmdline`, the `/proc/[pid]/exe` link
-//! target, and the `btime` line of `/proc/stat`.
+//! target, the `btime` line of `/proc/stat`, and `/proc/uptime`.
 //!
 //! Everything here takes bytes and returns values or a [`ParseError`]; it must never do I/O
 //! and never panic, whatever the bytes (process names and argv are chosen by whoever started
@@ -209,6 +209,22 @@ pub fn parse_boot_time_s(bytes: &[u8]) -> Result<u64, ParseError> {
     parse_number("btime", value.trim_ascii())
 }
 
+/// Seconds since boot, from the first field of `/proc/uptime` (`"12345.67 2345.67"`).
+pub fn parse_uptime_s(bytes: &[u8]) -> Result<f64, ParseError> {
+    let first = bytes
+        .split(|b| b.is_ascii_whitespace())
+        .find(|field| !field.is_empty())
+        .ok_or(ParseError::MissingField { field: "uptime" })?;
+    let uptime_s: f64 = parse_number("uptime", first)?;
+    if !uptime_s.is_finite() || uptime_s < 0.0 {
+        return Err(ParseError::BadNumber {
+            field: "uptime",
+            text: String::from_utf8_lossy(&first[..first.len().min(ERROR_TEXT_BYTES)]).into_owned(),
+        });
+    }
+    Ok(uptime_s)
+}
+
 fn parse_number<T: std::str::FromStr>(field: &'static str, text: &[u8]) -> Result<T, ParseError> {
     std::str::from_utf8(text)
         .ok()
@@ -356,6 +372,14 @@ mod tests {
             parse_exe_target(OsStr::from_bytes(b"/tmp/\xff")),
             ("/tmp/\u{fffd}".to_owned(), true)
         );
+    }
+
+    #[test]
+    fn uptime_first_field() {
+        assert_eq!(parse_uptime_s(b"12345.67 2345.67\n"), Ok(12345.67));
+        for bad in [&b""[..], b"   ", b"-1 2", b"inf 1", b"NaN 1", b"up 1"] {
+            assert!(parse_uptime_s(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

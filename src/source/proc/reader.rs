@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 
 use super::parse::{
     StatFields, parse_boot_time_s, parse_cmdline, parse_exe_target, parse_stat, parse_status_uids,
+    parse_uptime_s,
 };
 use super::snapshot::{
     META_EUID, META_EXITING, META_KERNEL_THREAD, META_PGRP, META_SESSION, META_THREADS,
@@ -175,6 +176,11 @@ impl ProcReader {
     /// Reads every process under the root. Per-process failures are counted, never returned.
     pub fn read_snapshot(&mut self) -> Result<(Snapshot, ReadStats), SourceError> {
         let mut snapshot = Snapshot::new(Utc::now(), Instant::now());
+        // Optional: without it, CPU usage of first sightings is simply not measured.
+        snapshot.uptime_s = self
+            .read_small(&self.root.join("uptime"), SMALL_FILE_MAX_BYTES)
+            .ok()
+            .and_then(|bytes| parse_uptime_s(bytes).ok());
         let mut stats = ReadStats::default();
         let entries = fs::read_dir(&self.root)
             .map_err(|error| SourceError::io("list processes in", &self.root, error))?;

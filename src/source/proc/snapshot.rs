@@ -24,6 +24,9 @@ pub const META_KERNEL_THREAD: &str = "linux.kernel_thread";
 /// Metadata key: `"true"` when the process was exiting, or had exited and not yet been
 /// reaped (zombie), when it was read.
 pub const META_EXITING: &str = "linux.exiting";
+/// Metadata key on the Start events of the first poll: `"true"` — the process was already
+/// running when monitoring began (it did not start then; see `start_time`).
+pub const META_INITIAL_SCAN: &str = "change.initial_scan";
 /// Metadata key on Modify events: the tracked attributes that changed, comma-separated
 /// (`name`, `executable_path`, `argv`, `uid`, `ppid`).
 pub const META_CHANGED: &str = "change.fields";
@@ -147,6 +150,9 @@ pub struct Snapshot {
     pub collection_time: DateTime<Utc>,
     /// Monotonic time of the poll (for CPU usage between polls).
     pub taken_at: Instant,
+    /// Seconds since boot at the poll (`/proc/uptime`), when readable: the CPU usage of a
+    /// process seen for the first time is measured over its lifetime up to here.
+    pub uptime_s: Option<f64>,
 }
 
 impl Snapshot {
@@ -156,6 +162,7 @@ impl Snapshot {
             processes: BTreeMap::new(),
             collection_time,
             taken_at,
+            uptime_s: None,
         }
     }
 
@@ -214,24 +221,33 @@ pub fn cpu_percent(cpu_ticks_delta: u64, clock_ticks_per_s: u64, elapsed_s: f64)
     Some(cpu_ticks_delta as f64 / clock_ticks_per_s as f64 / elapsed_s * 100.0)
 }
 
-/// Sets `cpu_usage_percent` on every process of `next` that `previous` also saw (same pid,
-/// same start time) from the growth of its CPU ticks between the two polls. Processes seen
-/// for the first time keep `None`: there is no earlier sample to measure from.
-pub fn fill_cpu_usage(previous: &Snapshot, next: &mut Snapshot, clock_ticks_per_s: u64) {
-    let elapsed_s = next
-        .taken_at
-        .saturating_duration_since(previous.taken_at)
-        .as_secs_f64();
+/// Sets `cpu_usage_percent` on every process of `next`: for a process `previous` also saw
+/// (same pid, same start time), from the growth of its CPU ticks between the two polls; for
+/// a process seen for the first time, over its lifetime (its CPU ticks over the time since
+/// it started, which for a process that started after the previous poll is the same
+/// window). Without a readable uptime, first sightings keep `None`.
+pub fn fill_cpu_usage(previous: Option<&Snapshot>, next: &mut Snapshot, clock_ticks_per_s: u64) {
+    let elapsed_s = previous.map(|previous| {
+        next.taken_at
+            .saturating_duration_since(previous.taken_at)
+            .as_secs_f64()
+    });
+    let uptime_s = next.uptime_s;
     for record in next.processes.values_mut() {
-        record.cpu_usage_percent = previous
-            .processes
-            .get(&record.pid)
-            .filter(|before| before.same_process(record))
-            .and_then(|before| {
+        let before = previous
+            .and_then(|previous| previous.processes.get(&record.pid))
+            .filter(|before| before.same_process(record));
+        record.cpu_usage_percent = match (before, elapsed_s) {
+            (Some(before), Some(elapsed_s)) => {
                 // CPU time never decreases for one process; saturate rather than trust it.
                 let delta = record.cpu_ticks.saturating_sub(before.cpu_ticks);
                 cpu_percent(delta, clock_ticks_per_s, elapsed_s)
-            });
+            }
+            _ => uptime_s.and_then(|uptime_s| {
+                let started_s = record.start_ticks as f64 / clock_ticks_per_s as f64;
+                cpu_percent(record.cpu_ticks, clock_ticks_per_s, uptime_s - started_s)
+            }),
+        };
     }
 }
 
@@ -258,11 +274,40 @@ mod tests {
         after.insert(busy);
         after.insert(ProcessRecord::new(11, 9, "new")); // pid reused: no earlier sample
         after.insert(ProcessRecord::new(12, 9, "fresh"));
-        fill_cpu_usage(&before, &mut after, 100);
+        let mut without_uptime = after.clone();
+        fill_cpu_usage(Some(&before), &mut without_uptime, 100);
+        assert_eq!(without_uptime.processes[&10].cpu_usage_percent, Some(100.0));
+        assert_eq!(without_uptime.processes[&11].cpu_usage_percent, None);
+        assert_eq!(without_uptime.processes[&12].cpu_usage_percent, None);
 
+        // With the uptime, first sightings are measured over their lifetime: started at
+        // tick 9 (0.09 s), 10.09 s of uptime, 50 ticks (0.5 s) of CPU: 5 %.
+        after.uptime_s = Some(10.09);
+        after.processes.get_mut(&12).unwrap().cpu_ticks = 50;
+        fill_cpu_usage(Some(&before), &mut after, 100);
         assert_eq!(after.processes[&10].cpu_usage_percent, Some(100.0));
-        assert_eq!(after.processes[&11].cpu_usage_percent, None);
-        assert_eq!(after.processes[&12].cpu_usage_percent, None);
+        let fresh = after.processes[&12].cpu_usage_percent.unwrap();
+        assert!((fresh - 5.0).abs() < 1e-9, "{fresh}");
+        let reused = after.processes[&11].cpu_usage_percent.unwrap();
+        assert_eq!(reused, 0.0, "a reused pid is a first sighting, not a delta");
+
+        // The first poll has no previous snapshot at all.
+        let mut first = after.clone();
+        fill_cpu_usage(None, &mut first, 100);
+        let busy = first.processes[&10].cpu_usage_percent.unwrap();
+        assert!(
+            (busy - 300.0 / 100.0 / (10.09 - 0.05) * 100.0).abs() < 1e-9,
+            "{busy}"
+        );
+    }
+
+    #[test]
+    fn a_start_time_after_the_uptime_gives_no_lifetime_figure() {
+        let mut snapshot = Snapshot::new(DateTime::from_timestamp_nanos(0), Instant::now());
+        snapshot.uptime_s = Some(1.0);
+        snapshot.insert(ProcessRecord::new(5, 500, "future"));
+        fill_cpu_usage(None, &mut snapshot, 100);
+        assert_eq!(snapshot.processes[&5].cpu_usage_percent, None);
     }
 
     #[test]
