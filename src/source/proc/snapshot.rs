@@ -79,7 +79,8 @@ pub struct ProcessRecord {
     pub start_time: Option<DateTime<Utc>>,
     /// User + system CPU time so far, in clock ticks.
     pub cpu_ticks: u64,
-    /// CPU use since the previous poll, in percent of one core (set by [`fill_cpu_usage`]).
+    /// CPU use in percent of one core since the previous poll, or over the process's life
+    /// when first seen (set by [`fill_cpu_usage`]).
     pub cpu_usage_percent: Option<f64>,
     /// Resident set size in bytes.
     pub memory_usage_bytes: Option<u64>,
