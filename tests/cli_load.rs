@@ -31,8 +31,15 @@ fn summary(output: &Output) -> Value {
 }
 
 #[test]
-fn load_json_summary_has_the_required_keys_on_both_backends() {
-    for backend in ["uring", "portable"] {
+fn load_json_summary_has_the_required_keys_on_each_available_backend() {
+    let backends = common::BACKENDS
+        .iter()
+        .map(|backend| match backend {
+            procmond_wal::wal::BackendChoice::Uring => "uring",
+            _ => "portable",
+        })
+        .collect::<Vec<_>>();
+    for backend in backends {
         let scratch = tempfile::tempdir().unwrap();
         let dir = scratch.path().join("wal");
         let dir_arg = dir.to_str().unwrap();

@@ -19,7 +19,7 @@ use super::recovery::{self, OpenReport};
 use super::stats::Shared;
 use super::writer::{Command, Plan, Resume, Sealed, Writer};
 use crate::io::portable::PortableBackend;
-use crate::io::probe::{self, UringUnavailable};
+use crate::io::probe;
 use crate::io::sim::{SimBackend, SimDisk};
 use crate::io::uring::UringBackend;
 use crate::io::{self as wal_io, BackendKind};
@@ -108,26 +108,23 @@ pub(crate) fn open(config: WalConfig, ring_task: Option<RingTask>) -> Result<Ope
     })
 }
 
+/// Picks the backend. The io_uring probe builds and drops its test ring on a thread of its
+/// own (see [`probe::probe_ring`]), so this is safe inside a caller's tokio runtime.
 fn choose_backend(config: &WalConfig) -> Result<BackendKind, WalError> {
-    let uring_problem = || -> Option<UringUnavailable> {
-        if let Err(error) = probe::probe_direct_io(&config.dir) {
-            return Some(UringUnavailable::Direct(error));
-        }
-        // The runtime built here is dropped at once; the ring thread builds its own.
-        probe::uring_runtime(8).err()
-    };
     match config.backend {
         BackendChoice::Portable => Ok(BackendKind::Portable),
         BackendChoice::Simulated => Ok(BackendKind::Simulated),
-        BackendChoice::Uring => match uring_problem() {
-            None => Ok(BackendKind::Uring),
-            Some(UringUnavailable::Ring(error) | UringUnavailable::Direct(error)) => {
-                Err(WalError::io("start io_uring backend", &config.dir, error))
-            }
+        BackendChoice::Uring => match probe::probe_uring(&config.dir) {
+            Ok(()) => Ok(BackendKind::Uring),
+            Err(problem) => Err(WalError::io(
+                "start io_uring backend",
+                &config.dir,
+                problem.into_io_error(),
+            )),
         },
-        BackendChoice::Auto => match uring_problem() {
-            None => Ok(BackendKind::Uring),
-            Some(problem) => {
+        BackendChoice::Auto => match probe::probe_uring(&config.dir) {
+            Ok(()) => Ok(BackendKind::Uring),
+            Err(problem) => {
                 tracing::warn!(%problem, "using the portable I/O backend");
                 Ok(BackendKind::Portable)
             }
@@ -161,7 +158,8 @@ fn ring_main(
         BackendKind::Uring => {
             let runtime = match probe::uring_runtime(256) {
                 Ok(runtime) => runtime,
-                Err(UringUnavailable::Ring(error) | UringUnavailable::Direct(error)) => {
+                Err(problem) => {
+                    let error = problem.into_io_error();
                     let _ = ready.send(Err(WalError::io("start io_uring runtime", &dir, error)));
                     return;
                 }
