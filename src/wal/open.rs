@@ -1,6 +1,10 @@
-//! Opening a WAL directory for writing: create it, take the lock, read it (recovery), carry
-//! out recovery's decisions (cut a torn tail, drop surplus blank segments), pick the backend
-//! and start the ring thread.
+//! Opening a WAL directory for writing: create it, take the lock, read it (recovery), refuse
+//! files named like segments that are not provably this log's own, carry out recovery's
+//! decisions (cut a torn tail, drop surplus blank segments), pick the backend and start the
+//! ring thread.
+//!
+//! It must never overwrite, zero or delete bytes it cannot prove are its own, and every cut
+//! of a torn tail is logged (segment, path, offset, byte count) at warning level.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -13,7 +17,7 @@ use tokio::sync::mpsc;
 
 use super::config::{BackendChoice, WalConfig};
 use super::error::WalError;
-use super::format::{self, BLOCK_BYTES, SEGMENT_HEADER_BYTES};
+use super::format::{self, BLOCK_BYTES, HeaderError, SEGMENT_HEADER_BYTES};
 use super::lock::DirLock;
 use super::recovery::{self, OpenReport};
 use super::stats::Shared;
@@ -54,6 +58,7 @@ pub(crate) fn open(config: WalConfig, ring_task: Option<RingTask>) -> Result<Ope
     }
     let lock = DirLock::acquire(&dir)?;
     let report = recovery::read_dir(&dir)?;
+    refuse_foreign_files(&report)?;
     let plan = plan(&config, &report)?;
     let backend_kind = choose_backend(&config)?;
 
@@ -106,6 +111,51 @@ pub(crate) fn open(config: WalConfig, ring_task: Option<RingTask>) -> Result<Ope
         report,
         thread,
     })
+}
+
+/// Refuses to open when a file named like a segment cannot be proven to be one of this log's
+/// own, because opening would write into it (resume, reuse as prepared), zero its tail or
+/// delete it after a checkpoint. A file is proven ours by a valid header, by at least one
+/// valid record (frame CRCs are seeded with the segment number, so foreign bytes do not pass
+/// them), or by being blank: every byte zero, as a prepared segment is before its first write.
+fn refuse_foreign_files(report: &OpenReport) -> Result<(), WalError> {
+    for segment in &report.segments {
+        if segment.header.is_some() || segment.events > 0 || segment.checkpoints > 0 {
+            continue;
+        }
+        let reason = match segment.header_problem {
+            Some(HeaderError::Blank) => {
+                if segment.is_blank() && header_block_is_zero(&segment.path)? {
+                    continue;
+                }
+                "its header is blank but the file holds non-zero bytes and no valid record"
+                    .to_owned()
+            }
+            Some(problem) => format!("{problem}, and the file holds no valid record"),
+            None => "its header names another segment number".to_owned(),
+        };
+        tracing::error!(
+            path = %segment.path.display(),
+            %reason,
+            "refusing to open: a file named like a WAL segment is not one"
+        );
+        return Err(WalError::NotASegment {
+            path: segment.path.clone(),
+            reason,
+        });
+    }
+    Ok(())
+}
+
+/// Whether the whole header block (or as much of it as the file has) is zero: recovery only
+/// checks the header's used bytes, and a prepared segment is zero throughout.
+fn header_block_is_zero(path: &std::path::Path) -> Result<bool, WalError> {
+    let file =
+        wal_io::open_for_read(path).map_err(|e| WalError::io("read segment header", path, e))?;
+    let mut block = vec![0u8; SEGMENT_HEADER_BYTES];
+    read_available_at(&file, &mut block, 0)
+        .map_err(|e| WalError::io("read segment header", path, e))?;
+    Ok(block.iter().all(|&byte| byte == 0))
 }
 
 /// Picks the backend. The io_uring probe builds and drops its test ring on a thread of its
@@ -247,11 +297,12 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
         }
         let segment = &report.segments[last];
         if segment.tail_nonzero_end > segment.data_end {
-            tracing::info!(
+            tracing::warn!(
                 segment = segment.number,
+                path = %segment.path.display(),
                 offset = segment.data_end,
                 bytes = segment.tail_nonzero_end - segment.data_end,
-                "cutting the torn tail of the newest WAL segment"
+                "cutting the torn tail of the newest WAL segment (zeroing bytes after its last valid record)"
             );
             wal_io::zero_range_and_sync(
                 &segment.path,
