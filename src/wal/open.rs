@@ -24,6 +24,7 @@ use super::stats::Shared;
 use super::writer::{Command, Plan, Resume, Sealed, Writer};
 use crate::io::portable::PortableBackend;
 use crate::io::probe;
+#[cfg(any(test, feature = "testing"))]
 use crate::io::sim::{SimBackend, SimDisk};
 use crate::io::uring::UringBackend;
 use crate::io::{self as wal_io, BackendKind};
@@ -66,6 +67,7 @@ pub(crate) fn open(config: WalConfig, ring_task: Option<RingTask>) -> Result<Ope
     let (commands, receiver) = mpsc::channel(config.queue_max_commands);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let thread_shared = Arc::clone(&shared);
+    #[cfg(any(test, feature = "testing"))]
     let sim_disk = config.sim_disk.clone();
     let buffer_bytes = config.group_buffer_bytes();
     let thread = std::thread::Builder::new()
@@ -73,6 +75,7 @@ pub(crate) fn open(config: WalConfig, ring_task: Option<RingTask>) -> Result<Ope
         .spawn(move || {
             let _lock = lock; // Released when the ring thread ends.
             let setup = RingSetup {
+                #[cfg(any(test, feature = "testing"))]
                 sim_disk,
                 kind: backend_kind,
                 buffer_bytes,
@@ -163,6 +166,7 @@ fn header_block_is_zero(path: &std::path::Path) -> Result<bool, WalError> {
 fn choose_backend(config: &WalConfig) -> Result<BackendKind, WalError> {
     match config.backend {
         BackendChoice::Portable => Ok(BackendKind::Portable),
+        #[cfg(any(test, feature = "testing"))]
         BackendChoice::Simulated => Ok(BackendKind::Simulated),
         BackendChoice::Uring => match probe::probe_uring(&config.dir) {
             Ok(()) => Ok(BackendKind::Uring),
@@ -184,6 +188,7 @@ fn choose_backend(config: &WalConfig) -> Result<BackendKind, WalError> {
 
 /// What the ring thread is started with besides the writer's plan.
 struct RingSetup {
+    #[cfg(any(test, feature = "testing"))]
     sim_disk: Option<SimDisk>,
     kind: BackendKind,
     buffer_bytes: usize,
@@ -198,6 +203,7 @@ fn ring_main(
     ready: std::sync::mpsc::Sender<Result<(), WalError>>,
 ) {
     let RingSetup {
+        #[cfg(any(test, feature = "testing"))]
         sim_disk,
         kind,
         buffer_bytes,
@@ -223,7 +229,8 @@ fn ring_main(
                 serve(backend, plan, shared, commands, ready).await;
             });
         }
-        BackendKind::Portable | BackendKind::Simulated => {
+        // Portable, and with the `testing` feature also Simulated.
+        _ => {
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -239,13 +246,14 @@ fn ring_main(
                 if let Some(task) = ring_task {
                     tokio::task::spawn_local(task(kind));
                 }
+                #[cfg(any(test, feature = "testing"))]
                 if let (BackendKind::Simulated, Some(disk)) = (kind, sim_disk) {
                     let backend = SimBackend::new(disk, buffer_bytes, GROUP_BUFFERS);
                     serve(backend, plan, shared, commands, ready).await;
-                } else {
-                    let backend = PortableBackend::new(buffer_bytes, GROUP_BUFFERS);
-                    serve(backend, plan, shared, commands, ready).await;
+                    return;
                 }
+                let backend = PortableBackend::new(buffer_bytes, GROUP_BUFFERS);
+                serve(backend, plan, shared, commands, ready).await;
             });
         }
     }
