@@ -95,10 +95,7 @@ impl PublisherTable {
         }
         if self.state_dir.is_some() && is_long(id) {
             let name = file_name(id);
-            if entries
-                .keys()
-                .any(|other| is_long(other) && file_name(other) == name)
-            {
+            if name_taken(entries.keys().map(String::as_str), &name, file_name) {
                 tracing::warn!(
                     publisher_bytes = id.len(),
                     file = %name,
@@ -145,6 +142,15 @@ impl PublisherTable {
         state.persisted = Some(high_water);
         Ok(())
     }
+}
+
+/// Whether another long id among `ids` already maps to the file name `name`.
+fn name_taken<'a>(
+    mut ids: impl Iterator<Item = &'a str>,
+    name: &str,
+    name_of: impl Fn(&str) -> String,
+) -> bool {
+    ids.any(|other| is_long(other) && name_of(other) == name)
 }
 
 /// Whether `id` is too long for a plain hex file name.
@@ -332,6 +338,28 @@ mod tests {
             };
             assert_eq!(parse_file_name(&name), Some(expected), "{} bytes", id.len());
         }
+    }
+
+    #[test]
+    fn a_long_id_whose_name_is_taken_is_detected() {
+        let a = "a".repeat(200);
+        let b = "b".repeat(200);
+        let short = "c".repeat(10);
+        // A naming that collides on length stands in for a hash collision.
+        let by_length = |id: &str| format!("{}{STATE_SUFFIX}", id.len());
+        let ids = [a.as_str(), short.as_str()];
+        assert!(name_taken(ids.into_iter(), &by_length(&b), by_length));
+        // Short ids never share a long id's file; the real naming keeps a and b apart.
+        assert!(!name_taken(
+            [short.as_str()].into_iter(),
+            "10.hwm",
+            by_length
+        ));
+        assert!(!name_taken(
+            [a.as_str()].into_iter(),
+            &file_name(&b),
+            file_name
+        ));
     }
 
     #[tokio::test]

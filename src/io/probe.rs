@@ -17,8 +17,10 @@ use super::AlignedBuf;
 /// disables io_uring; it exists to test the fallback without changing system settings.
 pub const DISABLE_URING_ENV: &str = "PROCMOND_WAL_DISABLE_URING";
 
-/// Submission queue entries of the probe ring (the smallest useful ring).
-const PROBE_RING_ENTRIES: u32 = 8;
+/// Submission queue entries of the ring thread's ring. The probe builds a ring of the same
+/// size, so a limit that only bites at this size (before Linux 5.12 ring memory counts
+/// against `RLIMIT_MEMLOCK`) sends `Auto` to the portable backend instead of failing open.
+pub const RING_ENTRIES: u32 = 256;
 
 /// Why the io_uring backend cannot be used.
 #[derive(Debug)]
@@ -81,7 +83,7 @@ pub fn probe_ring() -> Result<(), UringUnavailable> {
     }
     let prober = std::thread::Builder::new()
         .name("procmond-wal-probe".into())
-        .spawn(|| uring_runtime(PROBE_RING_ENTRIES).map(drop))
+        .spawn(|| uring_runtime(RING_ENTRIES).map(drop))
         .map_err(UringUnavailable::Ring)?;
     match prober.join() {
         Ok(result) => result,

@@ -212,7 +212,7 @@ fn ring_main(
     let dir = plan.config.dir.clone();
     match kind {
         BackendKind::Uring => {
-            let runtime = match probe::uring_runtime(256) {
+            let runtime = match probe::uring_runtime(probe::RING_ENTRIES) {
                 Ok(runtime) => runtime,
                 Err(problem) => {
                     let error = problem.into_io_error();
