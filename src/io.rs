@@ -14,6 +14,7 @@ use std::path::Path;
 pub mod aligned;
 pub mod portable;
 pub mod probe;
+#[cfg(any(test, feature = "testing"))]
 pub mod sim;
 pub mod uring;
 
@@ -21,13 +22,15 @@ pub use aligned::AlignedBuf;
 
 /// Which backend a log runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// io_uring via tokio-uring, O_DIRECT files, registered buffers.
     Uring,
     /// `pwrite` + `fdatasync` through the page cache.
     Portable,
-    /// The fault-injection model of [`sim`] (tests only).
+    /// The fault-injection model of [`sim`] (tests only: the `testing` feature).
+    #[cfg(any(test, feature = "testing"))]
     Simulated,
 }
 
@@ -36,6 +39,7 @@ impl fmt::Display for BackendKind {
         f.write_str(match self {
             BackendKind::Uring => "uring",
             BackendKind::Portable => "portable",
+            #[cfg(any(test, feature = "testing"))]
             BackendKind::Simulated => "simulated",
         })
     }

@@ -8,8 +8,10 @@
 //! - [`broker`]: the reference broker.
 //!
 //! Start with `docs/design.md`; the byte formats are in `docs/format.md` and
-//! `docs/protocol.md`.
-
+//! `docs/protocol.md`. The rest of this page is the project's README; its Rust examples run
+//! as doc tests.
+//!
+#![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
 pub mod broker;

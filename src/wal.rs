@@ -82,7 +82,13 @@ impl Wal {
     /// directory lock, reads every segment (skipping damage with a warning), cuts a torn tail,
     /// starts the ring thread and returns the handle with what was found.
     ///
-    /// Blocking: it reads the whole directory. From async code, call it in `spawn_blocking`.
+    /// Works from any thread, inside a tokio runtime (multi-thread or current-thread) or not:
+    /// the io_uring probe and the ring run on threads of their own.
+    ///
+    /// It **blocks** the calling thread until the log is ready: it reads every segment,
+    /// probes the backend and waits for the ring thread to start. That is milliseconds for a
+    /// small directory but grows with the bytes in it (a full 4 GiB log is read once). From
+    /// async code that must not stall a worker, call it in `tokio::task::spawn_blocking`.
     pub fn open(config: WalConfig) -> Result<(Wal, OpenReport), WalError> {
         Self::open_with_ring_task(config, None)
     }

@@ -31,8 +31,15 @@ fn summary(output: &Output) -> Value {
 }
 
 #[test]
-fn load_json_summary_has_the_required_keys_on_both_backends() {
-    for backend in ["uring", "portable"] {
+fn load_json_summary_has_the_required_keys_on_each_available_backend() {
+    let backends = common::BACKENDS
+        .iter()
+        .map(|backend| match backend {
+            procmond_wal::wal::BackendChoice::Uring => "uring",
+            _ => "portable",
+        })
+        .collect::<Vec<_>>();
+    for backend in backends {
         let scratch = tempfile::tempdir().unwrap();
         let dir = scratch.path().join("wal");
         let dir_arg = dir.to_str().unwrap();
@@ -151,5 +158,88 @@ fn ctrl_c_stops_load_cleanly_and_what_was_appended_verifies() {
         "{rest}"
     );
     assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+}
+
+/// Segment files in `dir` with their sizes.
+fn segment_sizes(dir: &Path) -> Vec<u64> {
+    procmond_wal::wal::recovery::list_segments(dir)
+        .unwrap()
+        .into_iter()
+        .map(|(_, path)| std::fs::metadata(path).unwrap().len())
+        .collect()
+}
+
+#[test]
+fn a_run_over_the_disk_budget_is_refused_before_anything_is_written() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("wal");
+    // 20,000 records of 512 bytes (~10 MiB) in 1 MiB segments need 13 of them; the budget
+    // holds 8. The budget is never raised behind the caller's back.
+    let output = Command::new(env!("CARGO_BIN_EXE_procmond-wal"))
+        .args(["load", "--events", "20000", "--event-bytes", "512"])
+        .args(["--segment-mib", "1", "--wal-max-mib", "8", "--json"])
+        .arg("--dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(output.stdout.is_empty());
+    assert!(stderr.contains("disk budget of 8 MiB"), "{stderr}");
+    assert!(stderr.contains("nothing was written"), "{stderr}");
+    assert!(stderr.contains("--wal-max-mib"), "{stderr}");
+    assert!(!dir.exists() || segment_sizes(&dir).is_empty());
+
+    // The same run with room for it goes through and stays within the budget it was given.
+    let output = Command::new(env!("CARGO_BIN_EXE_procmond-wal"))
+        .args(["load", "--events", "20000", "--event-bytes", "512"])
+        .args(["--segment-mib", "1", "--wal-max-mib", "16", "--json"])
+        .args(["--backend", "portable", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let json = summary(&output);
+    assert_eq!(json["budget_bytes"], 16 * 1024 * 1024);
+    let sizes = segment_sizes(&dir);
+    assert!(sizes.iter().sum::<u64>() <= 16 * 1024 * 1024, "{sizes:?}");
+}
+
+#[test]
+fn a_small_run_sizes_its_segments_to_the_run() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("wal");
+    let output = Command::new(env!("CARGO_BIN_EXE_procmond-wal"))
+        .args(["load", "--events", "100", "--json", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let json = summary(&output);
+    assert_eq!(json["events"], 100);
+    assert_eq!(json["segment_bytes"], 1024 * 1024);
+    let sizes = segment_sizes(&dir);
+    assert!(!sizes.is_empty());
+    // The active and the prepared segment: 1 MiB each, not 100 MiB.
+    assert!(sizes.iter().all(|&size| size <= 1024 * 1024), "{sizes:?}");
+}
+
+#[test]
+fn with_io_uring_disabled_auto_runs_portable_and_uring_is_refused_clearly() {
+    let scratch = tempfile::tempdir().unwrap();
+    let run = |backend: &str| {
+        Command::new(env!("CARGO_BIN_EXE_procmond-wal"))
+            .args(["load", "--events", "200", "--json", "--backend", backend])
+            .env("PROCMOND_WAL_DISABLE_URING", "1")
+            .env("TMPDIR", scratch.path())
+            .output()
+            .unwrap()
+    };
+    let json = summary(&run("auto"));
+    assert_eq!(json["backend"], "portable");
+    assert_eq!(json["verified"], true);
+    let refused = run("uring");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("PROCMOND_WAL_DISABLE_URING"), "{stderr}");
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
 }

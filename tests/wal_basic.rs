@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use common::{BACKENDS, event, kind, runtime, small_config};
 use procmond_wal::wal::recovery::{list_segments, read_dir};
-use procmond_wal::wal::{Wal, WalError, WalReader};
+use procmond_wal::wal::{BackendChoice, Wal, WalError, WalReader};
 
 fn replay_all(dir: &std::path::Path) -> Vec<procmond_wal::wal::format::WalEntry> {
     WalReader::open(dir, 0)
@@ -192,14 +192,14 @@ fn concurrent_appenders_get_unique_gap_free_sequences_in_disk_order() {
 #[test]
 fn a_second_opener_of_the_same_directory_gets_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = Wal::open(small_config(dir.path(), BACKENDS[1])).unwrap();
-    let second = Wal::open(small_config(dir.path(), BACKENDS[1]));
+    let (wal, _) = Wal::open(small_config(dir.path(), BackendChoice::Portable)).unwrap();
+    let second = Wal::open(small_config(dir.path(), BackendChoice::Portable));
     match second {
         Err(WalError::Locked { dir: locked, .. }) => assert_eq!(locked, dir.path()),
         other => panic!("expected Locked, got {other:?}"),
     }
     runtime().block_on(wal.close()).unwrap();
-    let (wal, _) = Wal::open(small_config(dir.path(), BACKENDS[1])).unwrap();
+    let (wal, _) = Wal::open(small_config(dir.path(), BackendChoice::Portable)).unwrap();
     runtime().block_on(wal.close()).unwrap();
 }
 

@@ -6,6 +6,12 @@
 //! Latency is measured per append from `enqueue` to its receipt resolving (durable under the
 //! default sync policy), which is what a caller of `append` waits. Events are clones of one
 //! prepared template so the run measures the WAL, not event construction.
+//!
+//! Disk use: the run never checkpoints, so every segment it fills stays. Unless
+//! `--segment-mib` is given, segments are sized to the run (one segment holds it, between
+//! 1 MiB and 100 MiB), so a small run does not preallocate 2 × 100 MiB. The disk budget
+//! (`--wal-max-mib`, the library's 4 GiB by default) is never raised: a run that cannot fit
+//! in it is refused before anything is written, with what it would need.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -16,8 +22,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use procmond_wal::io::{BackendKind, Preallocation};
-use procmond_wal::wal::format::{EVENT_FIXED_PAYLOAD_BYTES, encode_event, frame_len};
-use procmond_wal::wal::recovery::read_dir;
+use procmond_wal::wal::format::{
+    EVENT_FIXED_PAYLOAD_BYTES, SEGMENT_HEADER_BYTES, encode_event, frame_len,
+};
+use procmond_wal::wal::recovery::{list_segments, read_dir};
 use procmond_wal::wal::{BackendChoice, SyncPolicy, Wal, WalConfig, WalError, WalStats};
 use procmond_wal::{EventKind, ProcessEvent};
 use serde::Serialize;
@@ -56,9 +64,14 @@ pub struct LoadArgs {
     /// written; a sync at most every MS milliseconds: a crash can lose the last interval).
     #[arg(long, default_value = "group", value_parser = parse_sync)]
     pub sync: SyncPolicy,
-    /// Segment size in MiB.
-    #[arg(long, default_value_t = 100)]
-    pub segment_mib: u64,
+    /// Segment size in MiB. Default: sized to the run, so one segment holds it (at least
+    /// 1 MiB, at most 100 MiB, the library default).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub segment_mib: Option<u64>,
+    /// Disk budget in MiB: all segment files together (each counted at its full size) may
+    /// not exceed it. A run that would need more is refused before it starts.
+    #[arg(long, default_value_t = DEFAULT_WAL_MAX_MIB, value_parser = clap::value_parser!(u64).range(2..))]
+    pub wal_max_mib: u64,
     /// Soft cap of one group write in KiB.
     #[arg(long, default_value_t = 1024)]
     pub group_kib: usize,
@@ -141,6 +154,8 @@ struct LoadJson {
     inflight: u64,
     dir: PathBuf,
     dir_removed: bool,
+    segment_bytes: u64,
+    budget_bytes: u64,
     verified: bool,
     verify_problem: Option<String>,
 }
@@ -157,6 +172,13 @@ struct Measured {
 
 /// Exit code after Ctrl-C: the shell's convention for SIGINT (128 + 2).
 const EXIT_INTERRUPTED: u8 = 130;
+
+const MIB: u64 = 1024 * 1024;
+/// The library's default disk budget, in MiB.
+const DEFAULT_WAL_MAX_MIB: u64 = 4096;
+/// Bounds of the segment size chosen for a run when `--segment-mib` is not given.
+const AUTO_SEGMENT_MIN_MIB: u64 = 1;
+const AUTO_SEGMENT_MAX_MIB: u64 = 100;
 
 /// Runs `load`.
 pub fn run(args: LoadArgs) -> ExitCode {
@@ -177,11 +199,24 @@ fn load(args: &LoadArgs) -> Result<u8, CliError> {
     let template = template_event(args.event_bytes);
     let record_bytes_per_event = record_bytes(&template);
     let config = wal_config(args, &dir, record_bytes_per_event);
+    let existing_segments = if dir.exists() {
+        list_segments(&dir)?.len() as u64
+    } else {
+        0
+    };
+    check_budget(
+        args.events,
+        record_bytes_per_event,
+        &config,
+        existing_segments,
+    )?;
+    let segment_bytes = config.segment_max_bytes;
+    let budget_bytes = config.wal_max_bytes;
     let (wal, opened) = Wal::open(config)?;
     let events_before = opened.events;
     let header = (!args.json).then(|| {
         format!(
-            "load: {} events of {} bytes, {} publishers x {} in flight, backend {}, sync {}\n  dir          {}{}",
+            "load: {} events of {} bytes, {} publishers x {} in flight, backend {}, sync {}\n  dir          {}{}\n  disk         segments of {} MiB, budget {} MiB",
             args.events,
             record_bytes_per_event,
             args.publishers,
@@ -193,7 +228,9 @@ fn load(args: &LoadArgs) -> Result<u8, CliError> {
                 " (temporary, removed afterwards)"
             } else {
                 ""
-            }
+            },
+            segment_bytes / MIB,
+            budget_bytes / MIB,
         )
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -243,6 +280,8 @@ fn load(args: &LoadArgs) -> Result<u8, CliError> {
         inflight: args.inflight,
         dir: dir.clone(),
         dir_removed: temp_dir.is_some(),
+        segment_bytes,
+        budget_bytes,
         verified: verify_problem.is_none(),
         verify_problem,
     };
@@ -293,8 +332,12 @@ fn check_on_disk(dir: &Path, expected_events: u64) -> Result<Option<String>, Cli
 
 fn wal_config(args: &LoadArgs, dir: &Path, record_bytes_per_event: u64) -> WalConfig {
     let mut config = WalConfig::new(dir);
-    config.segment_max_bytes = args.segment_mib.saturating_mul(1024 * 1024);
+    let segment_mib = args
+        .segment_mib
+        .unwrap_or_else(|| auto_segment_mib(args.events, record_bytes_per_event, &config));
+    config.segment_max_bytes = segment_mib.saturating_mul(MIB);
     config.group_max_bytes = args.group_kib.saturating_mul(1024);
+    config.wal_max_bytes = args.wal_max_mib.saturating_mul(MIB);
     config.sync = args.sync;
     config.backend = match args.backend {
         BackendArg::Auto => BackendChoice::Auto,
@@ -306,19 +349,64 @@ fn wal_config(args: &LoadArgs, dir: &Path, record_bytes_per_event: u64) -> WalCo
         PreallocateArg::Zerofill => Preallocation::ZeroFill,
         PreallocateArg::None => Preallocation::None,
     };
-    // The run never checkpoints, so every segment stays: budget for all of them (segments
-    // are filled to the rotation point, and count at full size) plus slack for the active
-    // and prepared ones, and never below the library default.
-    let rotate_bytes = config.segment_rotate_bytes().max(1);
-    let segments_needed = args
-        .events
-        .saturating_mul(record_bytes_per_event)
-        .div_ceil(rotate_bytes)
-        .saturating_add(3);
-    config.wal_max_bytes = config
-        .wal_max_bytes
-        .max(segments_needed.saturating_mul(config.segment_max_bytes));
     config
+}
+
+/// The segment size (MiB) at which one segment holds the whole run below its rotation point,
+/// within [`AUTO_SEGMENT_MIN_MIB`, `AUTO_SEGMENT_MAX_MIB`].
+fn auto_segment_mib(events: u64, record_bytes_per_event: u64, defaults: &WalConfig) -> u64 {
+    let percent = u64::from(defaults.segment_rotate_percent.max(1));
+    let run_bytes = events
+        .saturating_mul(record_bytes_per_event)
+        // The header block, and the room a record that does not fit leaves unused.
+        .saturating_add(SEGMENT_HEADER_BYTES as u64 + record_bytes_per_event);
+    let segment_bytes = run_bytes.saturating_mul(100).div_ceil(percent);
+    segment_bytes
+        .div_ceil(MIB)
+        .clamp(AUTO_SEGMENT_MIN_MIB, AUTO_SEGMENT_MAX_MIB)
+}
+
+/// Segment files a run of `events` records of `record_bytes_per_event` needs with `config`,
+/// on top of `existing_segments` already in the directory. The run never checkpoints, so none
+/// is deleted; new events are assumed to start in a fresh segment (one more than needed when
+/// the newest existing segment has room), and each segment to stop short of its rotation
+/// point by up to one record.
+fn segments_needed(
+    events: u64,
+    record_bytes_per_event: u64,
+    config: &WalConfig,
+    existing_segments: u64,
+) -> u64 {
+    let usable_bytes = config
+        .segment_rotate_bytes()
+        .saturating_sub(SEGMENT_HEADER_BYTES as u64);
+    // A record larger than the rotation share still goes alone into an empty segment.
+    let events_per_segment = (usable_bytes / record_bytes_per_event.max(1)).max(1);
+    existing_segments.saturating_add(events.div_ceil(events_per_segment))
+}
+
+/// Refuses a run that cannot fit in the disk budget, saying what it would need. Checked
+/// before the log is opened, so a refused run writes nothing.
+fn check_budget(
+    events: u64,
+    record_bytes_per_event: u64,
+    config: &WalConfig,
+    existing_segments: u64,
+) -> Result<(), CliError> {
+    let segments = segments_needed(events, record_bytes_per_event, config, existing_segments);
+    let needed_bytes = segments.saturating_mul(config.segment_max_bytes);
+    if needed_bytes <= config.wal_max_bytes {
+        return Ok(());
+    }
+    Err(CliError::LoadOverBudget {
+        events,
+        record_bytes: record_bytes_per_event,
+        segments,
+        existing_segments,
+        segment_mib: config.segment_max_bytes / MIB,
+        needed_mib: needed_bytes.div_ceil(MIB),
+        budget_mib: config.wal_max_bytes / MIB,
+    })
 }
 
 /// A realistic event whose record is about `target_bytes` on disk (never smaller than the

@@ -71,6 +71,29 @@ pub enum CliError {
     /// Creating the temporary directory for `load` failed.
     #[error("create a temporary WAL directory: {0}")]
     TempDir(#[source] std::io::Error),
+    /// `load` was asked for more events than its disk budget holds; nothing was written.
+    #[error(
+        "{events} events of {record_bytes} bytes need about {needed_mib} MiB of WAL segments \
+         ({segments} segments of {segment_mib} MiB, {existing_segments} of them already in \
+         the directory), more than the disk budget of {budget_mib} MiB: nothing was written; \
+         ask for fewer events or raise --wal-max-mib"
+    )]
+    LoadOverBudget {
+        /// Events asked for.
+        events: u64,
+        /// Bytes of one event's record on disk.
+        record_bytes: u64,
+        /// Segment files the run would need (existing ones included).
+        segments: u64,
+        /// Segment files already in the directory.
+        existing_segments: u64,
+        /// Size of one segment file.
+        segment_mib: u64,
+        /// `segments` × `segment_mib`.
+        needed_mib: u64,
+        /// The disk budget (`--wal-max-mib`).
+        budget_mib: u64,
+    },
 }
 
 /// Checks that `dir` is an existing directory holding at least one segment file, so a typo'd

@@ -23,6 +23,7 @@ pub enum SyncPolicy {
 
 /// Which I/O backend to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum BackendChoice {
     /// io_uring when the ring can be created and the filesystem accepts O_DIRECT, else
     /// portable (logged once).
@@ -32,7 +33,9 @@ pub enum BackendChoice {
     Uring,
     /// Always the portable backend.
     Portable,
-    /// The fault-injection model on [`WalConfig::sim_disk`] (tests; see [`crate::io::sim`]).
+    /// The fault-injection model on [`WalConfig::sim_disk`] (tests only: the `testing`
+    /// feature; see [`crate::io::sim`]).
+    #[cfg(any(test, feature = "testing"))]
     Simulated,
 }
 
@@ -60,7 +63,9 @@ pub struct WalConfig {
     pub preallocation: Preallocation,
     /// Capacity of the command queue into the ring thread; senders wait when it is full.
     pub queue_max_commands: usize,
-    /// The simulated disk used with [`BackendChoice::Simulated`] (tests only).
+    /// The simulated disk used with [`BackendChoice::Simulated`] (tests only: the `testing`
+    /// feature).
+    #[cfg(any(test, feature = "testing"))]
     pub sim_disk: Option<crate::io::sim::SimDisk>,
 }
 
@@ -77,6 +82,7 @@ impl WalConfig {
             backend: BackendChoice::Auto,
             preallocation: Preallocation::Fallocate,
             queue_max_commands: 64 * 1024,
+            #[cfg(any(test, feature = "testing"))]
             sim_disk: None,
         }
     }
@@ -119,6 +125,7 @@ impl WalConfig {
         {
             return invalid("sync.sync_interval_ms", "between 1 and 60000");
         }
+        #[cfg(any(test, feature = "testing"))]
         if self.backend == BackendChoice::Simulated && self.sim_disk.is_none() {
             return invalid("sim_disk", "set when backend is Simulated");
         }

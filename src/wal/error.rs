@@ -64,6 +64,20 @@ pub enum WalError {
         /// Its version.
         version: u32,
     },
+    /// A file named like a segment is not provably one of this log's segments: its header
+    /// is not a valid segment header, no valid record in it proves it ours, and it is not a
+    /// blank (all-zero) prepared segment. Opening for writing refuses rather than overwrite,
+    /// zero or later delete bytes that may belong to someone else; nothing was changed.
+    #[error(
+        "{path} is named like a WAL segment but is not one of this log's segments ({reason}); \
+         nothing was changed: move the file out of the WAL directory to open the log"
+    )]
+    NotASegment {
+        /// The file.
+        path: PathBuf,
+        /// What was found instead of a segment header.
+        reason: String,
+    },
     /// A record does not fit in an empty segment (only with tiny `segment_max_bytes`).
     #[error("record of {frame_bytes} bytes does not fit in a segment of {segment_max_bytes} bytes")]
     RecordTooLarge {

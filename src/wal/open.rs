@@ -1,6 +1,10 @@
-//! Opening a WAL directory for writing: create it, take the lock, read it (recovery), carry
-//! out recovery's decisions (cut a torn tail, drop surplus blank segments), pick the backend
-//! and start the ring thread.
+//! Opening a WAL directory for writing: create it, take the lock, read it (recovery), refuse
+//! files named like segments that are not provably this log's own, carry out recovery's
+//! decisions (cut a torn tail, drop surplus blank segments), pick the backend and start the
+//! ring thread.
+//!
+//! It must never overwrite, zero or delete bytes it cannot prove are its own, and every cut
+//! of a torn tail is logged (segment, path, offset, byte count) at warning level.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -13,13 +17,14 @@ use tokio::sync::mpsc;
 
 use super::config::{BackendChoice, WalConfig};
 use super::error::WalError;
-use super::format::{self, BLOCK_BYTES, SEGMENT_HEADER_BYTES};
+use super::format::{self, BLOCK_BYTES, HeaderError, SEGMENT_HEADER_BYTES};
 use super::lock::DirLock;
 use super::recovery::{self, OpenReport};
 use super::stats::Shared;
 use super::writer::{Command, Plan, Resume, Sealed, Writer};
 use crate::io::portable::PortableBackend;
-use crate::io::probe::{self, UringUnavailable};
+use crate::io::probe;
+#[cfg(any(test, feature = "testing"))]
 use crate::io::sim::{SimBackend, SimDisk};
 use crate::io::uring::UringBackend;
 use crate::io::{self as wal_io, BackendKind};
@@ -54,6 +59,7 @@ pub(crate) fn open(config: WalConfig, ring_task: Option<RingTask>) -> Result<Ope
     }
     let lock = DirLock::acquire(&dir)?;
     let report = recovery::read_dir(&dir)?;
+    refuse_foreign_files(&report)?;
     let plan = plan(&config, &report)?;
     let backend_kind = choose_backend(&config)?;
 
@@ -61,6 +67,7 @@ pub(crate) fn open(config: WalConfig, ring_task: Option<RingTask>) -> Result<Ope
     let (commands, receiver) = mpsc::channel(config.queue_max_commands);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let thread_shared = Arc::clone(&shared);
+    #[cfg(any(test, feature = "testing"))]
     let sim_disk = config.sim_disk.clone();
     let buffer_bytes = config.group_buffer_bytes();
     let thread = std::thread::Builder::new()
@@ -68,6 +75,7 @@ pub(crate) fn open(config: WalConfig, ring_task: Option<RingTask>) -> Result<Ope
         .spawn(move || {
             let _lock = lock; // Released when the ring thread ends.
             let setup = RingSetup {
+                #[cfg(any(test, feature = "testing"))]
                 sim_disk,
                 kind: backend_kind,
                 buffer_bytes,
@@ -108,26 +116,69 @@ pub(crate) fn open(config: WalConfig, ring_task: Option<RingTask>) -> Result<Ope
     })
 }
 
-fn choose_backend(config: &WalConfig) -> Result<BackendKind, WalError> {
-    let uring_problem = || -> Option<UringUnavailable> {
-        if let Err(error) = probe::probe_direct_io(&config.dir) {
-            return Some(UringUnavailable::Direct(error));
+/// Refuses to open when a file named like a segment cannot be proven to be one of this log's
+/// own, because opening would write into it (resume, reuse as prepared), zero its tail or
+/// delete it after a checkpoint. A file is proven ours by a valid header, by at least one
+/// valid record (frame CRCs are seeded with the segment number, so foreign bytes do not pass
+/// them), or by being blank: every byte zero, as a prepared segment is before its first write.
+fn refuse_foreign_files(report: &OpenReport) -> Result<(), WalError> {
+    for segment in &report.segments {
+        if segment.header.is_some() || segment.events > 0 || segment.checkpoints > 0 {
+            continue;
         }
-        // The runtime built here is dropped at once; the ring thread builds its own.
-        probe::uring_runtime(8).err()
-    };
+        let reason = match segment.header_problem {
+            Some(HeaderError::Blank) => {
+                if segment.is_blank() && header_block_is_zero(&segment.path)? {
+                    continue;
+                }
+                "its header is blank but the file holds non-zero bytes and no valid record"
+                    .to_owned()
+            }
+            Some(problem) => format!("{problem}, and the file holds no valid record"),
+            None => "its header names another segment number".to_owned(),
+        };
+        tracing::error!(
+            path = %segment.path.display(),
+            %reason,
+            "refusing to open: a file named like a WAL segment is not one"
+        );
+        return Err(WalError::NotASegment {
+            path: segment.path.clone(),
+            reason,
+        });
+    }
+    Ok(())
+}
+
+/// Whether the whole header block (or as much of it as the file has) is zero: recovery only
+/// checks the header's used bytes, and a prepared segment is zero throughout.
+fn header_block_is_zero(path: &std::path::Path) -> Result<bool, WalError> {
+    let file =
+        wal_io::open_for_read(path).map_err(|e| WalError::io("read segment header", path, e))?;
+    let mut block = vec![0u8; SEGMENT_HEADER_BYTES];
+    read_available_at(&file, &mut block, 0)
+        .map_err(|e| WalError::io("read segment header", path, e))?;
+    Ok(block.iter().all(|&byte| byte == 0))
+}
+
+/// Picks the backend. The io_uring probe builds and drops its test ring on a thread of its
+/// own (see [`probe::probe_ring`]), so this is safe inside a caller's tokio runtime.
+fn choose_backend(config: &WalConfig) -> Result<BackendKind, WalError> {
     match config.backend {
         BackendChoice::Portable => Ok(BackendKind::Portable),
+        #[cfg(any(test, feature = "testing"))]
         BackendChoice::Simulated => Ok(BackendKind::Simulated),
-        BackendChoice::Uring => match uring_problem() {
-            None => Ok(BackendKind::Uring),
-            Some(UringUnavailable::Ring(error) | UringUnavailable::Direct(error)) => {
-                Err(WalError::io("start io_uring backend", &config.dir, error))
-            }
+        BackendChoice::Uring => match probe::probe_uring(&config.dir) {
+            Ok(()) => Ok(BackendKind::Uring),
+            Err(problem) => Err(WalError::io(
+                "start io_uring backend",
+                &config.dir,
+                problem.into_io_error(),
+            )),
         },
-        BackendChoice::Auto => match uring_problem() {
-            None => Ok(BackendKind::Uring),
-            Some(problem) => {
+        BackendChoice::Auto => match probe::probe_uring(&config.dir) {
+            Ok(()) => Ok(BackendKind::Uring),
+            Err(problem) => {
                 tracing::warn!(%problem, "using the portable I/O backend");
                 Ok(BackendKind::Portable)
             }
@@ -137,6 +188,7 @@ fn choose_backend(config: &WalConfig) -> Result<BackendKind, WalError> {
 
 /// What the ring thread is started with besides the writer's plan.
 struct RingSetup {
+    #[cfg(any(test, feature = "testing"))]
     sim_disk: Option<SimDisk>,
     kind: BackendKind,
     buffer_bytes: usize,
@@ -151,6 +203,7 @@ fn ring_main(
     ready: std::sync::mpsc::Sender<Result<(), WalError>>,
 ) {
     let RingSetup {
+        #[cfg(any(test, feature = "testing"))]
         sim_disk,
         kind,
         buffer_bytes,
@@ -159,9 +212,10 @@ fn ring_main(
     let dir = plan.config.dir.clone();
     match kind {
         BackendKind::Uring => {
-            let runtime = match probe::uring_runtime(256) {
+            let runtime = match probe::uring_runtime(probe::RING_ENTRIES) {
                 Ok(runtime) => runtime,
-                Err(UringUnavailable::Ring(error) | UringUnavailable::Direct(error)) => {
+                Err(problem) => {
+                    let error = problem.into_io_error();
                     let _ = ready.send(Err(WalError::io("start io_uring runtime", &dir, error)));
                     return;
                 }
@@ -175,7 +229,8 @@ fn ring_main(
                 serve(backend, plan, shared, commands, ready).await;
             });
         }
-        BackendKind::Portable | BackendKind::Simulated => {
+        // Portable, and with the `testing` feature also Simulated.
+        _ => {
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -191,13 +246,14 @@ fn ring_main(
                 if let Some(task) = ring_task {
                     tokio::task::spawn_local(task(kind));
                 }
+                #[cfg(any(test, feature = "testing"))]
                 if let (BackendKind::Simulated, Some(disk)) = (kind, sim_disk) {
                     let backend = SimBackend::new(disk, buffer_bytes, GROUP_BUFFERS);
                     serve(backend, plan, shared, commands, ready).await;
-                } else {
-                    let backend = PortableBackend::new(buffer_bytes, GROUP_BUFFERS);
-                    serve(backend, plan, shared, commands, ready).await;
+                    return;
                 }
+                let backend = PortableBackend::new(buffer_bytes, GROUP_BUFFERS);
+                serve(backend, plan, shared, commands, ready).await;
             });
         }
     }
@@ -249,11 +305,12 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
         }
         let segment = &report.segments[last];
         if segment.tail_nonzero_end > segment.data_end {
-            tracing::info!(
+            tracing::warn!(
                 segment = segment.number,
+                path = %segment.path.display(),
                 offset = segment.data_end,
                 bytes = segment.tail_nonzero_end - segment.data_end,
-                "cutting the torn tail of the newest WAL segment"
+                "cutting the torn tail of the newest WAL segment (zeroing bytes after its last valid record)"
             );
             wal_io::zero_range_and_sync(
                 &segment.path,

@@ -1,16 +1,83 @@
-//! Helpers shared by the integration tests: sample events, small configurations, and a
-//! runtime for driving the async API.
+//! Helpers shared by the integration tests: sample events, small configurations, a runtime
+//! for driving the async API, and the io_uring availability check that lets tests skip the
+//! io_uring backend (with a printed reason) where it cannot run.
 #![allow(dead_code)]
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use chrono::DateTime;
 use procmond_wal::io::Preallocation;
+use procmond_wal::io::probe;
 use procmond_wal::wal::{BackendChoice, WalConfig};
 use procmond_wal::{EventKind, ProcessEvent};
 
-/// Both backends, for tests that must hold on each.
-pub const BACKENDS: [BackendChoice; 2] = [BackendChoice::Uring, BackendChoice::Portable];
+/// Why the io_uring backend cannot run here, or `None` when it can: no ring (old kernel,
+/// seccomp, `kernel.io_uring_disabled`), `PROCMOND_WAL_DISABLE_URING` set, or the temporary
+/// directory's filesystem refusing O_DIRECT. Probed once per test binary with the library's
+/// own probe, in the directory the tests' `tempfile::tempdir()` calls use.
+pub fn uring_unavailable() -> Option<&'static str> {
+    static REASON: OnceLock<Option<String>> = OnceLock::new();
+    REASON
+        .get_or_init(|| {
+            let scratch = match tempfile::tempdir() {
+                Ok(scratch) => scratch,
+                Err(error) => return Some(format!("no temporary directory to probe: {error}")),
+            };
+            probe::probe_uring(scratch.path())
+                .err()
+                .map(|problem| problem.to_string())
+        })
+        .as_deref()
+}
+
+/// Whether a test may use the io_uring backend; when it may not, prints that the current
+/// test skips it and why.
+pub fn uring_or_skip() -> bool {
+    match uring_unavailable() {
+        None => true,
+        Some(reason) => {
+            let thread = std::thread::current();
+            let test = thread.name().unwrap_or("this test");
+            eprintln!("{test}: skipping the io_uring backend: {reason}");
+            false
+        }
+    }
+}
+
+/// The backends a test must hold on: io_uring (when [`uring_or_skip`] allows it) and
+/// portable. `for backend in BACKENDS { .. }` iterates over the ones available here.
+pub const BACKENDS: Backends = Backends;
+
+/// See [`BACKENDS`].
+#[derive(Debug, Clone, Copy)]
+pub struct Backends;
+
+impl Backends {
+    /// The available backends, io_uring first.
+    pub fn available(self) -> Vec<BackendChoice> {
+        let mut backends = Vec::with_capacity(2);
+        if uring_or_skip() {
+            backends.push(BackendChoice::Uring);
+        }
+        backends.push(BackendChoice::Portable);
+        backends
+    }
+
+    /// Iterates over [`Backends::available`].
+    pub fn iter(self) -> std::vec::IntoIter<BackendChoice> {
+        self.available().into_iter()
+    }
+}
+
+impl IntoIterator for Backends {
+    type Item = BackendChoice;
+    type IntoIter = std::vec::IntoIter<BackendChoice>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
 
 /// A deterministic event for index `i` (sizes vary with `i`).
 pub fn event(i: u64) -> ProcessEvent {

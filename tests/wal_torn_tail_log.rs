@@ -1,0 +1,86 @@
+//! Cutting a torn tail at open is logged as a warning with the segment, its offset and the
+//! number of bytes zeroed.
+//!
+//! Alone in its own test binary on purpose: `tracing` caches each call site's interest
+//! process-wide, and a test on another thread that hits the call site with no subscriber can
+//! race the scoped subscriber installed here.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use common::{event, kind, runtime, small_config};
+use procmond_wal::wal::naming::segment_path;
+use procmond_wal::wal::recovery::read_dir;
+use procmond_wal::wal::{BackendChoice, Wal};
+
+/// A `tracing` writer that keeps what was logged.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+#[test]
+fn cutting_a_torn_tail_is_logged_with_segment_offset_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(dir.path(), BackendChoice::Portable);
+    let (wal, _) = Wal::open(config.clone()).unwrap();
+    runtime().block_on(async {
+        for i in 1..=5 {
+            wal.append(event(i), kind(i)).await.unwrap();
+        }
+        wal.close().await.unwrap();
+    });
+    let report = read_dir(dir.path()).unwrap();
+    let data_end = report.segments[0].data_end;
+    // An interrupted write: non-zero bytes after the last record.
+    let path = segment_path(dir.path(), 1);
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&[0xa5; 100], data_end).unwrap();
+    drop(file);
+    let torn = read_dir(dir.path()).unwrap().torn_tail_bytes;
+    assert!(torn > 0);
+
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let (wal, report) =
+        tracing::subscriber::with_default(subscriber, || Wal::open(config.clone()).unwrap());
+    runtime().block_on(wal.close()).unwrap();
+    assert_eq!(report.events, 5);
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let cuts: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("cutting the torn tail"))
+        .collect();
+    assert_eq!(cuts.len(), 1, "log: {log}");
+    let cut = cuts[0];
+    assert!(cut.contains("WARN"), "{cut}");
+    assert!(cut.contains("segment=1"), "{cut}");
+    assert!(cut.contains(&format!("offset={data_end}")), "{cut}");
+    assert!(cut.contains(&format!("bytes={torn}")), "{cut}");
+    // And the bytes are gone: the log is clean afterwards.
+    assert_eq!(read_dir(dir.path()).unwrap().torn_tail_bytes, 0);
+}
