@@ -262,7 +262,10 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
             )
             .map_err(|e| WalError::io("cut torn tail", &segment.path, e))?;
         }
-        let resumable = segment.header.is_some()
+        // Frames of the current version only go into a segment of the current version.
+        let resumable = segment
+            .header
+            .is_some_and(|header| header.version == format::FORMAT_VERSION)
             && segment.data_end < config.segment_rotate_bytes()
             && segment.file_bytes <= config.segment_max_bytes;
         if resumable {
@@ -305,6 +308,7 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
         acked_through: report.acked_through,
         checkpoint_segment: report.checkpoint_segment.unwrap_or(0),
         next_segment_number: max_number + 1,
+        salt: report.salt.unwrap_or_else(format::new_wal_salt),
     })
 }
 
