@@ -145,6 +145,7 @@ fn check_scan(items: &[ScanItem], len: usize) {
                 assert!(*offset >= position && *len_bytes > 0);
                 position = offset + len_bytes;
             }
+            ScanItem::Unreadable { .. } => panic!("in-memory bytes are always readable"),
             ScanItem::Tail {
                 offset,
                 nonzero_end,

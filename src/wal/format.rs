@@ -205,6 +205,9 @@ pub enum HeaderError {
     /// The header CRC does not match.
     #[error("segment header checksum mismatch")]
     BadChecksum,
+    /// The header block could not be read (an I/O error).
+    #[error("segment header could not be read")]
+    Unreadable,
     /// A version 2 header whose salt is zero (a writer never produces one).
     #[error("segment header salt is zero")]
     ZeroSalt,

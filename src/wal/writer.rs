@@ -587,6 +587,8 @@ impl<B: Backend> Writer<B> {
         let mut barriers = Vec::new();
         let mut need_rotation = false;
         let segment_number = self.active.number;
+        // Every frame of the group records what was already durable when it was formed.
+        let durable_watermark = self.durable_sequence;
         let base = self.active.tail_offset;
         'queue: while let Some(front) = self.queue.front_mut() {
             match front {
@@ -628,7 +630,7 @@ impl<B: Backend> Writer<B> {
                             segment_number,
                             salt: self.salt,
                         },
-                        0,
+                        durable_watermark,
                         &checkpoint,
                     );
                     pos += len;
@@ -681,7 +683,7 @@ impl<B: Backend> Writer<B> {
                                 segment_number,
                                 salt: self.salt,
                             },
-                            0,
+                            durable_watermark,
                             sequence,
                             *timestamp,
                             *kind,
