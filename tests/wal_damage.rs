@@ -500,6 +500,12 @@ struct TornExpectation {
     /// The last complete frame, when the tear put nonzero bytes into its padding (damage to
     /// report; the record itself is kept).
     dirty_padding: Option<Frame>,
+    /// Where the records end.
+    data_end: usize,
+    /// The tear changed exactly one CRC-covered byte of the first incomplete frame, in a way
+    /// a torn write (whole sectors left as zeros) cannot explain: the reader must report the
+    /// end as damage, not as a torn tail.
+    corrupted_end: bool,
 }
 
 fn expect_torn(
@@ -529,6 +535,20 @@ fn expect_torn(
         None => 0,
         Some(last) => (align_up(data_end + last + 1, 8).min(bytes.len()) - data_end) as u64,
     };
+    let byte_at = |i: usize| bytes.get(i).copied().unwrap_or(0);
+    let first_torn = frames.iter().find(|f| f.payload_end > first_changed);
+    let corrupted_end = (1..=512).contains(&torn_tail_bytes)
+        && first_torn.is_some_and(|frame| {
+            let differing: Vec<usize> = (frame.offset..frame.payload_end)
+                .filter(|&i| byte_at(i) != base[i])
+                .collect();
+            let [index] = differing[..] else {
+                return false;
+            };
+            let sector = index / 512 * 512;
+            let zero_sector = (sector.max(data_end)..sector + 512).all(|j| byte_at(j) == 0);
+            byte_at(index) != 0 || !zero_sector
+        });
     let complete = complete_all
         .into_iter()
         .enumerate()
@@ -539,6 +559,8 @@ fn expect_torn(
         complete,
         torn_tail_bytes,
         dirty_padding,
+        data_end,
+        corrupted_end,
     }
 }
 
@@ -552,11 +574,26 @@ fn check_torn_report(
     assert_eq!(report.events, expected.complete.len() as u64, "{what}");
     assert_eq!(report.last_sequence, Some(last), "{what}");
     assert_eq!(report.next_sequence, last + 1, "{what}");
-    assert_eq!(report.torn_tail_bytes, expected.torn_tail_bytes, "{what}");
-    let (padding, other): (Vec<_>, Vec<_>) = report
+    let (ends, damage): (Vec<_>, Vec<_>) = report
         .damage
         .iter()
         .cloned()
+        .partition(|d| d.kind == DamageKind::DamagedEnd);
+    if expected.corrupted_end {
+        assert_eq!(report.torn_tail_bytes, 0, "{what}");
+        assert_eq!(
+            ends.iter()
+                .map(|d| (d.offset as usize, d.len_bytes))
+                .collect::<Vec<_>>(),
+            vec![(expected.data_end, expected.torn_tail_bytes)],
+            "{what}"
+        );
+    } else {
+        assert_eq!(report.torn_tail_bytes, expected.torn_tail_bytes, "{what}");
+        assert!(ends.is_empty(), "{what}: {ends:?}");
+    }
+    let (padding, other): (Vec<_>, Vec<_>) = damage
+        .into_iter()
         .partition(|d| d.kind == DamageKind::NonzeroPadding);
     assert_eq!(
         padding
@@ -643,13 +680,14 @@ fn a_torn_tail_at_every_offset_of_the_last_records_keeps_everything_before_it() 
                 let (wal, report) = Wal::open(scratch_config.clone()).unwrap();
                 check_torn_report(&report, &expected, None, &what);
                 runtime().block_on(wal.close()).unwrap();
-                // Opening for writing cut the tail: a second read finds a clean log.
+                // Opening for writing cut a torn tail (and kept a damaged end, writing on in a
+                // new segment): a second read finds no torn tail and nothing lost.
                 let again = read_dir(scratch.path()).unwrap();
                 assert_eq!(again.torn_tail_bytes, 0, "{what}");
-                let padding_only = again
-                    .damage
-                    .iter()
-                    .all(|d| d.kind == DamageKind::NonzeroPadding);
+                let padding_only = again.damage.iter().all(|d| {
+                    d.kind == DamageKind::NonzeroPadding
+                        || (expected.corrupted_end && d.kind == DamageKind::DamagedEnd)
+                });
                 assert!(
                     padding_only && again.gaps.is_empty(),
                     "{what}: {:?}",
@@ -660,10 +698,10 @@ fn a_torn_tail_at_every_offset_of_the_last_records_keeps_everything_before_it() 
                 let next = survivors.last().unwrap() + 1;
                 reopen_append_and_replay(&scratch_config, &survivors, next, 3, &what);
                 let after = read_dir(scratch.path()).unwrap();
-                let padding_only = after
-                    .damage
-                    .iter()
-                    .all(|d| d.kind == DamageKind::NonzeroPadding);
+                let padding_only = after.damage.iter().all(|d| {
+                    d.kind == DamageKind::NonzeroPadding
+                        || (expected.corrupted_end && d.kind == DamageKind::DamagedEnd)
+                });
                 assert!(
                     padding_only && after.gaps.is_empty(),
                     "{what}: {:?}",

@@ -42,7 +42,9 @@ impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
 
 impl ReadAt for &[u8] {
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(self.len());
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.len());
         let n = buf.len().min(self.len() - start);
         buf[..n].copy_from_slice(&self[start..start + n]);
         Ok(n)
@@ -130,7 +132,11 @@ impl SegmentFile {
         let start = offset / block * block;
         let skip = (offset - start) as usize;
         let span = (skip + buf.len()).div_ceil(READ_BLOCK_BYTES) * READ_BLOCK_BYTES;
-        if self.bounce.as_ref().is_none_or(|bounce| bounce.len() < span) {
+        if self
+            .bounce
+            .as_ref()
+            .is_none_or(|bounce| bounce.len() < span)
+        {
             self.bounce = Some(AlignedBuf::zeroed(span));
         }
         let Some(bounce) = self.bounce.as_mut() else {
@@ -320,7 +326,11 @@ mod tests {
         let block = READ_BLOCK_BYTES as u64;
         assert_eq!(got.unreadable, vec![(block, 2 * block), (5 * block, 100)]);
         assert_eq!(&buf[..READ_BLOCK_BYTES], &bytes[..READ_BLOCK_BYTES]);
-        assert!(buf[READ_BLOCK_BYTES..3 * READ_BLOCK_BYTES].iter().all(|&b| b == 0));
+        assert!(
+            buf[READ_BLOCK_BYTES..3 * READ_BLOCK_BYTES]
+                .iter()
+                .all(|&b| b == 0)
+        );
         assert_eq!(
             &buf[3 * READ_BLOCK_BYTES..5 * READ_BLOCK_BYTES],
             &bytes[3 * READ_BLOCK_BYTES..5 * READ_BLOCK_BYTES]

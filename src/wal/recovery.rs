@@ -47,6 +47,9 @@ pub struct SegmentReport {
     pub header_problem: Option<HeaderError>,
     /// Format version its frames were read as (1 or 2).
     pub frame_version: u32,
+    /// How its frames were read (version, segment number and salt of the CRC).
+    #[serde(skip)]
+    pub frame_layout: FrameLayout,
     /// Sequence of the first valid event.
     pub first_sequence: Option<u64>,
     /// Sequence of the last valid event.
@@ -208,8 +211,7 @@ impl OpenReport {
 
 /// Lists the segment files of `dir`, sorted by number.
 pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| WalError::io("list WAL directory", dir, e))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| WalError::io("list WAL directory", dir, e))?;
     let mut segments = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| WalError::io("list WAL directory", dir, e))?;
@@ -281,7 +283,12 @@ pub fn read_dir_from(
         expected_next,
         ..
     } = state;
-    let torn_cut = cut_torn_suffix(&mut report, &newest_marks);
+    let mut torn_cut = cut_torn_suffix(&mut report, &newest_marks);
+    if torn_cut.is_some_and(|mark| mark.offset >= mark.scanned_data_end)
+        && tail_is_a_corrupted_frame(&report, opener)?
+    {
+        torn_cut = None;
+    }
     // Acknowledged sequences past the last one found are lost, whatever the bytes look like.
     let last_found = report
         .last_sequence
@@ -432,6 +439,38 @@ fn cut_torn_suffix(report: &mut OpenReport, marks: &[Mark]) -> Option<Mark> {
     Some(mark)
 }
 
+/// Whether the invalid bytes after the records of the newest segment are a complete frame
+/// with one changed byte (see [`format::corrupted_by_one_byte`]): damage, not a torn write,
+/// although no sequence is known to be missing (the frame may be the closing watermark).
+fn tail_is_a_corrupted_frame(
+    report: &OpenReport,
+    opener: &dyn SegmentOpener,
+) -> Result<bool, WalError> {
+    let Some(segment) = report
+        .last_written_index()
+        .map(|index| &report.segments[index])
+    else {
+        return Ok(false);
+    };
+    let len = segment.tail_nonzero_end - segment.data_end;
+    if len == 0 || len > format::SECTOR_BYTES as u64 {
+        return Ok(false);
+    }
+    let read_err = |e: io::Error| WalError::io("read segment tail", &segment.path, e);
+    let mut file = opener.open_segment(&segment.path).map_err(read_err)?;
+    let mut region = vec![0u8; len as usize];
+    let read = read_resilient(&mut *file, &mut region, segment.data_end).map_err(read_err)?;
+    if !read.unreadable.is_empty() {
+        return Ok(false);
+    }
+    region.truncate(read.bytes);
+    Ok(format::corrupted_by_one_byte(
+        &region,
+        segment.data_end,
+        segment.frame_layout,
+    ))
+}
+
 fn read_segment(
     number: u64,
     path: &Path,
@@ -489,6 +528,7 @@ fn read_segment(
             FrameLayout::V1 { .. } => format::FORMAT_VERSION_1,
             FrameLayout::V2(_) => FORMAT_VERSION,
         },
+        frame_layout: layout,
         first_sequence: None,
         last_sequence: None,
         events: 0,
@@ -665,10 +705,7 @@ pub(crate) fn directory_salt(
 
 /// The first block of a segment file (shorter if the file is; unreadable parts as zeros);
 /// None if the file vanished.
-fn read_header_block(
-    path: &Path,
-    opener: &dyn SegmentOpener,
-) -> Result<Option<Vec<u8>>, WalError> {
+fn read_header_block(path: &Path, opener: &dyn SegmentOpener) -> Result<Option<Vec<u8>>, WalError> {
     let mut file = match opener.open_segment(path) {
         Ok(file) => file,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
