@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::WalError;
-use super::format::{FrameLayout, Record, SEGMENT_HEADER_BYTES, SegmentHeader, WalEntry};
+use super::format::{
+    FrameLayout, HeaderError, Record, SEGMENT_HEADER_BYTES, SegmentHeader, WalEntry,
+};
 use super::recovery::{directory_salt, layout_for_damaged_header, list_segments};
 use super::scan::{Resilient, ScanItem, SegmentScan};
 use crate::io::read::{OsOpener, ReadAt, SegmentOpener, read_fully};
@@ -170,8 +172,11 @@ impl WalReader {
             Err(error) => return Err(WalError::io("open segment for replay", &path, error)),
         };
         let layout = match header_of(&mut *file) {
-            Some(header) if header.segment_number == number => header.frame_layout(),
-            _ => layout_for_damaged_header(number, &path, self.salt, &*self.opener)?,
+            Ok(header) if header.segment_number == number => header.frame_layout(),
+            Err(HeaderError::Blank) => {
+                layout_for_damaged_header(number, &path, self.salt, true, &*self.opener)?
+            }
+            _ => layout_for_damaged_header(number, &path, self.salt, false, &*self.opener)?,
         };
         self.current = Some(Current {
             number,
@@ -306,13 +311,15 @@ impl WalReader {
 
 fn first_sequence_of(path: &Path, opener: &dyn SegmentOpener) -> Option<u64> {
     let mut file = opener.open_segment(path).ok()?;
-    header_of(&mut *file).map(|header| header.first_sequence)
+    header_of(&mut *file)
+        .ok()
+        .map(|header| header.first_sequence)
 }
 
-fn header_of(file: &mut dyn ReadAt) -> Option<SegmentHeader> {
+fn header_of(file: &mut dyn ReadAt) -> Result<SegmentHeader, HeaderError> {
     let mut block = vec![0u8; SEGMENT_HEADER_BYTES];
-    let read = read_fully(file, &mut block, 0).ok()?;
-    SegmentHeader::decode(&block[..read]).ok()
+    let read = read_fully(file, &mut block, 0).map_err(|_| HeaderError::Unreadable)?;
+    SegmentHeader::decode(&block[..read])
 }
 
 impl Iterator for WalReader {

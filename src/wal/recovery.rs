@@ -257,6 +257,12 @@ pub fn read_dir_from(
     let mut previous_number: Option<u64> = None;
     let mut newest_marks: Vec<Mark> = Vec::new();
     for (number, path) in segments {
+        state.marks.clear();
+        let Some(segment) = read_segment(number, &path, opener, &mut state, &mut on_record)? else {
+            // Deleted since it was listed (a running writer deletes acknowledged segments,
+            // oldest first): nothing of it is needed.
+            continue;
+        };
         if let Some(previous) = previous_number
             && number > previous + 1
         {
@@ -268,8 +274,6 @@ pub fn read_dir_from(
             });
         }
         previous_number = Some(number);
-        state.marks.clear();
-        let segment = read_segment(number, &path, opener, &mut state, &mut on_record)?;
         if let Some(header) = &segment.header {
             max_first_sequence = max_first_sequence.max(header.first_sequence);
         }
@@ -477,9 +481,13 @@ fn read_segment(
     opener: &dyn SegmentOpener,
     state: &mut ReadState,
     on_record: &mut impl FnMut(u64, u64, &Record),
-) -> Result<SegmentReport, WalError> {
+) -> Result<Option<SegmentReport>, WalError> {
     let read_err = |e: io::Error| WalError::io("read segment", path, e);
-    let mut file = opener.open_segment(path).map_err(read_err)?;
+    let mut file = match opener.open_segment(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(read_err(error)),
+    };
     let file_bytes = file.len_bytes().map_err(read_err)?;
     let mut header_block = vec![0u8; SEGMENT_HEADER_BYTES];
     let header_read = read_resilient(&mut *file, &mut header_block, 0).map_err(read_err)?;
@@ -516,7 +524,13 @@ fn read_segment(
     }
     let layout = match &header {
         Some(header) => header.frame_layout(),
-        None => layout_for_damaged_header(number, path, report.salt, opener)?,
+        None => layout_for_damaged_header(
+            number,
+            path,
+            report.salt,
+            header_problem == Some(HeaderError::Blank),
+            opener,
+        )?,
     };
     let mut segment = SegmentReport {
         number,
@@ -661,7 +675,7 @@ fn read_segment(
             }
         }
     }
-    Ok(segment)
+    Ok(Some(segment))
 }
 
 /// The WAL's salt: the newest valid version 2 header's (every header of one directory
@@ -739,11 +753,13 @@ fn first_frame_verifies(
 }
 
 /// How to read the frames of a segment whose header is not valid: as version 2 with the
-/// directory's salt, unless its first frame shows it is a version 1 segment.
+/// directory's salt, unless its first frame shows it is a version 1 segment. A `blank`
+/// header (all zeros) needs no such check.
 pub(crate) fn layout_for_damaged_header(
     number: u64,
     path: &Path,
     salt: Option<u64>,
+    blank: bool,
     opener: &dyn SegmentOpener,
 ) -> Result<FrameLayout, WalError> {
     let v1 = FrameLayout::V1 {
@@ -756,6 +772,11 @@ pub(crate) fn layout_for_damaged_header(
         segment_number: number,
         salt,
     });
+    if blank {
+        // Prepared and never written (or holding only what a torn first write left): new
+        // segments are version 2.
+        return Ok(v2);
+    }
     if !first_frame_verifies(path, v2, opener)? && first_frame_verifies(path, v1, opener)? {
         return Ok(v1);
     }
