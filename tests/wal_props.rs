@@ -478,7 +478,7 @@ proptest! {
         unreadable.sort_unstable();
         let covered: Vec<u64> = unreadable
             .iter()
-            .flat_map(|&(offset, len)| (offset / 4096..(offset + len).div_ceil(4096)))
+            .flat_map(|&(offset, len)| offset / 4096..(offset + len).div_ceil(4096))
             .collect();
         prop_assert_eq!(covered, bad_blocks.clone());
         // A frame is hit when a bad block covers one of its non-zero CRC-covered bytes (bytes
