@@ -72,6 +72,18 @@ impl SegmentOpener for OsOpener {
     }
 }
 
+/// The real filesystem through the page cache ([`SegmentFile::open_buffered`]): for replay,
+/// which reads only what was already synced (the cache then holds what the device holds) and
+/// gains from the cache's read-ahead and from data still cached after it was written.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BufferedOpener;
+
+impl SegmentOpener for BufferedOpener {
+    fn open_segment(&self, path: &Path) -> io::Result<Box<dyn ReadAt + Send>> {
+        Ok(Box::new(SegmentFile::open_buffered(path)?))
+    }
+}
+
 /// A segment file opened for reading: O_DIRECT where the filesystem accepts it (reads go to
 /// the device, not the page cache), buffered reads otherwise.
 pub struct SegmentFile {

@@ -20,7 +20,7 @@ use super::format::{
 };
 use super::recovery::{directory_salt, layout_for_damaged_header, list_segments};
 use super::scan::{Resilient, ScanItem, SegmentScan};
-use crate::io::read::{OsOpener, ReadAt, SegmentOpener, read_fully};
+use crate::io::read::{BufferedOpener, ReadAt, SegmentOpener, read_fully};
 
 /// One replayed event.
 pub type ReplayItem = WalEntry;
@@ -92,7 +92,7 @@ impl WalReader {
     /// `from_sequence` on. For a log that is being written, use [`WalReader::open_durable`]
     /// (or [`crate::wal::Wal::replay_from`]): events not yet synced may be yielded here.
     pub fn open(dir: &Path, from_sequence: u64) -> Result<WalReader, WalError> {
-        Self::open_with(dir, from_sequence, None, Arc::new(OsOpener))
+        Self::open_with(dir, from_sequence, None, Arc::new(BufferedOpener))
     }
 
     /// Like [`WalReader::open`], but yields only events with `sequence <= durable_through`
@@ -107,12 +107,14 @@ impl WalReader {
             dir,
             from_sequence,
             Some(durable_through),
-            Arc::new(OsOpener),
+            Arc::new(BufferedOpener),
         )
     }
 
     /// The general form: an optional durable bound and the source of the segment bytes
-    /// (tests inject read errors through it).
+    /// (tests inject read errors through it). [`WalReader::open`] and
+    /// [`WalReader::open_durable`] read through the page cache ([`BufferedOpener`]); pass
+    /// [`crate::io::read::OsOpener`] to read from the device instead.
     pub fn open_with(
         dir: &Path,
         from_sequence: u64,

@@ -12,7 +12,7 @@
 //! - an unreadable block → damage, read as zeros, the scan goes on;
 //! - invalid bytes in the newest segment after which no sequence at or below the durable
 //!   watermark is missing (version 2), or after its last valid record (version 1) → torn
-//!   tail: never acknowledged, cut before writing;
+//!   tail: no acknowledged sequence is missing behind it, cut before writing;
 //! - any sequence at or below the durable watermark that is not found → lost acknowledged
 //!   events, reported; `next_sequence` never goes below the watermark + 1.
 
@@ -397,7 +397,7 @@ impl Mark {
 
 /// In the newest written segment (version 2), finds the first damaged place after which no
 /// sequence at or below the durable watermark is missing: from there on the bytes are the
-/// torn end of writes that were never acknowledged. Takes everything read from there on back
+/// torn end of writes that hide no acknowledged sequence. Takes everything read from there on back
 /// out of the report (it is cut by the next open) and returns the mark.
 fn cut_torn_suffix(report: &mut OpenReport, marks: &[Mark]) -> Option<Mark> {
     let watermark = report.durable_watermark;
@@ -438,7 +438,7 @@ fn cut_torn_suffix(report: &mut OpenReport, marks: &[Mark]) -> Option<Mark> {
         segment = number,
         offset = mark.offset,
         durable_watermark = watermark,
-        "the end of the newest WAL segment from here on was never acknowledged (torn tail)"
+        "the end of the newest WAL segment from here on hides no acknowledged sequence (torn tail)"
     );
     Some(mark)
 }
