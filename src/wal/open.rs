@@ -304,7 +304,11 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
             });
         }
         let segment = &report.segments[last];
-        if segment.tail_nonzero_end > segment.data_end {
+        // Only a torn tail (recovery found it hides no acknowledged record) is cut; a damaged
+        // end is kept as evidence and writing goes on in a new segment.
+        let damaged_end =
+            segment.tail_nonzero_end > segment.data_end && report.torn_tail_bytes == 0;
+        if segment.tail_nonzero_end > segment.data_end && !damaged_end {
             tracing::warn!(
                 segment = segment.number,
                 path = %segment.path.display(),
@@ -319,7 +323,12 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
             )
             .map_err(|e| WalError::io("cut torn tail", &segment.path, e))?;
         }
-        let resumable = segment.header.is_some()
+        // Frames of the current version only go into a segment of the current version.
+        let resumable = !damaged_end
+            && segment.unreadable_bytes == 0
+            && segment
+                .header
+                .is_some_and(|header| header.version == format::FORMAT_VERSION)
             && segment.data_end < config.segment_rotate_bytes()
             && segment.file_bytes <= config.segment_max_bytes;
         if resumable {
@@ -362,6 +371,7 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
         acked_through: report.acked_through,
         checkpoint_segment: report.checkpoint_segment.unwrap_or(0),
         next_segment_number: max_number + 1,
+        salt: report.salt.unwrap_or_else(format::new_wal_salt),
     })
 }
 

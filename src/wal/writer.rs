@@ -94,6 +94,8 @@ pub(crate) struct Plan {
     /// The segment holding the newest durable checkpoint (0: none).
     pub checkpoint_segment: u64,
     pub next_segment_number: u64,
+    /// The WAL's salt, carried by every segment header and frame CRC.
+    pub salt: u64,
 }
 
 enum EventsReply {
@@ -247,6 +249,8 @@ pub(crate) struct Writer<B: Backend> {
     /// A sync is wanted now (interval policy: barrier, rotation, shutdown).
     sync_requested: bool,
     poison: Option<WalError>,
+    /// The WAL's salt (see [`Plan::salt`]).
+    salt: u64,
 }
 
 impl<B: Backend> Writer<B> {
@@ -303,7 +307,7 @@ impl<B: Backend> Writer<B> {
                 };
                 next_segment_number = next_segment_number.max(number + 1);
                 segments_on_disk += 1;
-                new_active(&dir, number, Rc::new(file), plan.next_sequence)
+                new_active(&dir, number, Rc::new(file), plan.next_sequence, plan.salt)
             }
         };
         let prepared = match (plan.prepared_blank, active.number) {
@@ -350,6 +354,7 @@ impl<B: Backend> Writer<B> {
             sync_deadline: None,
             sync_requested: false,
             poison: None,
+            salt: plan.salt,
         };
         writer.maybe_prepare();
         writer.start_deletions();
@@ -582,6 +587,8 @@ impl<B: Backend> Writer<B> {
         let mut barriers = Vec::new();
         let mut need_rotation = false;
         let segment_number = self.active.number;
+        // Every frame of the group records what was already durable when it was formed.
+        let durable_watermark = self.durable_sequence;
         let base = self.active.tail_offset;
         'queue: while let Some(front) = self.queue.front_mut() {
             match front {
@@ -619,7 +626,11 @@ impl<B: Backend> Writer<B> {
                     };
                     let len = format::write_checkpoint_frame(
                         &mut buf[pos..],
-                        segment_number,
+                        format::FrameSeed {
+                            segment_number,
+                            salt: self.salt,
+                        },
+                        durable_watermark,
                         &checkpoint,
                     );
                     pos += len;
@@ -668,7 +679,11 @@ impl<B: Backend> Writer<B> {
                         self.next_sequence += 1;
                         let len = format::write_event_frame(
                             &mut buf[pos..],
-                            segment_number,
+                            format::FrameSeed {
+                                segment_number,
+                                salt: self.salt,
+                            },
+                            durable_watermark,
                             sequence,
                             *timestamp,
                             *kind,
@@ -998,7 +1013,13 @@ impl<B: Backend> Writer<B> {
                 }
             }
         };
-        let next = new_active(&self.config.dir, number, file, self.next_sequence);
+        let next = new_active(
+            &self.config.dir,
+            number,
+            file,
+            self.next_sequence,
+            self.salt,
+        );
         let old = std::mem::replace(&mut self.active, next);
         tracing::debug!(sealed = old.number, active = number, "WAL segment rotated");
         self.sealed.push_back(Sealed {
@@ -1075,12 +1096,14 @@ fn new_active<F>(
     number: u64,
     file: Rc<F>,
     first_sequence: u64,
+    salt: u64,
 ) -> Active<F> {
     let header = SegmentHeader {
         version: FORMAT_VERSION,
         segment_number: number,
         first_sequence,
         created_unix_ns: Utc::now().timestamp_nanos_opt().unwrap_or(0),
+        salt,
     };
     Active {
         number,
