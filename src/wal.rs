@@ -34,6 +34,8 @@ pub use reader::{ReplayItem, WalReader};
 pub use recovery::OpenReport;
 pub use stats::WalStats;
 
+pub(crate) use open::RingTask;
+
 use crate::event::{EventKind, ProcessEvent};
 use crate::io::BackendKind;
 use stats::Shared;
@@ -88,7 +90,6 @@ impl Wal {
     }
 
     /// [`Wal::open`], also starting `ring_task` on the ring thread (the connector's link).
-    #[allow(dead_code)] // The connector's entry point; remove once it calls this.
     pub(crate) fn open_with_ring_task(
         config: WalConfig,
         ring_task: Option<open::RingTask>,
