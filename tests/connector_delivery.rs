@@ -241,10 +241,24 @@ async fn sealed_segments_disappear_after_acks() {
     let stats = connector.stats();
     assert!(stats.checkpoints_written >= 1);
     assert!(stats.wal.segments_deleted >= 4, "{:?}", stats.wal);
+    let names: Vec<_> = std::fs::read_dir(&wal_dir)
+        .expect("list")
+        .map(|entry| entry.expect("entry").file_name())
+        .collect();
+    // Left: the segment holding the newest checkpoint (always kept), the active and the
+    // prepared one, and at most one acknowledged segment whose deletion was still pending
+    // when the log closed.
     assert!(
-        segment_files(&wal_dir) <= 2,
-        "only the active (and a prepared) segment remain"
+        segment_files(&wal_dir) <= 4,
+        "acknowledged segments were deleted: {names:?} {:?}",
+        stats.wal
     );
     let reopened = procmond_wal::wal::recovery::read_dir(&wal_dir).expect("read");
     assert_eq!(reopened.acked_through, last);
+    assert_eq!(
+        procmond_wal::wal::WalReader::open(&wal_dir, last + 1)
+            .expect("reader")
+            .count(),
+        0
+    );
 }
