@@ -262,3 +262,72 @@ async fn sealed_segments_disappear_after_acks() {
         0
     );
 }
+
+/// A publishing process is killed with SIGKILL mid-stream; the restarted connector
+/// delivers exactly what the broker lacks: every durable event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigkill_a_restart_delivers_exactly_what_the_broker_lacks() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = short_tempdir();
+    let socket = dir.path().join("broker.sock");
+    let wal_dir = dir.path().join("wal");
+    let broker = PrintingBroker::start(&socket, Some(&dir.path().join("state")));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_procmond-wal"))
+        .args(["connector-load", "--events", "1000000", "--publishers", "4"])
+        .args([
+            "--print-durable",
+            "--no-wait-acked",
+            "--backend",
+            "portable",
+        ])
+        .arg("--wal")
+        .arg(&wal_dir)
+        .arg("--socket")
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the publishing process");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut durable = Vec::new();
+    for line in BufReader::new(stdout).lines().take(300) {
+        let line = line.expect("a line");
+        let sequence: u64 = line
+            .strip_prefix("durable ")
+            .and_then(|number| number.parse().ok())
+            .expect("durable SEQ");
+        durable.push(sequence);
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    assert_eq!(durable.len(), 300);
+    let report = procmond_wal::wal::recovery::read_dir(&wal_dir).expect("read the WAL");
+    let last = report.last_sequence.expect("events");
+    assert!(
+        durable.iter().all(|sequence| *sequence <= last),
+        "every reported event is durable"
+    );
+
+    let connector = EventBusConnector::with_config(config(
+        &wal_dir,
+        &socket,
+        procmond_wal::wal::BackendChoice::Auto,
+    ))
+    .await
+    .expect("restart");
+    connector.connect().await.expect("connect");
+    guarded(connector.acknowledged(last))
+        .await
+        .expect("all delivered");
+    let publisher_id = connector.publisher_id().to_owned();
+    connector.shutdown().await.expect("shutdown");
+    let lines = broker.terminate();
+    assert_eq!(printed_sequences(&lines), (1..=last).collect::<Vec<u64>>());
+    assert!(
+        lines
+            .iter()
+            .all(|line| line["publisher_id"] == publisher_id.as_str())
+    );
+}
