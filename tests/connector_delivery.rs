@@ -331,3 +331,46 @@ async fn after_sigkill_a_restart_delivers_exactly_what_the_broker_lacks() {
             .all(|line| line["publisher_id"] == publisher_id.as_str())
     );
 }
+
+/// Dropping the last handle (no `shutdown`) still drains, writes the final checkpoint and
+/// closes the WAL; another handle keeps working until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_handle_drains_and_closes() {
+    use std::os::fd::AsRawFd;
+
+    let dir = short_tempdir();
+    let socket = dir.path().join("broker.sock");
+    let wal_dir = dir.path().join("wal");
+    let broker = PrintingBroker::start(&socket, None);
+    let connector = EventBusConnector::with_config(config(
+        &wal_dir,
+        &socket,
+        procmond_wal::wal::BackendChoice::Auto,
+    ))
+    .await
+    .expect("start");
+    connector.connect().await.expect("connect");
+    let events = (0..50u32).map(|pid| (event(pid), kind(pid))).collect();
+    let mut sequences = connector.publish_batch(events).await.expect("durable");
+    let other = connector.clone();
+    drop(connector);
+    sequences.push(
+        other
+            .publish(event(50), kind(50))
+            .await
+            .expect("still open"),
+    );
+    drop(other);
+    // The ring thread holds the directory lock until it ends: wait for it to be released.
+    let lock_path = wal_dir.join("procmond-wal.lock");
+    guarded(tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&lock_path).expect("open the lock file");
+        // SAFETY: the descriptor is open for the duration of the call.
+        assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0);
+    }))
+    .await
+    .expect("lock released");
+    let report = procmond_wal::wal::recovery::read_dir(&wal_dir).expect("read");
+    assert_eq!(report.acked_through, 51, "final checkpoint");
+    assert_eq!(printed_sequences(&broker.terminate()), sequences);
+}
