@@ -104,6 +104,8 @@ pub(crate) struct LinkSettings {
     pub reconnect_cap_ms: u64,
     pub jitter_seed: u64,
     pub wal_dir: PathBuf,
+    /// Drain time when every handle is gone without an explicit shutdown.
+    pub drain_timeout: Duration,
 }
 
 /// Why a connection ended.
@@ -174,6 +176,8 @@ pub(crate) struct Link<D: Dialer> {
     core: Rc<RefCell<Core>>,
     shared: Arc<Shared>,
     commands: mpsc::UnboundedReceiver<LinkCommand>,
+    /// False once every handle is gone (the channel is closed and must not be polled).
+    commands_open: bool,
     settings: LinkSettings,
     wal: Wal,
     backoff: Backoff,
@@ -203,6 +207,7 @@ impl<D: Dialer> Link<D> {
             core,
             shared,
             commands,
+            commands_open: true,
             settings,
             wal,
             backoff,
@@ -222,10 +227,8 @@ impl<D: Dialer> Link<D> {
             }
             let Some(path) = self.path.clone() else {
                 // Idle: nothing to connect to until `connect()`.
-                match self.commands.recv().await {
-                    Some(command) => self.command(command),
-                    None => self.start_draining(Duration::ZERO, None),
-                }
+                let command = self.next_command().await;
+                self.command_or_closed(command);
                 if self.drain_deadline.is_some() && self.path.is_none() {
                     break;
                 }
@@ -273,6 +276,26 @@ impl<D: Dialer> Link<D> {
         match self.drain_deadline {
             None => false,
             Some(deadline) => self.core.borrow().buffer.is_drained() || Instant::now() >= deadline,
+        }
+    }
+
+    /// The next command; never resolves once the channel is closed.
+    async fn next_command(&mut self) -> Option<LinkCommand> {
+        if self.commands_open {
+            self.commands.recv().await
+        } else {
+            std::future::pending().await
+        }
+    }
+
+    /// Handles a command, or the last handle going away: that drains like a shutdown.
+    fn command_or_closed(&mut self, command: Option<LinkCommand>) {
+        match command {
+            Some(command) => self.command(command),
+            None => {
+                self.commands_open = false;
+                self.start_draining(self.settings.drain_timeout, None);
+            }
         }
     }
 
@@ -348,10 +371,9 @@ impl<D: Dialer> Link<D> {
             }
             tokio::select! {
                 () = tokio::time::sleep_until(wake_at) => return,
-                command = self.commands.recv() => match command {
+                command = self.next_command() => match command {
                     Some(LinkCommand::Nudge) => return,
-                    Some(command) => self.command(command),
-                    None => self.start_draining(Duration::ZERO, None),
+                    command => self.command_or_closed(command),
                 },
             }
             if self.finished() {
@@ -392,11 +414,8 @@ impl<D: Dialer> Link<D> {
                     let drain_deadline = self.drain_deadline;
                     let outcome = tokio::select! {
                         biased;
-                        command = self.commands.recv() => {
-                            match command {
-                                Some(command) => self.command(command),
-                                None => self.start_draining(Duration::ZERO, None),
-                            }
+                        command = self.next_command() => {
+                            self.command_or_closed(command);
                             Ok(())
                         }
                         message = incoming.recv() => match message {
@@ -610,7 +629,7 @@ impl Connection {
 
     /// Gathers frames at the cursor (and owed PONGs) into one write.
     fn gather(&mut self, core: &Rc<RefCell<Core>>) -> Option<WriteJob> {
-        let mut bytes = Vec::new();
+        let mut bytes = Vec::with_capacity(WRITE_BATCH_BYTES);
         let pong = Body::Pong.encode_frame().unwrap_or_default();
         while self.pongs_owed > 0 {
             bytes.extend_from_slice(&pong);
