@@ -305,12 +305,13 @@ impl<D: Dialer> Link<D> {
                 path,
                 first_attempt,
             } => {
-                if self.path.as_ref() == Some(&path) && self.first_attempt.is_none() {
-                    // Already connecting to it; the link keeps trying on its own.
+                // A new path takes effect at the next connection attempt.
+                self.path = Some(path);
+                self.report_first_attempt(Ok(()));
+                if self.shared.state().is_connected() {
                     let _ = first_attempt.send(Ok(()));
                 } else {
-                    self.path = Some(path);
-                    self.report_first_attempt(Ok(()));
+                    // Reported after the next attempt, which a backoff wait does not delay.
                     self.first_attempt = Some(first_attempt);
                 }
             }
@@ -376,7 +377,7 @@ impl<D: Dialer> Link<D> {
                     command => self.command_or_closed(command),
                 },
             }
-            if self.finished() {
+            if self.finished() || self.first_attempt.is_some() {
                 return;
             }
         }
@@ -398,7 +399,7 @@ impl<D: Dialer> Link<D> {
         let reason = match connection.hello_frame() {
             Ok(hello) => match jobs.send(hello).await {
                 Ok(()) => loop {
-                    if let Some(reason) = self.drain_check(&connection) {
+                    if let Some(reason) = self.drain_check() {
                         break reason;
                     }
                     let wake_link = Rc::clone(&self.core.borrow().wake_link);
@@ -470,9 +471,9 @@ impl<D: Dialer> Link<D> {
         (reason, useful)
     }
 
-    fn drain_check(&self, connection: &Connection) -> Option<CloseReason> {
+    fn drain_check(&self) -> Option<CloseReason> {
         let deadline = self.drain_deadline?;
-        if connection.phase != Phase::AwaitingWelcome && self.core.borrow().buffer.is_drained() {
+        if self.core.borrow().buffer.is_drained() {
             return Some(CloseReason::Drained);
         }
         (Instant::now() >= deadline).then_some(CloseReason::DrainTimeout)
