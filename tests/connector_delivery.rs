@@ -8,6 +8,8 @@ mod connector_support;
 
 use broker_support::{BrokerProcess, short_tempdir};
 use connector_support::*;
+use std::future::Future;
+
 use procmond_wal::EventBusConnector;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,4 +375,44 @@ async fn dropping_the_last_handle_drains_and_closes() {
     let report = procmond_wal::wal::recovery::read_dir(&wal_dir).expect("read");
     assert_eq!(report.acked_through, 51, "final checkpoint");
     assert_eq!(printed_sequences(&broker.terminate()), sequences);
+}
+
+/// A publish dropped while it waits for durability never loses its hand-over: the link
+/// sends in sequence order, so one lost event would stall every later one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_publishes_never_stall_delivery() {
+    let dir = short_tempdir();
+    let socket = dir.path().join("broker.sock");
+    let broker = PrintingBroker::start(&socket, None);
+    let connector = EventBusConnector::with_config(config(
+        &dir.path().join("wal"),
+        &socket,
+        procmond_wal::wal::BackendChoice::Auto,
+    ))
+    .await
+    .expect("start");
+    connector.connect().await.expect("connect");
+    // Each publish is polled once, which enqueues it in the WAL and hands it over, and then
+    // dropped while it waits for durability: the caller gave up, the event is still durable.
+    let waker = std::task::Waker::noop();
+    let mut context = std::task::Context::from_waker(waker);
+    for pid in 0..400u32 {
+        // Unconstrained: the runtime's cooperative budget must not make the poll yield early.
+        let mut publish = Box::pin(tokio::task::unconstrained(
+            connector.publish(event(pid), kind(pid)),
+        ));
+        assert!(publish.as_mut().poll(&mut context).is_pending());
+        drop(publish);
+    }
+    let last = connector
+        .publish(event(400), kind(400))
+        .await
+        .expect("durable");
+    assert_eq!(last, 401, "the dropped publishes were enqueued");
+    guarded(connector.acknowledged(last))
+        .await
+        .expect("nothing stalled");
+    connector.shutdown().await.expect("shutdown");
+    let printed = printed_sequences(&broker.terminate());
+    assert_eq!(printed, (1..=last).collect::<Vec<u64>>());
 }
