@@ -95,6 +95,7 @@ fn finish(core: &Rc<RefCell<Core>>, entry: Ingest, result: Result<RangeInclusive
             let result = result.map(|range| *range.start());
             if let Ok(sequence) = result {
                 hand_over(core, sequence, kind, payload, timestamp);
+                core.borrow_mut().handed_over();
             }
             let _ = reply.send(result);
         }
@@ -108,6 +109,7 @@ fn finish(core: &Rc<RefCell<Core>>, entry: Ingest, result: Result<RangeInclusive
                 for (sequence, (kind, payload, timestamp)) in range.clone().zip(items) {
                     hand_over(core, sequence, kind, payload, timestamp);
                 }
+                core.borrow_mut().handed_over();
             }
             let _ = reply.send(result);
         }
