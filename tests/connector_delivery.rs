@@ -154,7 +154,7 @@ async fn broker_down_then_up_delivers_every_event_once() {
     let stats = connector.stats();
     assert!(stats.reconnects >= 1, "{stats:?}");
     connector.shutdown().await.expect("shutdown");
-    let after = printed_sequences(&second.terminate());
+    let after = printed_sequences(&second.finish(20));
     let mut all = before.clone();
     all.extend(&after);
     assert_eq!(
@@ -194,7 +194,7 @@ async fn buffer_overflow_spills_to_the_wal_and_everything_arrives() {
         assert_eq!(stats.spilled_events, 0);
         assert_eq!(stats.buffered_events, 0);
         connector.shutdown().await.expect("shutdown");
-        let lines = broker.terminate();
+        let lines = broker.finish(300);
         assert_eq!(printed_sequences(&lines), sequences, "{backend:?}");
         for (pid, line) in (0..300u32).zip(&lines) {
             let event: procmond_wal::ProcessEvent =
@@ -325,7 +325,7 @@ async fn after_sigkill_a_restart_delivers_exactly_what_the_broker_lacks() {
         .expect("all delivered");
     let publisher_id = connector.publisher_id().to_owned();
     connector.shutdown().await.expect("shutdown");
-    let lines = broker.terminate();
+    let lines = broker.finish(last as usize);
     assert_eq!(printed_sequences(&lines), (1..=last).collect::<Vec<u64>>());
     assert!(
         lines
@@ -374,7 +374,7 @@ async fn dropping_the_last_handle_drains_and_closes() {
     .expect("lock released");
     let report = procmond_wal::wal::recovery::read_dir(&wal_dir).expect("read");
     assert_eq!(report.acked_through, 51, "final checkpoint");
-    assert_eq!(printed_sequences(&broker.terminate()), sequences);
+    assert_eq!(printed_sequences(&broker.finish(51)), sequences);
 }
 
 /// A publish dropped while it waits for durability never loses its hand-over: the link
@@ -413,6 +413,6 @@ async fn cancelled_publishes_never_stall_delivery() {
         .await
         .expect("nothing stalled");
     connector.shutdown().await.expect("shutdown");
-    let printed = printed_sequences(&broker.terminate());
+    let printed = printed_sequences(&broker.finish(last as usize));
     assert_eq!(printed, (1..=last).collect::<Vec<u64>>());
 }
