@@ -119,6 +119,8 @@ enum CloseReason {
     Io(io::Error),
     /// The broker broke the protocol (logged as a warning, counted).
     Protocol(String),
+    /// Reading unacknowledged events back from the WAL failed.
+    ReadBack(crate::wal::WalError),
     /// Shutdown: everything was delivered.
     Drained,
     /// Shutdown: the drain time ran out.
@@ -132,6 +134,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::BrokerShutdown => f.write_str("the broker announced shutdown"),
             CloseReason::Io(error) => write!(f, "socket error: {error}"),
             CloseReason::Protocol(reason) => write!(f, "protocol error: {reason}"),
+            CloseReason::ReadBack(error) => write!(f, "cannot read the WAL back: {error}"),
             CloseReason::Drained => f.write_str("shutdown: everything delivered"),
             CloseReason::DrainTimeout => f.write_str("shutdown: drain time ran out"),
         }
@@ -446,8 +449,7 @@ impl<D: Dialer> Link<D> {
                             Err(_) => Err(CloseReason::EndOfStream),
                         },
                         item = next_from_disk(&mut connection.disk), if next == Step::NeedDisk => {
-                            connection.read_back(item, &self.core);
-                            Ok(())
+                            connection.read_back(item, &self.core)
                         }
                         () = wake_link.notified() => Ok(()),
                     };
@@ -600,7 +602,11 @@ impl Connection {
     }
 
     /// A read-back frame (or the end of the disk stream) arrived.
-    fn read_back(&mut self, item: Option<super::replay::ReadBack>, core: &Rc<RefCell<Core>>) {
+    fn read_back(
+        &mut self,
+        item: Option<super::replay::ReadBack>,
+        core: &Rc<RefCell<Core>>,
+    ) -> Result<(), CloseReason> {
         match item {
             Some(Ok((sequence, frame))) => {
                 if sequence >= self.cursor {
@@ -610,8 +616,9 @@ impl Connection {
                 }
             }
             Some(Err(error)) => {
-                tracing::warn!(%error, "reading the WAL back failed; retrying");
+                // Retried on the next connection, after the reconnect backoff.
                 self.disk = None;
+                return Err(CloseReason::ReadBack(error));
             }
             None => {
                 // The stream read what was on disk when it listed the segments.
@@ -626,6 +633,7 @@ impl Connection {
                 self.disk_yielded = false;
             }
         }
+        Ok(())
     }
 
     /// Gathers frames at the cursor (and owed PONGs) into one write.
