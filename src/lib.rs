@@ -5,6 +5,7 @@
 //! - [`wal`]: the write-ahead log (format, segments, group commit on one io_uring ring, replay).
 //! - [`io`]: the narrow I/O layer with io_uring and portable backends.
 //! - [`wire`]: the daemoneye-eventbus wire codec (pure).
+//! - [`event_bus_connector`]: the connector procmond calls (WAL first, then the broker).
 //! - [`broker`]: the reference broker.
 //!
 //! Start with `docs/design.md`; the byte formats are in `docs/format.md` and
@@ -16,9 +17,14 @@
 
 pub mod broker;
 pub mod event;
+pub mod event_bus_connector;
 pub mod io;
 pub mod source;
 pub mod wal;
 pub mod wire;
 
 pub use event::{EventKind, ProcessEvent};
+pub use event_bus_connector::{
+    BackpressureSignal, ConnectorConfig, EventBusConnector, EventBusConnectorError,
+    ProcessEventType,
+};

@@ -32,6 +32,9 @@ enum Command {
     Load(cli::load::LoadArgs),
     /// Run the reference broker on a Unix socket.
     Broker(cli::broker::BrokerArgs),
+    /// Drive the event bus connector and measure publish→acknowledged events/s.
+    #[command(hide = true)]
+    ConnectorLoad(cli::connector::ConnectorLoadArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Dump(_) | Command::Verify(_) | Command::Stats(_) => "error",
         Command::Load(_) => "warn",
         Command::Broker(_) => "info",
+        Command::ConnectorLoad(_) => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -57,5 +61,6 @@ fn main() -> ExitCode {
         Command::Stats(args) => cli::stats::run(args),
         Command::Load(args) => cli::load::run(args),
         Command::Broker(args) => cli::broker::run(args),
+        Command::ConnectorLoad(args) => cli::connector::run(args),
     }
 }

@@ -4,6 +4,7 @@
 //! Pure: this module and its children never do I/O, never block and never panic on bytes
 //! from a peer. The byte-level specification is `docs/protocol.md`.
 //!
+//! - [`budget`]: the connector's 192 KiB frame budget and wire-side truncation.
 //! - [`frame`]: length-prefixed frames, the 1 MiB cap, raw `PING`/`PONG` bodies.
 //! - [`envelope`]: the `Message` envelope and its correlation metadata.
 //! - [`payload`]: `CollectionEvent::Process` and the lossless `ProcessEvent` mapping.
@@ -11,6 +12,7 @@
 //! - [`control`]: the hello / welcome / ack / subscribe control messages.
 //! - [`error`]: the [`WireError`] type.
 
+pub mod budget;
 pub mod control;
 pub mod envelope;
 pub mod error;

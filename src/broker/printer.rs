@@ -55,8 +55,32 @@ impl Printer {
         Printer { sender }
     }
 
-    /// Prints one accepted event (waits if the printing thread is behind).
+    /// Prints one accepted event (waits only if the printing thread is behind).
+    ///
+    /// The line is queued without an await when there is room: a connection task can be
+    /// cancelled at an await (its peer vanished), and an event the broker has already
+    /// accepted must not lose its line there.
     pub(crate) async fn print(&self, message: &Message, publisher_id: Option<&str>) {
+        let text = match format_line(message, publisher_id) {
+            Ok(text) => text,
+            Err(error) => {
+                tracing::warn!(%error, "cannot format event as JSON");
+                return;
+            }
+        };
+        match self.sender.try_send(text) {
+            Ok(()) => {}
+            // A closed channel means printing stopped (stdout gone); the broker keeps routing.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(text)) => drop(self.sender.send(text).await),
+        }
+    }
+}
+
+/// The JSON line for one accepted event. A payload without `procmond.version` (an upstream
+/// producer, whatever its metadata) is shown as a plain `process`.
+fn format_line(message: &Message, publisher_id: Option<&str>) -> serde_json::Result<String> {
+    {
         let mut line = Line {
             topic: &message.topic,
             sequence: message.sequence,
@@ -77,10 +101,55 @@ impl Printer {
             },
             Err(error) => line.payload_error = Some(error.to_string()),
         }
-        match serde_json::to_string(&line) {
-            // A closed channel means printing stopped (stdout gone); the broker keeps routing.
-            Ok(text) => drop(self.sender.send(text).await),
-            Err(error) => tracing::warn!(%error, "cannot format event as JSON"),
+        serde_json::to_string(&line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::wire::{CorrelationMetadata, MessageType, WireTime};
+
+    fn envelope(payload: Vec<u8>) -> Message {
+        Message {
+            id: uuid::Uuid::from_bytes([1; 16]),
+            topic: "events.process.start".into(),
+            correlation_metadata: CorrelationMetadata::root("c".into(), 0, WireTime::EPOCH),
+            payload,
+            sequence: 3,
+            timestamp: WireTime::EPOCH,
+            message_type: MessageType::Event,
         }
+    }
+
+    #[test]
+    fn an_upstream_payload_with_metadata_prints_as_a_process() {
+        let upstream = CollectionEvent::Process {
+            pid: 42,
+            name: "sshd".into(),
+            command_line: Some("sshd -D".into()),
+            executable_path: None,
+            ppid: Some(1),
+            start_time: None,
+            metadata: BTreeMap::from([
+                ("hostname".to_owned(), "web-1".to_owned()),
+                ("procmond.kind".to_owned(), "start".to_owned()),
+            ]),
+        };
+        let line =
+            format_line(&envelope(upstream.encode().expect("encode")), None).expect("formats");
+        let value: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        assert_eq!(value["process"]["Process"]["pid"], 42);
+        assert_eq!(value["process"]["Process"]["metadata"]["hostname"], "web-1");
+        assert!(value.get("payload_error").is_none(), "{line}");
+    }
+
+    #[test]
+    fn a_broken_payload_prints_its_error() {
+        let line = format_line(&envelope(vec![9, 9]), None).expect("formats");
+        let value: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        assert!(value["payload_error"].is_string(), "{line}");
     }
 }

@@ -11,6 +11,7 @@ use procmond_wal::wal::WalError;
 use procmond_wal::wal::recovery::list_segments;
 
 pub mod broker;
+pub mod connector;
 pub mod dump;
 pub mod histogram;
 pub mod load;

@@ -154,19 +154,9 @@ impl CollectionEvent {
             start_time,
             metadata,
         } = self;
-        let mut fields = MetadataFields::default();
-        let mut platform_metadata = BTreeMap::new();
-        let mut version = None;
-        for (key, value) in metadata {
-            if let Some(platform_key) = key.strip_prefix(keys::PLATFORM_PREFIX) {
-                platform_metadata.insert(platform_key.to_owned(), value.clone());
-            } else if key == keys::VERSION {
-                version = Some(value);
-            } else {
-                fields.take(key, value)?;
-            }
-        }
-        match version {
+        // The version is checked before any other key: an upstream producer's metadata
+        // (any keys, no version) is "not ours", not a malformed payload of ours.
+        match metadata.get(keys::VERSION) {
             None => return Err(WireError::NotProcmondPayload),
             Some(found) if found != PAYLOAD_VERSION => {
                 return Err(WireError::UnsupportedPayloadVersion {
@@ -175,6 +165,15 @@ impl CollectionEvent {
                 });
             }
             Some(_) => {}
+        }
+        let mut fields = MetadataFields::default();
+        let mut platform_metadata = BTreeMap::new();
+        for (key, value) in metadata {
+            if let Some(platform_key) = key.strip_prefix(keys::PLATFORM_PREFIX) {
+                platform_metadata.insert(platform_key.to_owned(), value.clone());
+            } else if key != keys::VERSION {
+                fields.take(key, value)?;
+            }
         }
         let kind: EventKind = required(keys::KIND, fields.kind)?.parse()?;
         let command_line = match (fields.argv, command_line) {
@@ -369,6 +368,25 @@ pub fn event_message(
     timestamp: WireTime,
 ) -> Result<Message, WireError> {
     let payload = CollectionEvent::from_process_event(kind, event).encode()?;
+    Ok(event_message_with_payload(
+        publisher_id,
+        sequence,
+        kind,
+        payload,
+        timestamp,
+    ))
+}
+
+/// [`event_message`] with an already encoded payload (see
+/// [`crate::wire::budget::fit_event_payload`], which keeps it within the connector's
+/// frame budget).
+pub fn event_message_with_payload(
+    publisher_id: &str,
+    sequence: u64,
+    kind: EventKind,
+    payload: Vec<u8>,
+    timestamp: WireTime,
+) -> Message {
     let mut correlation = CorrelationMetadata::root(
         event_correlation_id(publisher_id, sequence),
         sequence,
@@ -377,7 +395,7 @@ pub fn event_message(
     correlation
         .correlation_tags
         .insert(PUBLISHER_TAG.to_owned(), publisher_id.to_owned());
-    Ok(Message {
+    Message {
         id: event_message_id(publisher_id, sequence),
         topic: kind.topic().to_owned(),
         correlation_metadata: correlation,
@@ -385,7 +403,7 @@ pub fn event_message(
         sequence,
         timestamp,
         message_type: MessageType::Event,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -458,6 +476,23 @@ mod tests {
         metadata.remove(keys::VERSION);
         assert!(matches!(
             payload.to_process_event(),
+            Err(WireError::NotProcmondPayload)
+        ));
+    }
+
+    #[test]
+    fn an_upstream_payload_with_metadata_is_not_ours_rather_than_malformed() {
+        let upstream = CollectionEvent::Process {
+            pid: 1,
+            name: "sshd".into(),
+            command_line: None,
+            executable_path: None,
+            ppid: None,
+            start_time: None,
+            metadata: BTreeMap::from([("hostname".to_owned(), "web-1".to_owned())]),
+        };
+        assert!(matches!(
+            upstream.to_process_event(),
             Err(WireError::NotProcmondPayload)
         ));
     }

@@ -1,0 +1,322 @@
+//! `procmond-wal connector-load` (hidden): drives the event bus connector from many
+//! concurrent publishers and reports publish→durable and publish→acknowledged rates, with
+//! the same load on the WAL alone in the same run for comparison. Also the child process of
+//! the connector's crash tests (`--print-durable` prints each durable sequence at once).
+//!
+//! Owns only the measurement and its report; the connector and WAL are the library's.
+//! Without `--socket`, a reference broker runs in this process on a temporary socket.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use procmond_wal::broker::{Broker, BrokerConfig};
+use procmond_wal::event_bus_connector::ConnectorConfig;
+use procmond_wal::wal::format::encode_event;
+use procmond_wal::wal::{BackendChoice, Wal, WalConfig};
+use procmond_wal::{EventBusConnector, EventKind, ProcessEvent};
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use super::load::BackendArg;
+use super::{EXIT_FAILED, EXIT_OK};
+
+/// Arguments of `procmond-wal connector-load`.
+#[derive(Debug, clap::Args)]
+pub struct ConnectorLoadArgs {
+    /// WAL directory (created if missing). Default: a temporary directory, removed after.
+    #[arg(long)]
+    pub wal: Option<PathBuf>,
+    /// Broker socket. Default: a reference broker in this process on a temporary socket.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Events to publish in total.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub events: u64,
+    /// Concurrent publisher tasks (each with one publish in flight).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub publishers: u64,
+    /// Events per call: 1 uses `publish` (one in flight per publisher); more uses
+    /// `publish_batch` (and `append_batch` for the WAL alone).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub batch: u64,
+    /// Approximate stored event size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub event_bytes: usize,
+    /// I/O backend.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+    /// Print `durable SEQ` on stdout as each publish resolves (crash tests).
+    #[arg(long)]
+    pub print_durable: bool,
+    /// Do not wait for the broker to acknowledge everything at the end.
+    #[arg(long)]
+    pub no_wait_acked: bool,
+    /// Also run the same load on the WAL alone (a second temporary directory).
+    #[arg(long)]
+    pub compare_wal_only: bool,
+}
+
+/// One run's figures.
+#[derive(Debug, Serialize)]
+struct Figures {
+    events: u64,
+    publishers: u64,
+    batch: u64,
+    event_bytes: usize,
+    seconds_to_durable: f64,
+    durable_events_per_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seconds_to_acked: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acked_events_per_s: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    backend: String,
+    connector: Figures,
+    /// Events that did not fit in the publish buffer and were read back from the WAL.
+    spilled_total: u64,
+    read_back_from_wal: u64,
+    records_per_sync: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wal_only: Option<Figures>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acked_vs_wal_only: Option<f64>,
+}
+
+/// Runs the load; exit 0 on success, 2 with a one-line reason otherwise.
+pub fn run(args: ConnectorLoadArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&format!("cannot start the async runtime: {error}")),
+    };
+    match runtime.block_on(load(args)) {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(reason) => fail(&reason),
+    }
+}
+
+fn fail(reason: &str) -> ExitCode {
+    eprintln!("procmond-wal connector-load: {reason}");
+    ExitCode::from(EXIT_FAILED)
+}
+
+fn backend_choice(backend: BackendArg) -> BackendChoice {
+    match backend {
+        BackendArg::Auto => BackendChoice::Auto,
+        BackendArg::Uring => BackendChoice::Uring,
+        BackendArg::Portable => BackendChoice::Portable,
+    }
+}
+
+/// An event whose stored record is about `event_bytes` long.
+fn sized_event(event_bytes: usize) -> ProcessEvent {
+    let mut event = ProcessEvent::new(4242, "load", chrono::Utc::now());
+    event.command_line = vec!["/usr/bin/load".into(), String::new()];
+    let base = encode_event(&event).map(|bytes| bytes.len()).unwrap_or(0);
+    event.command_line[1] = "x".repeat(event_bytes.saturating_sub(base));
+    event
+}
+
+/// Event number `index` of a run (pid and kind vary; the size does not).
+fn numbered(template: &ProcessEvent, index: u64) -> (ProcessEvent, EventKind) {
+    let mut event = template.clone();
+    event.pid = u32::try_from(index).unwrap_or(u32::MAX);
+    (event, EventKind::ALL[(index % 3) as usize])
+}
+
+async fn load(args: ConnectorLoadArgs) -> Result<(), String> {
+    let scratch = tempfile::Builder::new()
+        .prefix("pwc")
+        .tempdir_in("/tmp")
+        .map_err(|error| format!("cannot create a temporary directory: {error}"))?;
+    let mut broker = None;
+    let socket = match &args.socket {
+        Some(socket) => socket.clone(),
+        None => {
+            let socket = scratch.path().join("broker.sock");
+            let handle = Broker::start(BrokerConfig::new(&socket))
+                .await
+                .map_err(|error| format!("cannot start the broker: {error}"))?;
+            broker = Some(handle);
+            socket
+        }
+    };
+    let wal_dir = args
+        .wal
+        .clone()
+        .unwrap_or_else(|| scratch.path().join("connector-wal"));
+    let backend = backend_choice(args.backend);
+    let mut wal_config = WalConfig::new(&wal_dir);
+    wal_config.backend = backend;
+    let config = ConnectorConfig::new(&wal_dir)
+        .with_wal_config(wal_config)
+        .with_socket_path(&socket);
+    let connector = EventBusConnector::with_config(config)
+        .await
+        .map_err(|error| error.to_string())?;
+    connector
+        .connect()
+        .await
+        .map_err(|error| error.to_string())?;
+    let template = sized_event(args.event_bytes);
+    let started = Instant::now();
+    let mut publishers = JoinSet::new();
+    let per_publisher = args.events.div_ceil(args.publishers);
+    let print = args.print_durable;
+    for publisher in 0..args.publishers {
+        let connector = connector.clone();
+        let template = template.clone();
+        let count = per_publisher.min(args.events.saturating_sub(publisher * per_publisher));
+        let batch = args.batch;
+        publishers.spawn(async move {
+            let mut highest = 0;
+            let mut index = 0;
+            while index < count {
+                let size = batch.min(count - index);
+                let events = (index..index + size)
+                    .map(|i| numbered(&template, i))
+                    .collect::<Vec<_>>();
+                index += size;
+                let sequences = if size == 1 {
+                    let (event, kind) = events.into_iter().next().ok_or("empty batch")?;
+                    vec![connector.publish(event, kind).await]
+                } else {
+                    vec![
+                        connector
+                            .publish_batch(events)
+                            .await
+                            .map(|s| s.into_iter().max().unwrap_or(0)),
+                    ]
+                };
+                for sequence in sequences {
+                    let sequence = sequence.map_err(|error| error.to_string())?;
+                    if print {
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "durable {sequence}").and_then(|()| out.flush());
+                    }
+                    highest = highest.max(sequence);
+                }
+            }
+            Ok::<u64, String>(highest)
+        });
+    }
+    let mut highest = 0;
+    while let Some(joined) = publishers.join_next().await {
+        highest = highest.max(joined.map_err(|error| error.to_string())??);
+    }
+    let durable_seconds = started.elapsed().as_secs_f64();
+    let acked_seconds = if args.no_wait_acked {
+        None
+    } else {
+        connector
+            .acknowledged(highest)
+            .await
+            .map_err(|error| error.to_string())?;
+        Some(started.elapsed().as_secs_f64())
+    };
+    let stats = connector.stats();
+    let backend_name = stats.wal.backend.to_string();
+    connector
+        .shutdown()
+        .await
+        .map_err(|error| error.to_string())?;
+    if let Some(broker) = broker {
+        broker.shutdown().await;
+    }
+    let connector_figures = figures(&args, durable_seconds, acked_seconds);
+    let wal_only = if args.compare_wal_only {
+        Some(wal_only(&args, &scratch.path().join("wal-only"), backend, &template).await?)
+    } else {
+        None
+    };
+    let acked_vs_wal_only = match (&wal_only, connector_figures.acked_events_per_s) {
+        (Some(wal), Some(acked)) => Some(acked / wal.durable_events_per_s),
+        _ => None,
+    };
+    let report = Report {
+        backend: backend_name,
+        connector: connector_figures,
+        spilled_total: stats.spilled_total,
+        read_back_from_wal: stats.read_back_from_wal,
+        records_per_sync: stats.wal.records_per_sync,
+        wal_only,
+        acked_vs_wal_only,
+    };
+    if !print {
+        let text = serde_json::to_string_pretty(&report).map_err(|error| error.to_string())?;
+        println!("{text}");
+    }
+    Ok(())
+}
+
+fn figures(args: &ConnectorLoadArgs, durable_seconds: f64, acked_seconds: Option<f64>) -> Figures {
+    let events = args.events as f64;
+    Figures {
+        events: args.events,
+        publishers: args.publishers,
+        batch: args.batch,
+        event_bytes: args.event_bytes,
+        seconds_to_durable: durable_seconds,
+        durable_events_per_s: events / durable_seconds.max(1e-9),
+        seconds_to_acked: acked_seconds,
+        acked_events_per_s: acked_seconds.map(|seconds| events / seconds.max(1e-9)),
+    }
+}
+
+/// The same publishers appending to the WAL alone.
+async fn wal_only(
+    args: &ConnectorLoadArgs,
+    dir: &std::path::Path,
+    backend: BackendChoice,
+    template: &ProcessEvent,
+) -> Result<Figures, String> {
+    let mut config = WalConfig::new(dir);
+    config.backend = backend;
+    let (wal, _) = tokio::task::spawn_blocking(move || Wal::open(config))
+        .await
+        .map_err(|error| error.to_string())?
+        .map_err(|error| error.to_string())?;
+    let wal = Arc::new(wal);
+    let started = Instant::now();
+    let mut publishers = JoinSet::new();
+    let per_publisher = args.events.div_ceil(args.publishers);
+    for publisher in 0..args.publishers {
+        let wal = Arc::clone(&wal);
+        let template = template.clone();
+        let count = per_publisher.min(args.events.saturating_sub(publisher * per_publisher));
+        let batch = args.batch;
+        publishers.spawn(async move {
+            let mut index = 0;
+            while index < count {
+                let size = batch.min(count - index);
+                let mut events = (index..index + size)
+                    .map(|i| numbered(&template, i))
+                    .collect::<Vec<_>>();
+                index += size;
+                if size == 1 {
+                    let (event, kind) = events.pop().ok_or("empty batch")?;
+                    wal.append(event, kind).await.map(drop)
+                } else {
+                    wal.append_batch(events).await.map(drop)
+                }
+                .map_err(|error| error.to_string())?;
+            }
+            Ok::<(), String>(())
+        });
+    }
+    while let Some(joined) = publishers.join_next().await {
+        joined.map_err(|error| error.to_string())??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let wal = Arc::try_unwrap(wal).map_err(|_| "WAL handle still shared".to_owned())?;
+    wal.close().await.map_err(|error| error.to_string())?;
+    Ok(figures(args, seconds, None))
+}

@@ -1,0 +1,542 @@
+//! The event bus connector: every process event is made durable in the WAL, then delivered
+//! to the DaemonEye broker, across broker outages and process crashes, with bounded memory
+//! and backpressure.
+//!
+//! [`EventBusConnector`] keeps the names and meanings of upstream procmond's connector
+//! (`new(wal_dir)`, `connect`, `publish(event, ProcessEventType)`,
+//! `take_backpressure_receiver`, `replay_wal`, `shutdown`, `is_connected`,
+//! `buffer_usage_percent`, `buffer_size_bytes`, `buffered_event_count`) but is a
+//! `Send + Sync + Clone` handle taking `&self`, so many tasks share one connector without a
+//! lock. Everything runs on the WAL's ring thread: the hand-over from the WAL, the publish
+//! buffer, and the broker socket. States and recovery rules are in `docs/design.md`
+//! ("Connector"); the client side of the protocol is in `docs/protocol.md`.
+//!
+//! Submodules: [`config`] (configuration and socket path checks), [`redact`] (argv
+//! secrets), [`backpressure`] (hysteresis), [`buffer`] (occupancy and spill accounting),
+//! [`backoff`] (reconnect delays), [`error`], [`stats`]; the ring-side tasks (hand-over,
+//! link, replay from disk, checkpoints) are private.
+//!
+//! # Example (procmond side)
+//!
+//! ```no_run
+//! use procmond_wal::{BackpressureSignal, EventBusConnector, ProcessEvent, ProcessEventType};
+//!
+//! # async fn collector() -> Result<(), procmond_wal::EventBusConnectorError> {
+//! // Start: opens (or recovers) the WAL and starts the ring thread.
+//! let connector = EventBusConnector::new("/var/lib/procmond/wal").await?;
+//! // Reads DAEMONEYE_BROKER_SOCKET; a broker that is not running yet is not an error.
+//! connector.connect().await?;
+//!
+//! // React to backpressure from another task.
+//! let mut signals = connector.take_backpressure_receiver().expect("taken once");
+//! tokio::spawn(async move {
+//!     while let Some(signal) = signals.recv().await {
+//!         match signal {
+//!             BackpressureSignal::Activated => { /* slow the collection interval down */ }
+//!             BackpressureSignal::Released => { /* back to the normal interval */ }
+//!             _ => {}
+//!         }
+//!     }
+//! });
+//!
+//! // Publish: resolves with the WAL sequence once the event is durable (never waits for
+//! // the broker). Clones of the handle can publish from any task concurrently.
+//! let event = ProcessEvent::new(1234, "sshd", chrono::Utc::now());
+//! let sequence = connector.publish(event, ProcessEventType::Start).await?;
+//! assert!(sequence > 0);
+//!
+//! // Shut down: stops accepting, delivers what it can within the drain time, writes a
+//! // final checkpoint and closes the WAL.
+//! connector.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod backoff;
+pub mod backpressure;
+pub mod buffer;
+mod checkpoint;
+pub mod config;
+mod core;
+pub mod error;
+mod frames;
+mod ingest;
+mod link;
+mod publisher_id;
+pub mod redact;
+mod replay;
+mod ring;
+mod session;
+mod socket;
+pub mod stats;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use backpressure::BackpressureSignal;
+pub use config::{BROKER_SOCKET_ENV, ConnectorConfig, SocketSource};
+pub use error::{EventBusConnectorError, EventBusConnectorResult};
+pub use publisher_id::PUBLISHER_ID_FILE;
+pub use redact::Redaction;
+pub use stats::{ConnectorStats, LinkState};
+
+use crate::event::{EventKind, ProcessEvent};
+use crate::wal::{Wal, WalError};
+use crate::wire::budget::{event_wire_time, fit_event_payload};
+use ingest::Ingest;
+use link::LinkCommand;
+use ring::RingSetup;
+use stats::Shared;
+
+/// The kind of a process event, which picks its topic (upstream's name for
+/// [`EventKind`]).
+pub type ProcessEventType = EventKind;
+
+/// A handle to the connector. Cheap to clone; `Send + Sync`; every method takes `&self`.
+/// Dropping the last handle shuts down like [`EventBusConnector::shutdown`], without
+/// waiting for it.
+#[derive(Clone)]
+pub struct EventBusConnector {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    wal: Wal,
+    redaction: Redaction,
+    socket: SocketSource,
+    ingest: mpsc::UnboundedSender<Ingest>,
+    commands: mpsc::UnboundedSender<LinkCommand>,
+    shared: Arc<Shared>,
+    acked: watch::Receiver<u64>,
+    backpressure: Mutex<Option<mpsc::Receiver<BackpressureSignal>>>,
+    accepting: AtomicBool,
+    shut_down: AtomicBool,
+    buffer_max_bytes: usize,
+    drain_timeout: Duration,
+    publisher_id: Arc<str>,
+}
+
+impl std::fmt::Debug for EventBusConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBusConnector")
+            .field("wal_dir", &self.inner.wal.dir())
+            .field("publisher_id", &self.inner.publisher_id)
+            .field("link_state", &self.inner.shared.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if !self.shut_down.swap(true, Relaxed) {
+            // The link drains for the configured time and writes the final checkpoint; the
+            // WAL closes when the ring's handles are dropped after it.
+            let _ = self.commands.send(LinkCommand::Shutdown {
+                drain_timeout: self.drain_timeout,
+                done: None,
+            });
+        }
+    }
+}
+
+impl EventBusConnector {
+    /// Opens (or recovers) the WAL in `wal_dir` with the default configuration and starts
+    /// the ring thread. The link stays idle until [`EventBusConnector::connect`]; events
+    /// published before are kept.
+    pub async fn new(wal_dir: impl Into<PathBuf>) -> EventBusConnectorResult<EventBusConnector> {
+        EventBusConnector::with_config(ConnectorConfig::new(wal_dir)).await
+    }
+
+    /// Like [`EventBusConnector::new`] with a configuration.
+    pub async fn with_config(
+        config: ConnectorConfig,
+    ) -> EventBusConnectorResult<EventBusConnector> {
+        config.validate()?;
+        // Opening reads the whole directory: off the caller's runtime threads.
+        tokio::task::spawn_blocking(move || open(config))
+            .await
+            .map_err(|error| {
+                EventBusConnectorError::io(
+                    "run the WAL opening thread for",
+                    PathBuf::new(),
+                    std::io::Error::other(error.to_string()),
+                )
+            })?
+    }
+
+    /// Starts connecting to the broker in the background, at the configured path or
+    /// `DAEMONEYE_BROKER_SOCKET`, and returns once the first attempt is made.
+    ///
+    /// Configuration problems are errors: the variable unset or empty, a path longer than
+    /// a socket address allows, something that is not a socket, permission denied. A broker
+    /// that is not running (yet) is not: events are kept and the link keeps trying with
+    /// backoff. Calling it again while connecting is harmless.
+    pub async fn connect(&self) -> EventBusConnectorResult<()> {
+        self.check_accepting()?;
+        let path = config::resolve_socket_path(&self.inner.socket)?;
+        let (first_attempt, result) = oneshot::channel();
+        self.inner
+            .commands
+            .send(LinkCommand::Connect {
+                path,
+                first_attempt,
+            })
+            .map_err(|_| EventBusConnectorError::ShutDown)?;
+        result
+            .await
+            .unwrap_or(Err(EventBusConnectorError::ShutDown))
+    }
+
+    /// Publishes one event: argv secrets are redacted, the event is written to the WAL, and
+    /// this resolves with its sequence once it is durable. It never waits for the broker;
+    /// delivery follows in the background. Many calls may be in flight at once (from one
+    /// task or many): they share the WAL's group commits.
+    pub async fn publish(
+        &self,
+        event: ProcessEvent,
+        kind: ProcessEventType,
+    ) -> EventBusConnectorResult<u64> {
+        let reply = self.hand_over(event, kind).await?;
+        reply_sequence(reply).await
+    }
+
+    /// Publishes several events with consecutive sequences; returns them (in order) once
+    /// all are durable. One WAL command and one hand-over for the whole batch. Not atomic:
+    /// on an error, a prefix of the batch may be durable (and is delivered).
+    pub async fn publish_batch(
+        &self,
+        events: Vec<(ProcessEvent, ProcessEventType)>,
+    ) -> EventBusConnectorResult<Vec<u64>> {
+        self.check_accepting()?;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut items = Vec::with_capacity(events.len());
+        let mut prepared = Vec::with_capacity(events.len());
+        for (event, kind) in events {
+            let (event, payload, timestamp) = self.prepare(event, kind)?;
+            items.push((kind, payload, timestamp));
+            prepared.push((event, kind));
+        }
+        let receipt = self
+            .inner
+            .wal
+            .enqueue_batch(prepared)
+            .await
+            .map_err(wal_error)?;
+        let (reply, receiver) = oneshot::channel();
+        // No await between enqueue and this send: a cancelled publish cannot lose it.
+        self.inner
+            .ingest
+            .send(Ingest::Batch {
+                receipt,
+                items,
+                reply,
+            })
+            .map_err(|_| EventBusConnectorError::ShutDown)?;
+        match receiver.await {
+            Ok(result) => result.map(Iterator::collect).map_err(wal_error),
+            Err(_) => Err(EventBusConnectorError::ShutDown),
+        }
+    }
+
+    /// Redacts argv, applies the stored limits and encodes the wire payload.
+    fn prepare(
+        &self,
+        mut event: ProcessEvent,
+        kind: EventKind,
+    ) -> EventBusConnectorResult<(ProcessEvent, Vec<u8>, crate::wire::WireTime)> {
+        self.inner.redaction.redact_argv(&mut event.command_line);
+        event.truncate_to_limits();
+        let payload = fit_event_payload(kind, &event)?;
+        let timestamp = event_wire_time(&event);
+        Ok((event, payload, timestamp))
+    }
+
+    /// Redacts, encodes, enqueues in the WAL and hands the receipt to the ring thread.
+    async fn hand_over(
+        &self,
+        event: ProcessEvent,
+        kind: EventKind,
+    ) -> EventBusConnectorResult<oneshot::Receiver<Result<u64, WalError>>> {
+        self.check_accepting()?;
+        let (event, payload, timestamp) = self.prepare(event, kind)?;
+        let receipt = self
+            .inner
+            .wal
+            .enqueue(event, kind)
+            .await
+            .map_err(wal_error)?;
+        let (reply, receiver) = oneshot::channel();
+        // No await between enqueue and this send: a cancelled publish cannot lose it.
+        self.inner
+            .ingest
+            .send(Ingest::Event {
+                receipt,
+                kind,
+                payload,
+                timestamp,
+                reply,
+            })
+            .map_err(|_| EventBusConnectorError::ShutDown)?;
+        Ok(receiver)
+    }
+
+    fn check_accepting(&self) -> EventBusConnectorResult<()> {
+        if self.inner.accepting.load(Relaxed) {
+            Ok(())
+        } else {
+            Err(EventBusConnectorError::ShutDown)
+        }
+    }
+
+    /// The backpressure signal receiver; `Some` the first time only. Signals arrive in
+    /// order, one per threshold crossing, `Activated` first.
+    pub fn take_backpressure_receiver(&self) -> Option<mpsc::Receiver<BackpressureSignal>> {
+        self.inner
+            .backpressure
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take())
+    }
+
+    /// Whether backpressure is active now.
+    pub fn backpressure_active(&self) -> bool {
+        self.inner.shared.backpressure_active.load(Relaxed)
+    }
+
+    /// Replay is automatic: after every (re)connection the link sends everything not
+    /// acknowledged, in order, from memory or from the WAL. This asks for a reconnect now
+    /// if the link is waiting out a backoff, and returns how many events are waiting for
+    /// acknowledgement.
+    pub async fn replay_wal(&self) -> EventBusConnectorResult<usize> {
+        self.check_accepting()?;
+        let _ = self.inner.commands.send(LinkCommand::Nudge);
+        Ok(self.buffered_event_count())
+    }
+
+    /// Waits until the broker has acknowledged every event up to `sequence` (with a legacy
+    /// broker: until it was written to the socket).
+    pub async fn acknowledged(&self, sequence: u64) -> EventBusConnectorResult<()> {
+        let mut acked = self.inner.acked.clone();
+        acked
+            .wait_for(|through| *through >= sequence)
+            .await
+            .map(|_| ())
+            .map_err(|_| EventBusConnectorError::ShutDown)
+    }
+
+    /// Stops accepting events, waits until every accepted event is durable, gives the link
+    /// the drain time to deliver what is pending, writes a final checkpoint and closes the
+    /// WAL. Publishing afterwards fails with [`EventBusConnectorError::ShutDown`]. A second
+    /// call returns at once.
+    pub async fn shutdown(&self) -> EventBusConnectorResult<()> {
+        self.inner.accepting.store(false, Relaxed);
+        if self.inner.shut_down.swap(true, Relaxed) {
+            return Ok(());
+        }
+        let (flushed, flush) = oneshot::channel();
+        if self
+            .inner
+            .ingest
+            .send(Ingest::Flush { reply: flushed })
+            .is_ok()
+        {
+            let _ = flush.await;
+        }
+        let (done, stopped) = oneshot::channel();
+        if self
+            .inner
+            .commands
+            .send(LinkCommand::Shutdown {
+                drain_timeout: self.inner.drain_timeout,
+                done: Some(done),
+            })
+            .is_ok()
+        {
+            let _ = stopped.await;
+        }
+        let stats = self.stats();
+        tracing::info!(
+            acked_through = stats.acked_through,
+            unacknowledged = stats.buffered_events,
+            "connector shut down"
+        );
+        match self.inner.wal.clone().close().await {
+            Ok(()) | Err(WalError::Closed) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Whether a socket to the broker is connected now.
+    pub fn is_connected(&self) -> bool {
+        self.inner.shared.state().is_connected()
+    }
+
+    /// Occupancy in percent of the buffer limit (0–100): unacknowledged events in memory
+    /// plus those spilled to the WAL.
+    pub fn buffer_usage_percent(&self) -> u8 {
+        backpressure::usage_percent(
+            self.inner.shared.occupied_bytes.load(Relaxed),
+            self.inner.buffer_max_bytes as u64,
+        )
+    }
+
+    /// Encoded frame bytes of unacknowledged events held in memory.
+    pub fn buffer_size_bytes(&self) -> usize {
+        usize::try_from(self.inner.shared.buffer_bytes.load(Relaxed)).unwrap_or(usize::MAX)
+    }
+
+    /// Unacknowledged events (in memory and spilled to the WAL).
+    pub fn buffered_event_count(&self) -> usize {
+        usize::try_from(self.inner.shared.buffered_events.load(Relaxed)).unwrap_or(usize::MAX)
+    }
+
+    /// The publisher id sent in hello (persisted in the WAL directory by default).
+    pub fn publisher_id(&self) -> &str {
+        &self.inner.publisher_id
+    }
+
+    /// The WAL directory.
+    pub fn wal_dir(&self) -> &Path {
+        self.inner.wal.dir()
+    }
+
+    /// A snapshot: the WAL's figures plus the link's.
+    pub fn stats(&self) -> ConnectorStats {
+        let shared = &self.inner.shared;
+        let occupied_bytes = Shared::get(&shared.occupied_bytes);
+        let connections = Shared::get(&shared.connections);
+        ConnectorStats {
+            wal: self.inner.wal.stats(),
+            publisher_id: self.inner.publisher_id.to_string(),
+            link_state: shared.state(),
+            legacy_broker: shared.legacy_broker.load(Relaxed),
+            connections,
+            reconnects: connections.saturating_sub(1),
+            connect_failures: Shared::get(&shared.connect_failures),
+            protocol_errors: Shared::get(&shared.protocol_errors),
+            events_sent: Shared::get(&shared.events_sent),
+            replayed: Shared::get(&shared.replayed),
+            read_back_from_wal: Shared::get(&shared.read_back),
+            acked_through: Shared::get(&shared.acked_through),
+            checkpoints_written: Shared::get(&shared.checkpoints_written),
+            buffer_bytes: Shared::get(&shared.buffer_bytes),
+            buffered_events: Shared::get(&shared.buffered_events),
+            spilled_events: Shared::get(&shared.spilled_events),
+            spilled_total: Shared::get(&shared.spilled_total),
+            occupied_bytes,
+            buffer_usage_percent: backpressure::usage_percent(
+                occupied_bytes,
+                self.inner.buffer_max_bytes as u64,
+            ),
+            backpressure_active: shared.backpressure_active.load(Relaxed),
+        }
+    }
+}
+
+fn wal_error(error: WalError) -> EventBusConnectorError {
+    match error {
+        WalError::Closed => EventBusConnectorError::ShutDown,
+        error => EventBusConnectorError::Wal(error),
+    }
+}
+
+async fn reply_sequence(
+    reply: oneshot::Receiver<Result<u64, WalError>>,
+) -> EventBusConnectorResult<u64> {
+    match reply.await {
+        Ok(result) => result.map_err(wal_error),
+        Err(_) => Err(EventBusConnectorError::ShutDown),
+    }
+}
+
+/// Opens the WAL with the connector's ring task, then hands the task its setup.
+fn open(config: ConnectorConfig) -> EventBusConnectorResult<EventBusConnector> {
+    let (setup_sender, setup_receiver) = oneshot::channel();
+    let (wal, report) =
+        Wal::open_with_ring_task(config.wal.clone(), Some(ring::ring_task(setup_receiver)))?;
+    let publisher_id = match &config.publisher_id {
+        Some(id) => id.clone(),
+        // The WAL's directory lock is held: no other process creates the file meanwhile.
+        None => match publisher_id::load_or_create(&config.wal.dir) {
+            Ok(id) => id,
+            Err(error) => {
+                drop(setup_sender);
+                let _ = close_blocking(wal);
+                return Err(error);
+            }
+        },
+    };
+    let publisher_id: Arc<str> = Arc::from(publisher_id);
+    let acked_at_open = report.acked_through;
+    let backlog = report
+        .last_sequence
+        .filter(|last| *last > acked_at_open)
+        .map(|last| {
+            let first = acked_at_open + 1;
+            let events = last - first + 1;
+            // Frame size is estimated from the stored records' mean size.
+            let mean_bytes = report.record_bytes / report.events.max(1);
+            (first, last, events.saturating_mul(mean_bytes))
+        });
+    if let Some((first, last, _)) = backlog {
+        tracing::info!(
+            first,
+            last,
+            "unacknowledged events in the WAL will be delivered"
+        );
+    }
+    let shared = Arc::new(Shared::new(acked_at_open));
+    let (ingest, ingest_receiver) = mpsc::unbounded_channel();
+    let (commands, command_receiver) = mpsc::unbounded_channel();
+    let (backpressure_sender, backpressure_receiver) =
+        mpsc::channel(config.backpressure_channel_capacity);
+    let (acked_sender, acked_receiver) = watch::channel(acked_at_open);
+    let inner = Inner {
+        wal: wal.clone(),
+        redaction: config.redaction.clone(),
+        socket: config.socket.clone(),
+        ingest,
+        commands,
+        shared: Arc::clone(&shared),
+        acked: acked_receiver,
+        backpressure: Mutex::new(Some(backpressure_receiver)),
+        accepting: AtomicBool::new(true),
+        shut_down: AtomicBool::new(false),
+        buffer_max_bytes: config.buffer_max_bytes,
+        drain_timeout: Duration::from_millis(config.drain_timeout_ms),
+        publisher_id: Arc::clone(&publisher_id),
+    };
+    let setup = RingSetup {
+        wal,
+        config,
+        publisher_id,
+        shared,
+        acked_at_open,
+        backlog,
+        ingest: ingest_receiver,
+        commands: command_receiver,
+        backpressure: backpressure_sender,
+        acked: acked_sender,
+        jitter_seed: publisher_id::jitter_seed(),
+    };
+    if setup_sender.send(setup).is_err() {
+        return Err(EventBusConnectorError::ShutDown);
+    }
+    Ok(EventBusConnector {
+        inner: Arc::new(inner),
+    })
+}
+
+/// Closes a WAL from a blocking context (opening failed half-way).
+fn close_blocking(wal: Wal) -> Result<(), WalError> {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|error| WalError::io("start runtime to close", wal.dir().to_owned(), error))?
+        .block_on(wal.close())
+}
