@@ -23,7 +23,8 @@ use crate::wire::{
     Ack, Body, Hello, Message, MessageType, PROTOCOL_VERSION, Welcome, WireError, WireTime,
 };
 
-/// Frames are gathered into writes of about this size (a frame is never split).
+/// Frames are gathered into writes of about this size (a frame is never split) when the
+/// broker is ours (it acknowledges, so it reads frames properly).
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// PONGs owed beyond this are dropped (a PING flood is answered, within reason).
 const PONGS_OWED_MAX: usize = 1024;
@@ -240,7 +241,15 @@ impl Connection {
         }
         let mut last_event = None;
         let mut core = core.borrow_mut();
-        while self.sending() && bytes.len() < WRITE_BATCH_BYTES {
+        // A legacy (upstream) broker reads a frame's body with one read. A large write is
+        // queued on a Unix stream socket as several buffers of about 32 KiB, so a frame that
+        // straddles two of them can be read half-way. One frame per write keeps every frame
+        // in one buffer (up to that size), so it arrives whole.
+        let one_frame_per_write = self.phase == Phase::Legacy;
+        while self.sending()
+            && bytes.len() < WRITE_BATCH_BYTES
+            && !(one_frame_per_write && !bytes.is_empty())
+        {
             self.cursor = self.cursor.max(core.buffer.acked() + 1);
             let frame = match core.buffer.next(self.cursor) {
                 Next::Memory(frame) => frame,
@@ -437,6 +446,62 @@ pub(super) fn report_missing(from: u64, to: u64, backlog_end: u64) {
             from,
             to,
             "spilled events not found in the WAL; skipping them"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event_bus_connector::backpressure::Hysteresis;
+    use crate::event_bus_connector::buffer::PublishBuffer;
+    use tokio::sync::watch;
+
+    fn core_with_frames(frames: u64) -> Rc<RefCell<Core>> {
+        let (acked, _receiver) = watch::channel(0);
+        let mut core = Core::new(
+            PublishBuffer::new(1 << 20, 0),
+            Hysteresis::new(70, 50),
+            1 << 20,
+            Arc::new(Shared::new(0)),
+            acked,
+            Arc::from("test-publisher"),
+        );
+        for sequence in 1..=frames {
+            core.ingest(sequence, bytes::Bytes::from(vec![sequence as u8; 600]));
+        }
+        Rc::new(RefCell::new(core))
+    }
+
+    fn writes(connection: &mut Connection, core: &Rc<RefCell<Core>>) -> Vec<(usize, Option<u64>)> {
+        std::iter::from_fn(|| connection.gather(core))
+            .map(|job| (job.bytes.len(), job.last_event))
+            .collect()
+    }
+
+    #[test]
+    fn an_acknowledging_broker_gets_frames_gathered_into_one_write() {
+        let core = core_with_frames(10);
+        let mut connection = Connection::new(&core, 1);
+        connection.phase = Phase::Acknowledging;
+        assert_eq!(writes(&mut connection, &core), vec![(6000, Some(10))]);
+    }
+
+    #[test]
+    fn a_legacy_broker_gets_one_frame_per_write_and_pongs_alone() {
+        let core = core_with_frames(3);
+        let mut connection = Connection::new(&core, 1);
+        connection.phase = Phase::Legacy;
+        connection.pongs_owed = 2;
+        let pong_bytes = Body::Pong.encode_frame().expect("pong").len();
+        assert_eq!(
+            writes(&mut connection, &core),
+            vec![
+                (2 * pong_bytes, None),
+                (600, Some(1)),
+                (600, Some(2)),
+                (600, Some(3)),
+            ]
         );
     }
 }
