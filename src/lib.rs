@@ -17,6 +17,7 @@ pub mod broker;
 pub mod event;
 pub mod event_bus_connector;
 pub mod io;
+pub mod source;
 pub mod wal;
 pub mod wire;
 

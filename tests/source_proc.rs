@@ -1,0 +1,717 @@
+//! The /proc source without the real /proc: the differ on hand-built snapshots, and the
+//! reader and poller on a fake /proc tree in a temporary directory.
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use procmond_wal::EventKind;
+use procmond_wal::source::SourceError;
+use procmond_wal::source::proc::parse::PF_KTHREAD;
+use procmond_wal::source::proc::snapshot::{META_CHANGED, META_EUID, META_KERNEL_THREAD};
+use procmond_wal::source::proc::{
+    Change, PollSchedule, ProcPoller, ProcReader, ProcessRecord, ReadStats, Snapshot,
+    SystemConstants, diff,
+};
+use tempfile::TempDir;
+
+// ---------------------------------------------------------------------------------------
+// The differ on hand-built snapshots.
+
+fn time(seconds: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_700_000_000 + seconds, 0).unwrap()
+}
+
+fn record(pid: u32, start_ticks: u64) -> ProcessRecord {
+    let mut record = ProcessRecord::new(pid, start_ticks, format!("p{pid}"));
+    record.ppid = Some(1);
+    record.executable_path = Some(format!("/usr/bin/p{pid}"));
+    record.file_exists = true;
+    record.argv = vec![format!("p{pid}"), "--flag".into()];
+    record.uid = Some(1000);
+    record
+}
+
+fn snapshot(at_s: i64, records: impl IntoIterator<Item = ProcessRecord>) -> Snapshot {
+    let mut snapshot = Snapshot::new(time(at_s), Instant::now());
+    for record in records {
+        snapshot.insert(record);
+    }
+    snapshot
+}
+
+/// (kind, pid) of every change, in order.
+fn kinds(changes: &[Change<'_>]) -> Vec<(EventKind, u32)> {
+    changes
+        .iter()
+        .map(|change| (change.kind(), change.pid()))
+        .collect()
+}
+
+#[test]
+fn new_pids_start_and_vanished_pids_stop_in_pid_order() {
+    let before = snapshot(0, [record(5, 1), record(7, 1), record(9, 1)]);
+    let after = snapshot(1, [record(3, 4), record(7, 1), record(8, 4)]);
+    let changes = diff(&before, &after);
+    assert_eq!(
+        kinds(&changes),
+        [
+            (EventKind::Start, 3),
+            (EventKind::Stop, 5),
+            (EventKind::Start, 8),
+            (EventKind::Stop, 9),
+        ]
+    );
+    // A Stop carries the last record seen, stamped when the absence was observed.
+    let (stop, kind) = changes[1].to_event(after.collection_time);
+    assert_eq!(kind, EventKind::Stop);
+    assert_eq!(stop.pid, 5);
+    assert_eq!(stop.command_line, ["p5", "--flag"]);
+    assert_eq!(stop.collection_time, time(1));
+}
+
+#[test]
+fn first_and_last_snapshots_against_nothing() {
+    let empty = snapshot(0, []);
+    let some = snapshot(1, [record(1, 1), record(2, 1)]);
+    assert_eq!(
+        kinds(&diff(&empty, &some)),
+        [(EventKind::Start, 1), (EventKind::Start, 2)]
+    );
+    assert_eq!(
+        kinds(&diff(&some, &empty)),
+        [(EventKind::Stop, 1), (EventKind::Stop, 2)]
+    );
+    assert!(diff(&empty, &empty).is_empty());
+}
+
+#[test]
+fn each_tracked_attribute_change_is_a_modify_naming_it() {
+    type Edit = fn(&mut ProcessRecord);
+    let cases: [(&str, Edit); 5] = [
+        ("name", |r| r.name = "renamed".into()),
+        ("executable_path", |r| {
+            r.executable_path = Some("/usr/bin/other".into())
+        }),
+        ("argv", |r| r.argv.push("--more".into())),
+        ("uid", |r| r.uid = Some(0)),
+        ("ppid", |r| r.ppid = Some(4242)),
+    ];
+    for (field, edit) in cases {
+        let before = snapshot(0, [record(10, 3)]);
+        let mut changed = record(10, 3);
+        edit(&mut changed);
+        let after = snapshot(1, [changed.clone()]);
+        let changes = diff(&before, &after);
+        assert_eq!(kinds(&changes), [(EventKind::Modify, 10)], "{field}");
+        let (event, kind) = changes[0].to_event(after.collection_time);
+        assert_eq!(kind, EventKind::Modify);
+        assert_eq!(
+            event
+                .platform_metadata
+                .get(META_CHANGED)
+                .map(String::as_str),
+            Some(field)
+        );
+        // The event carries the new state.
+        assert_eq!(event, {
+            let mut expected = changed.to_event(time(1));
+            expected
+                .platform_metadata
+                .insert(META_CHANGED.into(), field.into());
+            expected
+        });
+    }
+}
+
+#[test]
+fn several_changes_are_one_modify() {
+    let before = snapshot(0, [record(10, 3)]);
+    let mut changed = record(10, 3);
+    changed.name = "x".into();
+    changed.ppid = None;
+    let after = snapshot(1, [changed]);
+    let changes = diff(&before, &after);
+    assert_eq!(kinds(&changes), [(EventKind::Modify, 10)]);
+    let (event, _) = changes[0].to_event(time(1));
+    assert_eq!(event.platform_metadata[META_CHANGED], "name,ppid");
+}
+
+#[test]
+fn unchanged_or_untracked_changes_give_nothing() {
+    let before = snapshot(0, [record(10, 3), record(11, 3)]);
+    let mut busy = record(10, 3);
+    busy.cpu_ticks = 999;
+    busy.cpu_usage_percent = Some(50.0);
+    busy.memory_usage_bytes = Some(1 << 30);
+    busy.metadata.insert("linux.threads".into(), "9".into());
+    busy.start_time = Some(time(-5));
+    let after = snapshot(1, [busy, record(11, 3)]);
+    assert!(diff(&before, &after).is_empty());
+    assert!(diff(&before, &before).is_empty());
+}
+
+#[test]
+fn a_reused_pid_is_stop_of_the_old_then_start_of_the_new() {
+    let before = snapshot(0, [record(10, 3)]);
+    let mut reused = record(10, 77);
+    reused.name = "newcomer".into();
+    let after = snapshot(1, [reused]);
+    let changes = diff(&before, &after);
+    assert_eq!(
+        kinds(&changes),
+        [(EventKind::Stop, 10), (EventKind::Start, 10)]
+    );
+    let (stop, _) = changes[0].to_event(time(1));
+    let (start, _) = changes[1].to_event(time(1));
+    assert_eq!(stop.name, "p10");
+    assert_eq!(start.name, "newcomer");
+
+    // Same attributes, new start time: still a different process.
+    let twin = snapshot(1, [record(10, 78)]);
+    assert_eq!(
+        kinds(&diff(&before, &twin)),
+        [(EventKind::Stop, 10), (EventKind::Start, 10)]
+    );
+}
+
+#[test]
+fn an_attribute_that_could_not_be_read_is_not_a_change() {
+    let before = snapshot(0, [record(10, 3)]);
+    let mut blind = record(10, 3);
+    blind.argv.clear();
+    blind.unobserved.argv = true;
+    blind.executable_path = None;
+    blind.unobserved.executable = true;
+    blind.uid = None;
+    blind.unobserved.uid = true;
+    blind.accessible = false;
+    let after = snapshot(1, [blind.clone()]);
+    assert!(diff(&before, &after).is_empty());
+    // ... in either direction.
+    assert!(diff(&after, &before).is_empty());
+    // A tracked attribute that was read still counts.
+    blind.name = "other".into();
+    let renamed = snapshot(2, [blind]);
+    assert_eq!(kinds(&diff(&before, &renamed)), [(EventKind::Modify, 10)]);
+}
+
+// ---------------------------------------------------------------------------------------
+// The reader on a fake /proc tree.
+
+const BOOT_TIME_S: i64 = 1_700_000_000;
+const CONSTANTS: SystemConstants = SystemConstants {
+    clock_ticks_per_s: 100,
+    page_size_bytes: 4096,
+};
+
+/// One process as the fake tree should show it.
+#[derive(Clone)]
+struct Fake {
+    pid: u32,
+    name: Vec<u8>,
+    state: char,
+    ppid: u32,
+    flags: u32,
+    cpu_ticks: u64,
+    start_ticks: u64,
+    rss_pages: u64,
+    uid: u32,
+    euid: u32,
+    cmdline: Vec<u8>,
+    exe: Option<Vec<u8>>,
+}
+
+impl Fake {
+    fn new(pid: u32, name: &str) -> Self {
+        Fake {
+            pid,
+            name: name.as_bytes().to_vec(),
+            state: 'S',
+            ppid: 1,
+            flags: 0x0040_0100,
+            cpu_ticks: 10,
+            start_ticks: 250,
+            rss_pages: 100,
+            uid: 1000,
+            euid: 1000,
+            cmdline: format!("/usr/bin/{name}\0--serve\0").into_bytes(),
+            exe: Some(format!("/usr/bin/{name}").into_bytes()),
+        }
+    }
+
+    fn stat(&self) -> Vec<u8> {
+        let mut line = format!("{} (", self.pid).into_bytes();
+        line.extend_from_slice(&self.name);
+        line.extend_from_slice(
+            format!(
+                ") {} {} {} {} 0 -1 {} 0 0 0 0 {} 0 0 0 20 0 3 0 {} 1000000 {} \
+                 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0\n",
+                self.state,
+                self.ppid,
+                self.pid,
+                self.pid,
+                self.flags,
+                self.cpu_ticks,
+                self.start_ticks,
+                self.rss_pages,
+            )
+            .as_bytes(),
+        );
+        line
+    }
+
+    fn status(&self) -> String {
+        format!(
+            "Name:\tignored\nState:\t{}\nPid:\t{}\nPPid:\t{}\nUid:\t{}\t{}\t{}\t{}\nGid:\t0\t0\t0\t0\n",
+            self.state, self.pid, self.ppid, self.uid, self.euid, self.euid, self.euid
+        )
+    }
+}
+
+/// A fake /proc: `stat` with a boot time, and one directory per process.
+struct FakeProc {
+    dir: TempDir,
+}
+
+impl FakeProc {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("stat"),
+            format!("cpu  1 2 3 4\nintr 1\nctxt 2\nbtime {BOOT_TIME_S}\nprocesses 9\n"),
+        )
+        .unwrap();
+        // Entries that are not processes.
+        fs::create_dir(dir.path().join("sys")).unwrap();
+        fs::write(dir.path().join("uptime"), "1.0 1.0\n").unwrap();
+        FakeProc { dir }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn pid_dir(&self, pid: u32) -> std::path::PathBuf {
+        self.root().join(pid.to_string())
+    }
+
+    /// Writes (or rewrites) a process directory.
+    fn put(&self, fake: &Fake) {
+        let dir = self.pid_dir(fake.pid);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("stat"), fake.stat()).unwrap();
+        fs::write(dir.join("status"), fake.status()).unwrap();
+        fs::write(dir.join("cmdline"), &fake.cmdline).unwrap();
+        let exe = dir.join("exe");
+        let _ = fs::remove_file(&exe);
+        if let Some(target) = &fake.exe {
+            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &exe).unwrap();
+        }
+    }
+
+    fn remove(&self, pid: u32) {
+        fs::remove_dir_all(self.pid_dir(pid)).unwrap();
+    }
+
+    fn reader(&self) -> ProcReader {
+        ProcReader::with_constants(self.root(), CONSTANTS).unwrap()
+    }
+}
+
+fn read(fake: &FakeProc) -> (Snapshot, ReadStats) {
+    fake.reader().read_snapshot().unwrap()
+}
+
+#[test]
+fn a_complete_process_is_read_field_by_field() {
+    let fake = FakeProc::new();
+    let mut sleeper = Fake::new(4321, "sleep");
+    sleeper.ppid = 77;
+    sleeper.cpu_ticks = 42;
+    sleeper.start_ticks = 12_345; // 123.45 s after boot
+    sleeper.uid = 1000;
+    sleeper.euid = 0;
+    fake.put(&sleeper);
+
+    let (snapshot, stats) = read(&fake);
+    assert_eq!(
+        stats,
+        ReadStats {
+            processes: 1,
+            ..ReadStats::default()
+        }
+    );
+    let record = &snapshot.processes[&4321];
+    assert_eq!(record.pid, 4321);
+    assert_eq!(record.ppid, Some(77));
+    assert_eq!(record.name, "sleep");
+    assert_eq!(record.executable_path.as_deref(), Some("/usr/bin/sleep"));
+    assert!(record.file_exists);
+    assert_eq!(record.argv, ["/usr/bin/sleep", "--serve"]);
+    assert_eq!(record.uid, Some(1000));
+    assert_eq!(record.metadata[META_EUID], "0");
+    assert_eq!(record.start_ticks, 12_345);
+    assert_eq!(
+        record.start_time,
+        DateTime::from_timestamp(BOOT_TIME_S + 123, 450_000_000)
+    );
+    assert_eq!(record.cpu_ticks, 42);
+    assert_eq!(
+        record.cpu_usage_percent, None,
+        "no earlier poll to measure from"
+    );
+    assert_eq!(record.memory_usage_bytes, Some(100 * 4096));
+    assert!(record.accessible);
+    assert!(!record.unobserved.any());
+
+    let event = record.to_event(snapshot.collection_time);
+    assert_eq!(event.user_id.as_deref(), Some("1000"));
+    assert_eq!(event.command_line, ["/usr/bin/sleep", "--serve"]);
+    assert!(!event.truncated);
+}
+
+#[test]
+fn a_name_with_parentheses_and_spaces_is_kept_whole() {
+    let fake = FakeProc::new();
+    let mut odd = Fake::new(10, "x");
+    odd.name = b"a) (b".to_vec();
+    odd.ppid = 9;
+    fake.put(&odd);
+    let mut worse = Fake::new(11, "x");
+    worse.name = b") S 1 2 (".to_vec();
+    fake.put(&worse);
+    let (snapshot, stats) = read(&fake);
+    assert_eq!(stats.processes, 2);
+    assert_eq!(snapshot.processes[&10].name, "a) (b");
+    assert_eq!(snapshot.processes[&10].ppid, Some(9));
+    assert_eq!(snapshot.processes[&11].name, ") S 1 2 (");
+    assert_eq!(snapshot.processes[&11].ppid, Some(1));
+}
+
+#[test]
+fn non_utf8_argv_and_names_are_lossy() {
+    let fake = FakeProc::new();
+    let mut binary = Fake::new(12, "x");
+    binary.name = b"n\xffm".to_vec();
+    binary.cmdline = b"prog\0\xff\xfe\0ok\0".to_vec();
+    binary.exe = Some(b"/opt/\xc3(bad".to_vec());
+    fake.put(&binary);
+    let (snapshot, stats) = read(&fake);
+    assert_eq!(stats.processes, 1);
+    let record = &snapshot.processes[&12];
+    assert_eq!(record.name, "n\u{fffd}m");
+    assert_eq!(record.argv, ["prog", "\u{fffd}\u{fffd}", "ok"]);
+    assert_eq!(record.executable_path.as_deref(), Some("/opt/\u{fffd}(bad"));
+}
+
+#[test]
+fn kernel_threads_have_no_argv_or_executable_and_that_is_not_a_failure() {
+    let fake = FakeProc::new();
+    let mut kthread = Fake::new(2, "kthreadd");
+    kthread.flags = PF_KTHREAD | 0x40;
+    kthread.ppid = 0;
+    kthread.cmdline.clear();
+    kthread.exe = None;
+    kthread.uid = 0;
+    kthread.euid = 0;
+    fake.put(&kthread);
+    let (snapshot, stats) = read(&fake);
+    assert_eq!(
+        stats,
+        ReadStats {
+            processes: 1,
+            ..ReadStats::default()
+        }
+    );
+    let record = &snapshot.processes[&2];
+    assert_eq!(record.ppid, None, "parent 0 is no parent");
+    assert!(record.argv.is_empty());
+    assert_eq!(record.executable_path, None);
+    assert!(!record.file_exists);
+    assert!(!record.unobserved.any());
+    assert!(record.accessible);
+    assert_eq!(record.metadata[META_KERNEL_THREAD], "true");
+}
+
+#[test]
+fn a_deleted_executable_is_reported_as_gone() {
+    let fake = FakeProc::new();
+    let mut dropped = Fake::new(13, "dropper");
+    dropped.exe = Some(b"/tmp/.x/dropper (deleted)".to_vec());
+    fake.put(&dropped);
+    let (snapshot, _) = read(&fake);
+    let record = &snapshot.processes[&13];
+    assert_eq!(record.executable_path.as_deref(), Some("/tmp/.x/dropper"));
+    assert!(!record.file_exists);
+}
+
+#[test]
+fn missing_and_unreadable_files_are_counted_never_fatal() {
+    let fake = FakeProc::new();
+    fake.put(&Fake::new(100, "fine"));
+
+    // Only `stat`: kept, with the other attributes unobserved.
+    let bare = Fake::new(101, "bare");
+    fs::create_dir(fake.pid_dir(101)).unwrap();
+    fs::write(fake.pid_dir(101).join("stat"), bare.stat()).unwrap();
+
+    // No `stat` at all (the process exited between listing and reading): skipped.
+    fs::create_dir(fake.pid_dir(102)).unwrap();
+
+    // `cmdline` cannot be read (a directory: EISDIR): kept, argv unobserved.
+    let blocked = Fake::new(103, "blocked");
+    fake.put(&blocked);
+    fs::remove_file(fake.pid_dir(103).join("cmdline")).unwrap();
+    fs::create_dir(fake.pid_dir(103).join("cmdline")).unwrap();
+
+    // `stat` unreadable (a directory): skipped as unreadable.
+    fs::create_dir_all(fake.pid_dir(104).join("stat")).unwrap();
+
+    // Garbage `stat`, and a `stat` naming another pid: skipped as malformed.
+    fs::create_dir(fake.pid_dir(105)).unwrap();
+    fs::write(fake.pid_dir(105).join("stat"), "garbage without a name").unwrap();
+    fs::create_dir(fake.pid_dir(106)).unwrap();
+    fs::write(
+        fake.pid_dir(106).join("stat"),
+        Fake::new(999, "liar").stat(),
+    )
+    .unwrap();
+
+    // `status` without a Uid line: kept, uid unobserved.
+    let anonymous = Fake::new(107, "anon");
+    fake.put(&anonymous);
+    fs::write(fake.pid_dir(107).join("status"), "Name:\tanon\n").unwrap();
+
+    let (snapshot, stats) = read(&fake);
+    assert_eq!(
+        stats,
+        ReadStats {
+            processes: 4,
+            partial: 3,
+            skipped_vanished: 1,
+            skipped_denied: 0,
+            skipped_malformed: 2,
+            skipped_unreadable: 1,
+        }
+    );
+    assert_eq!(stats.skipped(), 4);
+    assert_eq!(
+        snapshot.processes.keys().copied().collect::<Vec<_>>(),
+        [100, 101, 103, 107]
+    );
+
+    let bare = &snapshot.processes[&101];
+    assert_eq!(bare.name, "bare");
+    assert!(bare.unobserved.executable && bare.unobserved.argv && bare.unobserved.uid);
+    assert_eq!((bare.uid, bare.executable_path.as_ref()), (None, None));
+    assert!(bare.accessible, "missing is not refused");
+
+    let blocked = &snapshot.processes[&103];
+    assert!(blocked.unobserved.argv);
+    assert!(!blocked.unobserved.executable && !blocked.unobserved.uid);
+    assert_eq!(blocked.executable_path.as_deref(), Some("/usr/bin/blocked"));
+
+    let anonymous = &snapshot.processes[&107];
+    assert!(anonymous.unobserved.uid);
+    assert_eq!(anonymous.uid, None);
+    assert_eq!(anonymous.argv, ["/usr/bin/anon", "--serve"]);
+}
+
+#[test]
+fn a_zombie_keeps_its_identity_without_a_false_change() {
+    let fake = FakeProc::new();
+    let live = Fake::new(20, "worker");
+    fake.put(&live);
+    let mut reader = fake.reader();
+    let (before, _) = reader.read_snapshot().unwrap();
+
+    let mut zombie = live.clone();
+    zombie.state = 'Z';
+    zombie.cmdline.clear();
+    zombie.exe = None;
+    fake.put(&zombie);
+    let (after, stats) = reader.read_snapshot().unwrap();
+    assert_eq!(stats.partial, 0);
+    let record = &after.processes[&20];
+    assert!(record.unobserved.argv && record.unobserved.executable);
+    assert!(diff(&before, &after).is_empty());
+}
+
+#[test]
+fn an_oversized_cmdline_is_bounded_and_marked_truncated() {
+    let fake = FakeProc::new();
+    let mut chatty = Fake::new(30, "chatty");
+    let huge_arg = "y".repeat(1 << 20);
+    chatty.cmdline = format!("chatty\0{huge_arg}\0").into_bytes();
+    fake.put(&chatty);
+    let (snapshot, _) = read(&fake);
+    let record = &snapshot.processes[&30];
+    assert!(record.argv_cut);
+    let total: usize = record.argv.iter().map(String::len).sum();
+    assert!(total <= procmond_wal::source::proc::reader::CMDLINE_MAX_BYTES);
+    let event = record.to_event(snapshot.collection_time);
+    assert!(event.truncated);
+    assert_eq!(event.command_line[0], "chatty");
+}
+
+#[test]
+fn a_root_that_cannot_be_listed_or_has_no_boot_time_is_an_error() {
+    let fake = FakeProc::new();
+    let missing = fake.root().join("absent");
+    match ProcReader::with_constants(&missing, CONSTANTS) {
+        Err(SourceError::Io { path, .. }) => assert_eq!(path, missing.join("stat")),
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+    fs::write(fake.root().join("stat"), "cpu 1 2\n").unwrap();
+    assert!(matches!(
+        ProcReader::with_constants(fake.root(), CONSTANTS),
+        Err(SourceError::Malformed { .. })
+    ));
+
+    let fake = FakeProc::new();
+    let mut reader = fake.reader();
+    let root = fake.root().to_path_buf();
+    drop(fake); // the tree disappears under the reader
+    match reader.read_snapshot() {
+        Err(SourceError::Io { path, .. }) => assert_eq!(path, root),
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The poller on a fake tree.
+
+fn poller(fake: &FakeProc, report_existing: bool) -> ProcPoller {
+    ProcPoller::with_reader(
+        fake.reader(),
+        PollSchedule::new(10, 1.5).unwrap(),
+        report_existing,
+    )
+}
+
+fn batch_kinds(batch: &procmond_wal::source::proc::PollBatch) -> Vec<(EventKind, u32)> {
+    batch
+        .events
+        .iter()
+        .map(|(event, kind)| (*kind, event.pid))
+        .collect()
+}
+
+#[test]
+fn the_poller_reports_existing_processes_then_changes() {
+    let fake = FakeProc::new();
+    let mut a = Fake::new(50, "a");
+    fake.put(&a);
+    fake.put(&Fake::new(51, "b"));
+    let mut poller = poller(&fake, true);
+
+    let first = poller.poll_once().unwrap();
+    assert_eq!(first.poll_number, 1);
+    assert_eq!(
+        batch_kinds(&first),
+        [(EventKind::Start, 50), (EventKind::Start, 51)]
+    );
+
+    assert!(batch_kinds(&poller.poll_once().unwrap()).is_empty());
+
+    // a: exec'd with new arguments and burned CPU; b: exited; c: started.
+    a.cmdline = b"a\0--reloaded\0".to_vec();
+    a.cpu_ticks += 50;
+    fake.put(&a);
+    fake.remove(51);
+    fake.put(&Fake::new(52, "c"));
+    let third = poller.poll_once().unwrap();
+    assert_eq!(
+        batch_kinds(&third),
+        [
+            (EventKind::Modify, 50),
+            (EventKind::Stop, 51),
+            (EventKind::Start, 52)
+        ]
+    );
+    let (modified, _) = &third.events[0];
+    assert_eq!(modified.command_line, ["a", "--reloaded"]);
+    assert_eq!(modified.platform_metadata[META_CHANGED], "argv");
+    let cpu = modified
+        .cpu_usage_percent
+        .expect("measured between two polls");
+    assert!(cpu > 0.0, "50 ticks were used: {cpu}");
+    assert_eq!(third.events[2].0.cpu_usage_percent, None);
+
+    // The pid of a is reused by a new process.
+    let mut reused = Fake::new(50, "a2");
+    reused.start_ticks = a.start_ticks + 1000;
+    fake.put(&reused);
+    let fourth = poller.poll_once().unwrap();
+    assert_eq!(
+        batch_kinds(&fourth),
+        [(EventKind::Stop, 50), (EventKind::Start, 50)]
+    );
+    assert_eq!(fourth.events[0].0.name, "a");
+    assert_eq!(fourth.events[1].0.name, "a2");
+
+    let stats = poller.stats();
+    assert_eq!(stats.polls, 4);
+    assert_eq!((stats.starts, stats.stops, stats.modifies), (4, 2, 1));
+    assert_eq!(stats.processes_tracked, 2);
+    assert_eq!(stats.read.processes, 2 + 2 + 2 + 2);
+}
+
+#[test]
+fn without_report_existing_the_first_poll_is_a_silent_baseline() {
+    let fake = FakeProc::new();
+    fake.put(&Fake::new(60, "old"));
+    let mut poller = poller(&fake, false);
+    let first = poller.poll_once().unwrap();
+    assert!(first.events.is_empty());
+    assert_eq!(first.read.processes, 1);
+    fake.put(&Fake::new(61, "new"));
+    assert_eq!(
+        batch_kinds(&poller.poll_once().unwrap()),
+        [(EventKind::Start, 61)]
+    );
+}
+
+#[test]
+fn backpressure_stretches_the_poll_interval_and_release_restores_it() {
+    let fake = FakeProc::new();
+    let mut poller = poller(&fake, false);
+    assert_eq!(
+        poller.schedule().current_interval(),
+        Duration::from_millis(10)
+    );
+    poller.slow_down(true);
+    assert!(poller.stats().slowed);
+    assert_eq!(
+        poller.schedule().current_interval(),
+        Duration::from_millis(15)
+    );
+    poller.slow_down(false);
+    assert!(!poller.stats().slowed);
+    assert_eq!(
+        poller.schedule().current_interval(),
+        Duration::from_millis(10)
+    );
+}
+
+#[test]
+fn the_async_poller_yields_successive_batches() {
+    let fake = FakeProc::new();
+    fake.put(&Fake::new(70, "x"));
+    let mut poller = poller(&fake, true);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let first = poller.next_batch().await.unwrap();
+        assert_eq!(batch_kinds(&first), [(EventKind::Start, 70)]);
+        fake.remove(70);
+        let second = poller.next_batch().await.unwrap();
+        assert_eq!(second.poll_number, 2);
+        assert_eq!(batch_kinds(&second), [(EventKind::Stop, 70)]);
+    });
+}
