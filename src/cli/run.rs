@@ -49,6 +49,12 @@ use summary::Summary;
 /// shutdown; only turns a lost subscriber into a reported shortfall instead of a hang.
 const SUBSCRIBER_CATCH_UP_GUARD: Duration = Duration::from_secs(10);
 
+/// Frames the embedded broker queues for its subscriber before cutting it off.
+const EMBEDDED_SUBSCRIBER_QUEUE_MESSAGES: usize = 64 * 1024;
+
+/// Bytes of frames the embedded broker queues for its subscriber.
+const EMBEDDED_SUBSCRIBER_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Which source feeds the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SourceArg {
@@ -255,7 +261,12 @@ async fn run_async(args: RunArgs) -> u8 {
                 Err(error) => return could_not_run(error),
             };
             let socket = socket_dir.path().join("broker.sock");
-            let broker = match Broker::start(BrokerConfig::new(&socket)).await {
+            let mut broker_config = BrokerConfig::new(&socket);
+            // Room for bursts of synthetic load while the subscriber catches up; bounded
+            // (at most this many bytes of queued frames) like every broker queue.
+            broker_config.subscriber_queue_max_messages = EMBEDDED_SUBSCRIBER_QUEUE_MESSAGES;
+            broker_config.subscriber_queue_max_bytes = EMBEDDED_SUBSCRIBER_QUEUE_BYTES;
+            let broker = match Broker::start(broker_config).await {
                 Ok(broker) => broker,
                 Err(error) => return could_not_run(format!("cannot start the broker: {error}")),
             };
