@@ -1,0 +1,257 @@
+//! Shared parts of the drills: cycle counts (small in CI, large from `scripts/drill-*.sh`),
+//! connector configurations, a subscriber that checks sequences arrive once and in order,
+//! resident memory, and the one-line verdict the scripts print.
+//!
+//! Every wait is on a real signal (an event, an acknowledgement, a line, a process exit);
+//! the guard timeouts only turn a hang into a failure.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use procmond_wal::broker::client::TestClient;
+use procmond_wal::event_bus_connector::ConnectorConfig;
+use procmond_wal::wal::{BackendChoice, WalConfig};
+use procmond_wal::{EventKind, ProcessEvent};
+use tokio::sync::mpsc;
+
+/// Failure guard for one wait.
+pub const GUARD: Duration = Duration::from_secs(60);
+
+/// Cycles to run: `DRILL_CYCLES` from the environment (the long scripts), else `ci`.
+pub fn cycles(ci: u64) -> u64 {
+    std::env::var("DRILL_CYCLES")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .filter(|cycles| *cycles > 0)
+        .unwrap_or(ci)
+}
+
+/// A temporary directory under /tmp, so socket paths stay short.
+pub fn short_tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("pwd")
+        .tempdir_in("/tmp")
+        .expect("create temporary directory")
+}
+
+/// A connector configuration: WAL in `dir`, broker at `socket`, small segments, quick
+/// reconnects and checkpoints.
+pub fn config(dir: &Path, socket: &Path) -> ConnectorConfig {
+    let mut wal = WalConfig::new(dir);
+    wal.backend = BackendChoice::Auto;
+    wal.segment_max_bytes = 1024 * 1024;
+    wal.wal_max_bytes = 256 * 1024 * 1024;
+    ConnectorConfig::new(dir)
+        .with_wal_config(wal)
+        .with_socket_path(socket)
+        .with_reconnect_backoff(Duration::from_millis(5), Duration::from_millis(100))
+        .with_checkpoint_every(256, Duration::from_millis(50))
+}
+
+/// A small event whose pid identifies it.
+pub fn event(index: u64) -> ProcessEvent {
+    let mut event = ProcessEvent::new(
+        u32::try_from(index % u64::from(u32::MAX)).unwrap_or(0),
+        format!("drill-{index}"),
+        chrono::Utc::now(),
+    );
+    event.command_line = vec!["/usr/bin/drill".into(), index.to_string()];
+    event
+}
+
+/// The kind for event number `index`.
+pub fn kind(index: u64) -> EventKind {
+    EventKind::ALL[(index % 3) as usize]
+}
+
+/// Runs `future` with the failure guard.
+pub async fn guarded<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(GUARD, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("{what}: no progress within {GUARD:?}"),
+    }
+}
+
+/// Sequences received by one subscriber connection, forwarded as they arrive; the channel
+/// closes when the connection ends.
+pub async fn subscribe(socket: &Path) -> mpsc::UnboundedReceiver<u64> {
+    let mut client = TestClient::connect(socket).await.expect("connect subscriber");
+    client
+        .subscribe(&["events.process.#"])
+        .await
+        .expect("subscribe");
+    let (sender, receiver) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(message) = client.next_event().await {
+            if sender.send(message.sequence).is_err() {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
+/// Checks a stream of sequences: each should be the previous one + 1.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Order {
+    /// Highest sequence seen.
+    pub highest: u64,
+    /// Sequences received (including repeats).
+    pub received: u64,
+    /// Sequences at or below one already seen.
+    pub repeated: u64,
+    /// Sequences skipped (a jump past highest + 1 skips this many).
+    pub missing: u64,
+}
+
+impl Order {
+    /// An order check expecting `first` next.
+    pub fn starting_at(first: u64) -> Order {
+        Order {
+            highest: first - 1,
+            ..Order::default()
+        }
+    }
+
+    /// Feeds one sequence.
+    pub fn see(&mut self, sequence: u64) {
+        self.received += 1;
+        if sequence <= self.highest {
+            self.repeated += 1;
+        } else {
+            self.missing += sequence - self.highest - 1;
+            self.highest = sequence;
+        }
+    }
+
+    /// Exactly once, in order, through `last`.
+    pub fn is_exact_through(&self, last: u64) -> bool {
+        self.highest == last && self.repeated == 0 && self.missing == 0
+    }
+}
+
+/// The sequences of one subscriber connection (one broker incarnation), checked against
+/// the stream so far: within a connection they must be contiguous and increasing; a new
+/// connection may start at or below the previous highest + 1 (a restarted broker routes
+/// again what its predecessor routed but had not yet persisted), never above it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Runs {
+    /// Highest sequence seen on any connection.
+    pub highest: u64,
+    /// Sequences received in total.
+    pub received: u64,
+    /// Sequences received again on a later connection (routed twice across a crash).
+    pub redelivered: u64,
+    /// Problems: a gap, or a repeat or reordering within one connection.
+    pub violations: Vec<String>,
+    current: Option<u64>,
+    connection: u64,
+}
+
+impl Runs {
+    /// Starts counting a new connection.
+    pub fn new_connection(&mut self) {
+        self.current = None;
+        self.connection += 1;
+    }
+
+    /// Feeds one sequence of the current connection.
+    pub fn see(&mut self, sequence: u64) {
+        self.received += 1;
+        let expected_at_most = self.highest + 1;
+        match self.current {
+            Some(previous) if sequence != previous + 1 => self.violations.push(format!(
+                "connection {}: {sequence} after {previous}",
+                self.connection
+            )),
+            None if sequence > expected_at_most => self.violations.push(format!(
+                "connection {}: starts at {sequence}, above {expected_at_most} (a gap)",
+                self.connection
+            )),
+            _ => {}
+        }
+        if sequence <= self.highest {
+            self.redelivered += 1;
+        }
+        self.highest = self.highest.max(sequence);
+        self.current = Some(sequence);
+    }
+
+    /// Every sequence from 1 through `last`, no gap, nothing out of order in a connection.
+    pub fn is_complete_through(&self, last: u64) -> bool {
+        self.highest == last && self.violations.is_empty()
+    }
+}
+
+/// Receives from `receiver` until `through` was seen; false if the connection ended first.
+pub async fn receive_through(
+    receiver: &mut mpsc::UnboundedReceiver<u64>,
+    order: &mut Order,
+    through: u64,
+) -> bool {
+    while order.highest < through {
+        match guarded("subscriber", receiver.recv()).await {
+            Some(sequence) => order.see(sequence),
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Resident set size of a process in bytes (`VmRSS` of /proc/PID/status).
+pub fn rss_bytes(pid: &str) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .expect("a VmRSS line")
+}
+
+/// Prints the drill's one-line verdict (the long scripts grep for it) and fails the test
+/// when it did not pass.
+pub fn verdict(name: &str, pass: bool, counts: &str) {
+    let word = if pass { "PASS" } else { "FAIL" };
+    println!("drill {name}: {word} {counts}");
+    assert!(pass, "drill {name} failed: {counts}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_allow_overlap_across_connections_only() {
+        let mut runs = Runs::default();
+        runs.new_connection();
+        (1..=5).for_each(|sequence| runs.see(sequence));
+        runs.new_connection();
+        (4..=8).for_each(|sequence| runs.see(sequence));
+        assert!(runs.is_complete_through(8));
+        assert_eq!(runs.redelivered, 2);
+        runs.new_connection();
+        runs.see(10);
+        runs.see(12);
+        runs.see(12);
+        assert_eq!(runs.violations.len(), 3, "{:?}", runs.violations);
+    }
+
+    #[test]
+    fn order_counts_repeats_and_gaps() {
+        let mut order = Order::starting_at(1);
+        for sequence in [1, 2, 2, 5, 3, 6] {
+            order.see(sequence);
+        }
+        assert_eq!((order.highest, order.repeated, order.missing), (6, 2, 2));
+        assert!(!order.is_exact_through(6));
+        let mut clean = Order::starting_at(10);
+        for sequence in 10..=12 {
+            clean.see(sequence);
+        }
+        assert!(clean.is_exact_through(12));
+    }
+}
