@@ -255,3 +255,79 @@ mod tests {
         assert!(clean.is_exact_through(12));
     }
 }
+
+/// The broker binary as a child process whose pid the drill controls (SIGSTOP/SIGCONT).
+/// With `--print`, its stdout lines (one JSON object per accepted event) arrive on `lines`.
+pub struct BrokerChild {
+    /// The process.
+    pub child: std::process::Child,
+    /// Its stdout lines.
+    pub lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl BrokerChild {
+    /// Starts `procmond-wal broker --socket SOCKET ARGS…` and waits for its readiness line.
+    pub fn start(socket: &Path, args: &[&str]) -> BrokerChild {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_procmond-wal"))
+            .arg("broker")
+            .arg("--socket")
+            .arg(socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the broker");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (ready_sender, ready) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.starts_with("listening on ") {
+                    let _ = ready_sender.send(());
+                }
+            }
+        });
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        ready
+            .recv_timeout(GUARD)
+            .expect("the broker printed its readiness line");
+        BrokerChild { child, lines }
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `KILL`) to the broker.
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+}
+
+impl Drop for BrokerChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `sequence` of a broker `--print` line (read without building the whole JSON value:
+/// the lines are large and many).
+pub fn printed_sequence(line: &str) -> u64 {
+    let (_, rest) = line
+        .split_once("\"sequence\":")
+        .expect("a printed event has a sequence");
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().expect("a sequence number")
+}
