@@ -69,9 +69,11 @@ async fn publisher_sigkill_and_restart() {
     let scratch = short_tempdir();
     let socket = scratch.path().join("broker.sock");
     let wal = scratch.path().join("wal");
-    let broker = Broker::start(BrokerConfig::new(&socket))
-        .await
-        .expect("start broker");
+    let mut broker_config = BrokerConfig::new(&socket);
+    // The replay after the outage comes as one burst; room for it in the subscriber's queue.
+    broker_config.subscriber_queue_max_messages = 1 << 20;
+    broker_config.subscriber_queue_max_bytes = 1 << 30;
+    let broker = Broker::start(broker_config).await.expect("start broker");
     let mut received = subscribe(&socket).await;
 
     let mut highest_reported = 0;

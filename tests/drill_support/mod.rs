@@ -10,7 +10,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use procmond_wal::broker::client::TestClient;
 use procmond_wal::event_bus_connector::ConnectorConfig;
 use procmond_wal::wal::{BackendChoice, WalConfig};
 use procmond_wal::{EventKind, ProcessEvent};
@@ -75,21 +74,71 @@ pub async fn guarded<T>(what: &str, future: impl std::future::Future<Output = T>
 }
 
 /// Sequences received by one subscriber connection, forwarded as they arrive; the channel
-/// closes when the connection ends.
+/// closes when the connection ends. Reads are buffered so the subscriber keeps up with a
+/// replay burst (a broker cuts off a subscriber whose queue overflows).
 pub async fn subscribe(socket: &Path) -> mpsc::UnboundedReceiver<u64> {
-    let mut client = TestClient::connect(socket).await.expect("connect subscriber");
-    client
-        .subscribe(&["events.process.#"])
+    use procmond_wal::wire::control::ControlPayload;
+    use procmond_wal::wire::frame::body_length;
+    use procmond_wal::wire::{
+        Body, FRAME_LENGTH_BYTES, MAX_FRAME_BODY_BYTES, MessageType, Subscribe, Subscribed,
+        WireTime,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+
+    let stream = tokio::net::UnixStream::connect(socket)
         .await
-        .expect("subscribe");
+        .expect("connect subscriber");
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::with_capacity(256 * 1024, read);
+    let subscribe = Subscribe {
+        patterns: vec!["events.process.#".to_owned()],
+    };
+    let frame = subscribe
+        .to_message("drill-subscriber", 1, WireTime::now())
+        .and_then(|message| message.encode_frame())
+        .expect("encode subscribe");
+    write.write_all(&frame).await.expect("send subscribe");
     let (sender, receiver) = mpsc::unbounded_channel();
+    let (subscribed_sender, subscribed) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        while let Ok(message) = client.next_event().await {
-            if sender.send(message.sequence).is_err() {
+        let mut subscribed_sender = Some(subscribed_sender);
+        loop {
+            let mut prefix = [0u8; FRAME_LENGTH_BYTES];
+            if reader.read_exact(&mut prefix).await.is_err() {
                 return;
+            }
+            let Ok(length) = body_length(prefix, MAX_FRAME_BODY_BYTES) else {
+                return;
+            };
+            let mut body = vec![0u8; length];
+            if reader.read_exact(&mut body).await.is_err() {
+                return;
+            }
+            match Body::decode(&body) {
+                Ok(Body::Ping) => {
+                    let pong = Body::Pong.encode_frame().expect("encode pong");
+                    if write.write_all(&pong).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Body::Message(message)) if message.message_type == MessageType::Event => {
+                    if sender.send(message.sequence).is_err() {
+                        return;
+                    }
+                }
+                Ok(Body::Message(message)) if Subscribed::from_message(&message).is_ok() => {
+                    if let Some(confirm) = subscribed_sender.take() {
+                        let _ = confirm.send(());
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
             }
         }
     });
+    guarded("subscription confirmed", subscribed)
+        .await
+        .expect("the broker confirmed the subscription");
     receiver
 }
 
