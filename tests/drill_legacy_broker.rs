@@ -121,8 +121,15 @@ async fn a_broker_that_never_acknowledges_still_gets_everything() {
         "legacy-broker",
         pass,
         &format!(
-            "rounds={rounds} published={last} received={} repeated={} missing={} legacy={} states={states:?}",
-            order.received, order.repeated, order.missing, stats.legacy_broker
+            "rounds={rounds} published={last} received={} repeated={} missing={} legacy={} rounds_in_legacy_mode={}",
+            order.received,
+            order.repeated,
+            order.missing,
+            stats.legacy_broker,
+            states
+                .iter()
+                .filter(|state| **state == LinkState::ConnectedLegacy)
+                .count()
         ),
     );
 }
