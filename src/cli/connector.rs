@@ -38,6 +38,10 @@ pub struct ConnectorLoadArgs {
     /// Concurrent publisher tasks (each with one publish in flight).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub publishers: u64,
+    /// Events per call: 1 uses `publish` (one in flight per publisher); more uses
+    /// `publish_batch` (and `append_batch` for the WAL alone).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub batch: u64,
     /// Approximate stored event size in bytes.
     #[arg(long, default_value_t = 256)]
     pub event_bytes: usize,
@@ -60,6 +64,7 @@ pub struct ConnectorLoadArgs {
 struct Figures {
     events: u64,
     publishers: u64,
+    batch: u64,
     event_bytes: usize,
     seconds_to_durable: f64,
     durable_events_per_s: f64,
@@ -116,6 +121,13 @@ fn sized_event(event_bytes: usize) -> ProcessEvent {
     event
 }
 
+/// Event number `index` of a run (pid and kind vary; the size does not).
+fn numbered(template: &ProcessEvent, index: u64) -> (ProcessEvent, EventKind) {
+    let mut event = template.clone();
+    event.pid = u32::try_from(index).unwrap_or(u32::MAX);
+    (event, EventKind::ALL[(index % 3) as usize])
+}
+
 async fn load(args: ConnectorLoadArgs) -> Result<(), String> {
     let scratch = tempfile::Builder::new()
         .prefix("pwc")
@@ -159,20 +171,30 @@ async fn load(args: ConnectorLoadArgs) -> Result<(), String> {
         let connector = connector.clone();
         let template = template.clone();
         let count = per_publisher.min(args.events.saturating_sub(publisher * per_publisher));
+        let batch = args.batch;
         publishers.spawn(async move {
             let mut highest = 0;
-            for index in 0..count {
-                let mut event = template.clone();
-                event.pid = u32::try_from(index).unwrap_or(u32::MAX);
-                let sequence = connector
-                    .publish(event, EventKind::ALL[(index % 3) as usize])
-                    .await
-                    .map_err(|error| error.to_string())?;
-                if print {
-                    let mut out = std::io::stdout().lock();
-                    let _ = writeln!(out, "durable {sequence}").and_then(|()| out.flush());
+            let mut index = 0;
+            while index < count {
+                let size = batch.min(count - index);
+                let events = (index..index + size)
+                    .map(|i| numbered(&template, i))
+                    .collect::<Vec<_>>();
+                index += size;
+                let sequences = if size == 1 {
+                    let (event, kind) = events.into_iter().next().ok_or("empty batch")?;
+                    vec![connector.publish(event, kind).await]
+                } else {
+                    vec![connector.publish_batch(events).await.map(|s| s.into_iter().max().unwrap_or(0))]
+                };
+                for sequence in sequences {
+                    let sequence = sequence.map_err(|error| error.to_string())?;
+                    if print {
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "durable {sequence}").and_then(|()| out.flush());
+                    }
+                    highest = highest.max(sequence);
                 }
-                highest = highest.max(sequence);
             }
             Ok::<u64, String>(highest)
         });
@@ -227,6 +249,7 @@ fn figures(args: &ConnectorLoadArgs, durable_seconds: f64, acked_seconds: Option
     Figures {
         events: args.events,
         publishers: args.publishers,
+        batch: args.batch,
         event_bytes: args.event_bytes,
         seconds_to_durable: durable_seconds,
         durable_events_per_s: events / durable_seconds.max(1e-9),
@@ -256,13 +279,22 @@ async fn wal_only(
         let wal = Arc::clone(&wal);
         let template = template.clone();
         let count = per_publisher.min(args.events.saturating_sub(publisher * per_publisher));
+        let batch = args.batch;
         publishers.spawn(async move {
-            for index in 0..count {
-                let mut event = template.clone();
-                event.pid = u32::try_from(index).unwrap_or(u32::MAX);
-                wal.append(event, EventKind::ALL[(index % 3) as usize])
-                    .await
-                    .map_err(|error| error.to_string())?;
+            let mut index = 0;
+            while index < count {
+                let size = batch.min(count - index);
+                let mut events = (index..index + size)
+                    .map(|i| numbered(&template, i))
+                    .collect::<Vec<_>>();
+                index += size;
+                if size == 1 {
+                    let (event, kind) = events.pop().ok_or("empty batch")?;
+                    wal.append(event, kind).await.map(drop)
+                } else {
+                    wal.append_batch(events).await.map(drop)
+                }
+                .map_err(|error| error.to_string())?;
             }
             Ok::<(), String>(())
         });

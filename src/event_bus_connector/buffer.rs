@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
+use slab::Slab;
 
 /// What the link should send at its cursor.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,8 +27,11 @@ pub enum Next {
 #[derive(Debug)]
 pub struct PublishBuffer {
     max_bytes: usize,
-    /// In-memory frames by ascending sequence.
-    memory: VecDeque<(u64, Bytes)>,
+    /// In-memory frames, in slots reused after acknowledgement (no frame ever moves).
+    frames: Slab<Bytes>,
+    /// (sequence, slot) by ascending sequence: the order index is 16 bytes per event, so
+    /// an out-of-order hand-over shifts pairs, not frames.
+    memory: VecDeque<(u64, usize)>,
     memory_bytes: usize,
     /// Disjoint ascending inclusive ranges of sequences held only in the WAL.
     spilled: VecDeque<(u64, u64)>,
@@ -47,6 +51,7 @@ impl PublishBuffer {
     pub fn new(max_bytes: usize, acked: u64) -> PublishBuffer {
         PublishBuffer {
             max_bytes,
+            frames: Slab::new(),
             memory: VecDeque::new(),
             memory_bytes: 0,
             spilled: VecDeque::new(),
@@ -86,7 +91,8 @@ impl PublishBuffer {
         if self.memory_bytes + frame.len() <= self.max_bytes {
             self.memory_bytes += frame.len();
             let at = self.memory.partition_point(|(held, _)| *held < sequence);
-            self.memory.insert(at, (sequence, frame));
+            let slot = self.frames.insert(frame);
+            self.memory.insert(at, (sequence, slot));
             return false;
         }
         self.spill(sequence, frame.len() as u64);
@@ -140,11 +146,11 @@ impl PublishBuffer {
         self.acked = through;
         self.highest = self.highest.max(through);
         let mut covered = 0;
-        while let Some((sequence, frame)) = self.memory.front() {
-            if *sequence > through {
+        while let Some(&(sequence, slot)) = self.memory.front() {
+            if sequence > through {
                 break;
             }
-            self.memory_bytes -= frame.len();
+            self.memory_bytes -= self.frames.remove(slot).len();
             self.memory.pop_front();
             covered += 1;
         }
@@ -179,10 +185,10 @@ impl PublishBuffer {
     pub fn next(&self, cursor: u64) -> Next {
         debug_assert!(cursor > self.acked, "the cursor is past the watermark");
         let at = self.memory.partition_point(|(held, _)| *held < cursor);
-        if let Some((sequence, frame)) = self.memory.get(at)
-            && *sequence == cursor
+        if let Some(&(sequence, slot)) = self.memory.get(at)
+            && sequence == cursor
         {
-            return Next::Memory(frame.clone());
+            return Next::Memory(self.frames[slot].clone());
         }
         let in_spill = self
             .spilled

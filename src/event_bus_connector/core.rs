@@ -88,12 +88,13 @@ impl Core {
         self.buffer.ack(through);
         let acked = self.buffer.acked();
         self.shared.acked_through.store(acked, Relaxed);
+        // Figures first, then waiters: whoever wakes on the watermark sees them updated.
+        self.occupancy_changed();
         self.acked.send_if_modified(|current| {
             let changed = *current != acked;
             *current = acked;
             changed
         });
-        self.occupancy_changed();
     }
 
     fn occupancy_changed(&mut self) {

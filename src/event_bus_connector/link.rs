@@ -426,7 +426,7 @@ impl<D: Dialer> Link<D> {
                             Err(_) => Err(CloseReason::EndOfStream),
                         },
                         item = next_from_disk(&mut connection.disk), if next == Step::NeedDisk => {
-                            connection.from_disk(item, &self.core);
+                            connection.read_back(item, &self.core);
                             Ok(())
                         }
                         () = wake_link.notified() => Ok(()),
@@ -580,7 +580,7 @@ impl Connection {
     }
 
     /// A read-back frame (or the end of the disk stream) arrived.
-    fn from_disk(&mut self, item: Option<super::replay::ReadBack>, core: &Rc<RefCell<Core>>) {
+    fn read_back(&mut self, item: Option<super::replay::ReadBack>, core: &Rc<RefCell<Core>>) {
         match item {
             Some(Ok((sequence, frame))) => {
                 if sequence >= self.cursor {

@@ -98,3 +98,105 @@ pub async fn guarded<T>(future: impl std::future::Future<Output = T>) -> T {
         .await
         .expect("finished within the guard")
 }
+
+/// The reference broker with `--print` as a child process: stdout lines (one per accepted
+/// event) are collected until it exits, so a test can check that nothing was printed twice.
+pub struct PrintingBroker {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl PrintingBroker {
+    /// Starts `procmond-wal broker --socket SOCKET --print [--state-dir DIR]` and waits for
+    /// its readiness line.
+    pub fn start(socket: &Path, state_dir: Option<&Path>) -> PrintingBroker {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut command = Command::new(env!("CARGO_BIN_EXE_procmond-wal"));
+        command
+            .arg("broker")
+            .arg("--socket")
+            .arg(socket)
+            .arg("--print");
+        if let Some(state_dir) = state_dir {
+            command.arg("--state-dir").arg(state_dir);
+        }
+        let mut child = command
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the broker");
+        let (ready_sender, ready) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr piped");
+        std::thread::spawn(move || {
+            // Drained to the end so the broker never blocks on logging.
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.starts_with("listening on ") {
+                    let _ = ready_sender.send(());
+                }
+            }
+        });
+        let (line_sender, lines) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line_sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        if ready.recv_timeout(GUARD).is_err() {
+            let _ = child.kill();
+            panic!("the broker did not start");
+        }
+        PrintingBroker { child, lines }
+    }
+
+    /// The next printed line; panics after [`GUARD`].
+    pub fn next_line(&self) -> serde_json::Value {
+        let line = self.lines.recv_timeout(GUARD).expect("a printed event");
+        serde_json::from_str(&line).expect("a JSON line")
+    }
+
+    /// Kills the broker with SIGKILL (a crash).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops the broker with SIGTERM and returns every line it printed that was not read
+    /// yet, up to its exit.
+    pub fn terminate(mut self) -> Vec<serde_json::Value> {
+        // SAFETY: the pid is our live child's (not yet waited for).
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits");
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let status = self.child.wait().expect("wait for the broker");
+        assert!(status.success(), "broker exit: {status}");
+        self.lines
+            .iter()
+            .map(|line| serde_json::from_str(&line).expect("a JSON line"))
+            .collect()
+    }
+}
+
+impl Drop for PrintingBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The sequences of printed event lines, checking each is ours and decodes.
+pub fn printed_sequences(lines: &[serde_json::Value]) -> Vec<u64> {
+    lines
+        .iter()
+        .map(|line| {
+            assert!(line.get("event").is_some(), "our payload: {line}");
+            line["sequence"].as_u64().expect("sequence")
+        })
+        .collect()
+}
