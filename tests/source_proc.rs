@@ -10,7 +10,9 @@ use chrono::{DateTime, Utc};
 use procmond_wal::EventKind;
 use procmond_wal::source::SourceError;
 use procmond_wal::source::proc::parse::PF_KTHREAD;
-use procmond_wal::source::proc::snapshot::{META_CHANGED, META_EUID, META_KERNEL_THREAD};
+use procmond_wal::source::proc::snapshot::{
+    META_CHANGED, META_EUID, META_INITIAL_SCAN, META_KERNEL_THREAD,
+};
 use procmond_wal::source::proc::{
     Change, PollSchedule, ProcPoller, ProcReader, ProcessRecord, ReadStats, Snapshot,
     SystemConstants, diff,
@@ -154,6 +156,21 @@ fn unchanged_or_untracked_changes_give_nothing() {
 }
 
 #[test]
+fn a_kernel_thread_renaming_itself_is_not_a_change() {
+    // A kworker's name shows the workqueue it serves right now.
+    let mut worker = ProcessRecord::new(11, 3, "kworker/0:1-events");
+    worker.kernel_thread = true;
+    let before = snapshot(0, [worker.clone()]);
+    worker.name = "kworker/0:1-mm_percpu_wq".into();
+    let after = snapshot(1, [worker.clone()]);
+    assert!(diff(&before, &after).is_empty());
+    // A kernel thread's other tracked attributes still count.
+    worker.ppid = Some(2);
+    let adopted = snapshot(2, [worker]);
+    assert_eq!(kinds(&diff(&before, &adopted)), [(EventKind::Modify, 11)]);
+}
+
+#[test]
 fn a_reused_pid_is_stop_of_the_old_then_start_of_the_new() {
     let before = snapshot(0, [record(10, 3)]);
     let mut reused = record(10, 77);
@@ -286,7 +303,7 @@ impl FakeProc {
         .unwrap();
         // Entries that are not processes.
         fs::create_dir(dir.path().join("sys")).unwrap();
-        fs::write(dir.path().join("uptime"), "1.0 1.0\n").unwrap();
+        fs::write(dir.path().join("uptime"), "1000.00 3000.00\n").unwrap();
         FakeProc { dir }
     }
 
@@ -298,17 +315,29 @@ impl FakeProc {
         self.root().join(pid.to_string())
     }
 
-    /// Writes (or rewrites) a process directory.
+    /// Writes (or rewrites) a process directory. Each file is replaced atomically (written
+    /// aside, then renamed), as a read of a real /proc file is never half of one state.
     fn put(&self, fake: &Fake) {
         let dir = self.pid_dir(fake.pid);
         fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("stat"), fake.stat()).unwrap();
-        fs::write(dir.join("status"), fake.status()).unwrap();
-        fs::write(dir.join("cmdline"), &fake.cmdline).unwrap();
+        let replace = |name: &str, content: &[u8]| {
+            let aside = dir.join(format!(".{name}.new"));
+            fs::write(&aside, content).unwrap();
+            fs::rename(&aside, dir.join(name)).unwrap();
+        };
+        replace("stat", &fake.stat());
+        replace("status", fake.status().as_bytes());
+        replace("cmdline", &fake.cmdline);
         let exe = dir.join("exe");
-        let _ = fs::remove_file(&exe);
-        if let Some(target) = &fake.exe {
-            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &exe).unwrap();
+        match &fake.exe {
+            Some(target) => {
+                let aside = dir.join(".exe.new");
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &aside).unwrap();
+                fs::rename(&aside, &exe).unwrap();
+            }
+            None => {
+                let _ = fs::remove_file(&exe);
+            }
         }
     }
 
@@ -366,6 +395,7 @@ fn a_complete_process_is_read_field_by_field() {
     assert_eq!(record.memory_usage_bytes, Some(100 * 4096));
     assert!(record.accessible);
     assert!(!record.unobserved.any());
+    assert!(!record.kernel_thread);
 
     let event = record.to_event(snapshot.collection_time);
     assert_eq!(event.user_id.as_deref(), Some("1000"));
@@ -433,7 +463,23 @@ fn kernel_threads_have_no_argv_or_executable_and_that_is_not_a_failure() {
     assert!(!record.file_exists);
     assert!(!record.unobserved.any());
     assert!(record.accessible);
+    assert!(record.kernel_thread);
     assert_eq!(record.metadata[META_KERNEL_THREAD], "true");
+}
+
+#[test]
+fn a_user_process_with_an_empty_argv_is_reported_as_such() {
+    // execve with argc 0 (the pkexec trick) leaves an empty cmdline on a live process.
+    let fake = FakeProc::new();
+    let mut argc0 = Fake::new(14, "pkexec");
+    argc0.cmdline.clear();
+    fake.put(&argc0);
+    let (snapshot, stats) = read(&fake);
+    assert_eq!(stats.partial, 0);
+    let record = &snapshot.processes[&14];
+    assert!(record.argv.is_empty());
+    assert!(!record.unobserved.any());
+    assert_eq!(record.executable_path.as_deref(), Some("/usr/bin/pkexec"));
 }
 
 #[test]
@@ -581,6 +627,60 @@ fn a_root_that_cannot_be_listed_or_has_no_boot_time_is_an_error() {
     }
 }
 
+#[test]
+fn processes_coming_and_going_during_reads_are_never_fatal_or_mixed() {
+    use std::sync::Arc;
+
+    const ROUNDS: u32 = 10;
+    const PER_ROUND: u32 = 20;
+    let fake = Arc::new(FakeProc::new());
+    // Another thread creates processes (file by file) and deletes them, round after round,
+    // while this thread reads until it is done. Each round uses new pids: a pid reused
+    // within the microseconds of one process's read cannot happen on a real kernel (its pid
+    // counter would have to wrap around in that time).
+    let churn = {
+        let fake = Arc::clone(&fake);
+        std::thread::spawn(move || {
+            for round in 0..ROUNDS {
+                let pids = 1000 + round * PER_ROUND..1000 + (round + 1) * PER_ROUND;
+                for pid in pids.clone() {
+                    let mut process = Fake::new(pid, &format!("p{pid}"));
+                    process.start_ticks = u64::from(round);
+                    process.cmdline = format!("p{pid}\0{round}\0").into_bytes();
+                    fake.put(&process);
+                }
+                for pid in pids {
+                    fs::remove_dir_all(fake.pid_dir(pid)).unwrap();
+                }
+            }
+        })
+    };
+    let mut reader = fake.reader();
+    let mut totals = ReadStats::default();
+    let mut reads = 0u64;
+    while !churn.is_finished() || reads == 0 {
+        let (snapshot, stats) = reader.read_snapshot().expect("the root stays listable");
+        reads += 1;
+        totals.add(&stats);
+        for record in snapshot.processes.values() {
+            // Whatever was read belongs to one process: its name, and its argv (when read)
+            // carry its own pid and start time.
+            assert_eq!(record.name, format!("p{}", record.pid));
+            if !record.unobserved.argv && !record.argv.is_empty() {
+                assert_eq!(record.argv[0], record.name);
+                if let Some(round) = record.argv.get(1) {
+                    assert_eq!(round, &record.start_ticks.to_string(), "{record:?}");
+                }
+            }
+        }
+    }
+    churn.join().unwrap();
+    // A process that disappears mid-read is counted as vanished, never as anything else.
+    assert_eq!(totals.skipped_denied, 0);
+    assert_eq!(totals.skipped_malformed, 0);
+    assert_eq!(totals.skipped_unreadable, 0);
+}
+
 // ---------------------------------------------------------------------------------------
 // The poller on a fake tree.
 
@@ -614,6 +714,11 @@ fn the_poller_reports_existing_processes_then_changes() {
         batch_kinds(&first),
         [(EventKind::Start, 50), (EventKind::Start, 51)]
     );
+    for (event, _) in &first.events {
+        // Already running when monitoring began, and measured over its life so far.
+        assert_eq!(event.platform_metadata[META_INITIAL_SCAN], "true");
+        assert!(event.cpu_usage_percent.is_some());
+    }
 
     assert!(batch_kinds(&poller.poll_once().unwrap()).is_empty());
 
@@ -632,6 +737,12 @@ fn the_poller_reports_existing_processes_then_changes() {
             (EventKind::Start, 52)
         ]
     );
+    assert!(
+        third
+            .events
+            .iter()
+            .all(|(event, _)| !event.platform_metadata.contains_key(META_INITIAL_SCAN))
+    );
     let (modified, _) = &third.events[0];
     assert_eq!(modified.command_line, ["a", "--reloaded"]);
     assert_eq!(modified.platform_metadata[META_CHANGED], "argv");
@@ -639,7 +750,15 @@ fn the_poller_reports_existing_processes_then_changes() {
         .cpu_usage_percent
         .expect("measured between two polls");
     assert!(cpu > 0.0, "50 ticks were used: {cpu}");
-    assert_eq!(third.events[2].0.cpu_usage_percent, None);
+    // A new process is measured over its life: 10 ticks since tick 250, at 1000 s uptime.
+    let fresh = third.events[2]
+        .0
+        .cpu_usage_percent
+        .expect("measured since its start");
+    assert!(
+        (fresh - 0.1 / (1000.0 - 2.5) * 100.0).abs() < 1e-9,
+        "{fresh}"
+    );
 
     // The pid of a is reused by a new process.
     let mut reused = Fake::new(50, "a2");
@@ -658,6 +777,49 @@ fn the_poller_reports_existing_processes_then_changes() {
     assert_eq!((stats.starts, stats.stops, stats.modifies), (4, 2, 1));
     assert_eq!(stats.processes_tracked, 2);
     assert_eq!(stats.read.processes, 2 + 2 + 2 + 2);
+}
+
+#[test]
+fn a_process_that_becomes_unreadable_keeps_its_last_known_attributes() {
+    let fake = FakeProc::new();
+    let mut exiting = Fake::new(80, "leaving");
+    fake.put(&exiting);
+    let mut poller = poller(&fake, false);
+    poller.poll_once().unwrap();
+
+    // Exiting: memory released (empty cmdline), `exe` gone, the flag set.
+    exiting.flags |= procmond_wal::source::proc::parse::PF_EXITING;
+    exiting.cmdline.clear();
+    exiting.exe = None;
+    fake.put(&exiting);
+    let during = poller.poll_once().unwrap();
+    assert!(during.events.is_empty(), "{:?}", during.events);
+
+    // A live process whose files are briefly unreadable: no Modify either.
+    let mut shy = Fake::new(81, "shy");
+    fake.put(&shy);
+    poller.poll_once().unwrap();
+    fs::remove_file(fake.pid_dir(81).join("cmdline")).unwrap();
+    fs::create_dir(fake.pid_dir(81).join("cmdline")).unwrap();
+    let blind = poller.poll_once().unwrap();
+    assert!(blind.events.is_empty(), "{:?}", blind.events);
+    assert_eq!(blind.read.partial, 1);
+
+    // Its next real change is still compared with the last known argv.
+    fs::remove_dir(fake.pid_dir(81).join("cmdline")).unwrap();
+    shy.cmdline = b"shy\0--changed\0".to_vec();
+    fake.put(&shy);
+    fake.remove(80);
+    let after = poller.poll_once().unwrap();
+    assert_eq!(
+        batch_kinds(&after),
+        [(EventKind::Stop, 80), (EventKind::Modify, 81)]
+    );
+    // The Stop carries what was known before the process began to exit.
+    let (stop, _) = &after.events[0];
+    assert_eq!(stop.command_line, ["/usr/bin/leaving", "--serve"]);
+    assert_eq!(stop.executable_path.as_deref(), Some("/usr/bin/leaving"));
+    assert_eq!(after.events[1].0.platform_metadata[META_CHANGED], "argv");
 }
 
 #[test]
@@ -698,6 +860,45 @@ fn backpressure_stretches_the_poll_interval_and_release_restores_it() {
 }
 
 #[test]
+fn next_batch_is_cancel_safe_so_backpressure_can_interrupt_the_wait() {
+    let fake = FakeProc::new();
+    fake.put(&Fake::new(90, "x"));
+    let mut poller = ProcPoller::with_reader(
+        fake.reader(),
+        PollSchedule::new(3_600_000, 1.5).unwrap(),
+        true,
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        assert_eq!(
+            batch_kinds(&poller.next_batch().await.unwrap()),
+            [(EventKind::Start, 90)]
+        );
+        fake.put(&Fake::new(91, "y"));
+        // The backpressure signal is ready while the poller waits for its hour: the wait is
+        // abandoned (the future dropped) without reading anything.
+        tokio::select! {
+            biased;
+            _ = poller.next_batch() => panic!("the next poll is an hour away"),
+            () = std::future::ready(()) => poller.slow_down(true),
+        }
+        assert_eq!(poller.stats().polls, 1);
+        assert_eq!(
+            poller.schedule().current_interval(),
+            Duration::from_secs(5400)
+        );
+        // Nothing was lost: the change is reported by the next poll.
+        assert_eq!(
+            batch_kinds(&poller.poll_once().unwrap()),
+            [(EventKind::Start, 91)]
+        );
+    });
+}
+
+#[test]
 fn the_async_poller_yields_successive_batches() {
     let fake = FakeProc::new();
     fake.put(&Fake::new(70, "x"));
@@ -714,4 +915,72 @@ fn the_async_poller_yields_successive_batches() {
         assert_eq!(second.poll_number, 2);
         assert_eq!(batch_kinds(&second), [(EventKind::Stop, 70)]);
     });
+}
+
+// ---------------------------------------------------------------------------------------
+// The parsers on arbitrary bytes (process names and argv are chosen by whoever starts a
+// process).
+
+mod parsers {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    use procmond_wal::source::proc::parse::{
+        parse_boot_time_s, parse_cmdline, parse_exe_target, parse_stat, parse_status_uids,
+    };
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn no_parser_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = parse_stat(&bytes);
+            let _ = parse_status_uids(&bytes);
+            let _ = parse_boot_time_s(&bytes);
+            let _ = parse_cmdline(&bytes);
+            let _ = parse_exe_target(OsStr::from_bytes(&bytes));
+        }
+
+        #[test]
+        fn any_name_and_fields_round_trip_through_a_stat_line(
+            comm in proptest::collection::vec(1u8..=255, 0..64),
+            ppid in any::<u32>(),
+            flags in any::<u32>(),
+            utime in 0u64..(1 << 62),
+            stime in 0u64..(1 << 62),
+            start_ticks in any::<u64>(),
+            rss in any::<i64>(),
+        ) {
+            let mut line = b"4242 (".to_vec();
+            line.extend_from_slice(&comm);
+            line.extend_from_slice(format!(
+                ") R {ppid} 1 2 0 -1 {flags} 0 0 0 0 {utime} {stime} 0 0 20 0 1 0 {start_ticks} 0 {rss} 0\n"
+            ).as_bytes());
+            let stat = parse_stat(&line).unwrap();
+            prop_assert_eq!(stat.pid, 4242);
+            prop_assert_eq!(stat.comm, String::from_utf8_lossy(&comm).into_owned());
+            prop_assert_eq!(stat.ppid, ppid);
+            prop_assert_eq!(stat.flags, flags);
+            prop_assert_eq!(stat.cpu_ticks, utime + stime);
+            prop_assert_eq!(stat.start_ticks, start_ticks);
+            prop_assert_eq!(stat.rss_pages, u64::try_from(rss).unwrap_or(0));
+        }
+
+        #[test]
+        fn any_argv_round_trips_through_cmdline(
+            argv in proptest::collection::vec(proptest::collection::vec(1u8..=255, 0..20), 0..8),
+        ) {
+            let mut cmdline = Vec::new();
+            for arg in &argv {
+                cmdline.extend_from_slice(arg);
+                cmdline.push(0);
+            }
+            let expected: Vec<String> = argv
+                .iter()
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect();
+            prop_assert_eq!(parse_cmdline(&cmdline), expected);
+        }
+    }
 }

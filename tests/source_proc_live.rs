@@ -73,6 +73,7 @@ fn a_child_process_is_seen_starting_and_stopping() {
             std::env::args().next().as_deref()
         );
         assert!(own.start_time.is_some() && own.memory_usage_bytes.is_some_and(|m| m > 0));
+        assert_eq!(own.platform_metadata["change.initial_scan"], "true");
         assert_eq!(own.ppid, Some(std::os::unix::process::parent_id()));
         assert_eq!(own.user_id.as_deref(), Some(own_uid().to_string().as_str()));
 

@@ -183,3 +183,38 @@ fn the_async_source_hands_out_paced_or_whole_batches() {
         assert_eq!(strip(&batch), strip(&expected));
     });
 }
+
+#[test]
+fn next_batch_is_cancel_safe() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut source = SyntheticSource::new(&SyntheticConfig {
+            seed: 5,
+            rate: Rate::EventsPerSecond(NonZeroU64::new(20).unwrap()),
+            event_bytes: 256,
+            max_batch_events: 4,
+        })
+        .unwrap();
+        assert_eq!(source.next_batch().await.len(), 1, "event 0 is due at once");
+        // Abandon the wait for the next event (50 ms away; even if it were already due, the
+        // source yields once before taking it, so the ready branch wins either way).
+        tokio::select! {
+            biased;
+            _ = source.next_batch() => panic!("next_batch completed without yielding"),
+            () = std::future::ready(()) => {}
+        }
+        assert_eq!(source.generated(), 1);
+        assert_eq!(source.forgiven(), 0);
+        // The stream continues where it was: the next event is the generator's second.
+        let mut generator = Generator::new(5, 256).unwrap();
+        generator.next_event(time(0));
+        let expected = generator.next_event(time(1));
+        let next = source.next_batch().await;
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].0.pid, expected.0.pid);
+        assert_eq!(next[0].1, expected.1);
+    });
+}

@@ -2,8 +2,9 @@
 //! Start, Stop and Modify events.
 //!
 //! - [`parse`]: the /proc text formats (pure).
-//! - [`snapshot`]: what one poll saw, CPU usage between polls, record → event (pure).
-//! - [`diff`]: two snapshots → changes (pure).
+//! - [`snapshot`]: what one poll saw, last known values, CPU usage between polls,
+//!   record → event (pure).
+//! - [`diff`](mod@diff): two snapshots → changes (pure).
 //! - [`schedule`]: the poll interval and the backpressure slow-down (pure).
 //! - [`reader`]: reads a snapshot from a /proc tree (the only file I/O).
 //! - [`system`]: clock ticks and page size (the only libc call).

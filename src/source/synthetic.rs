@@ -128,6 +128,10 @@ impl SyntheticSource {
 
     /// Waits until at least one event is due and returns the due events (at most one
     /// batch), all stamped with the current time. The clock starts at the first call.
+    ///
+    /// Cancel-safe: events are taken and generated only after the last await, so dropping
+    /// the future (e.g. in `tokio::select!`) loses and skips nothing. Needs a tokio runtime
+    /// with the time driver when a rate is set.
     pub async fn next_batch(&mut self) -> Vec<(ProcessEvent, EventKind)> {
         let started = *self.started.get_or_insert_with(Instant::now);
         loop {

@@ -7,7 +7,9 @@
 //! - the same process (pid and start time) with a changed tracked attribute — name,
 //!   executable path, argv, uid, ppid — is a **Modify**. An attribute that could not be read
 //!   in either poll is not compared, so read failures never look like changes. CPU, memory
-//!   and metadata change all the time and are not tracked;
+//!   and metadata change all the time and are not tracked; neither is the name of a kernel
+//!   thread (a `kworker` shows the workqueue it currently serves in its name, so it changes
+//!   many times a second, and no process can rename a kernel thread);
 //! - anything else produces nothing.
 //!
 //! Changes come out ordered by pid (a reused pid's Stop before its Start), so the same two
@@ -77,8 +79,9 @@ pub fn changed_fields(before: &ProcessRecord, after: &ProcessRecord) -> ChangedF
     let executable_seen = !before.unobserved.executable && !after.unobserved.executable;
     let argv_seen = !before.unobserved.argv && !after.unobserved.argv;
     let uid_seen = !before.unobserved.uid && !after.unobserved.uid;
+    let name_tracked = !(before.kernel_thread && after.kernel_thread);
     ChangedFields {
-        name: before.name != after.name,
+        name: name_tracked && before.name != after.name,
         executable_path: executable_seen && before.executable_path != after.executable_path,
         argv: argv_seen && before.argv != after.argv,
         uid: uid_seen && before.uid != after.uid,

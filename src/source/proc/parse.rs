@@ -1,6 +1,6 @@
 //! Pure parsers for the /proc text formats the process source reads: `/proc/[pid]/stat`,
 //! `/proc/[pid]/status` (the `Uid:` line), `/proc/[pid]/cmdline`, the `/proc/[pid]/exe` link
-//! target, and the `btime` line of `/proc/stat`.
+//! target, the `btime` line of `/proc/stat`, and `/proc/uptime`.
 //!
 //! Everything here takes bytes and returns values or a [`ParseError`]; it must never do I/O
 //! and never panic, whatever the bytes (process names and argv are chosen by whoever started
@@ -11,6 +11,10 @@ use std::os::unix::ffi::OsStrExt;
 
 /// `PF_KTHREAD` in the `flags` field of `/proc/[pid]/stat`: the task is a kernel thread.
 pub const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// `PF_EXITING` in the `flags` field: the task is exiting (its memory, and with it argv and
+/// the `exe` link, may already be gone while the state is still running).
+pub const PF_EXITING: u32 = 0x0000_0004;
 
 /// Suffix the kernel appends to the `exe` link target when the executable was unlinked.
 const DELETED_SUFFIX: &str = " (deleted)";
@@ -51,10 +55,10 @@ impl StatFields {
         self.flags & PF_KTHREAD != 0
     }
 
-    /// Whether the task has exited and waits to be reaped (or is being torn down): its
-    /// `exe` link and argv are gone, which is not a change of those attributes.
+    /// Whether the task is exiting or has exited and waits to be reaped: its `exe` link and
+    /// argv are gone (or going), which is not a change of those attributes.
     pub fn is_exiting(&self) -> bool {
-        matches!(self.state, 'Z' | 'X' | 'x')
+        self.flags & PF_EXITING != 0 || matches!(self.state, 'Z' | 'X' | 'x')
     }
 }
 
@@ -205,6 +209,22 @@ pub fn parse_boot_time_s(bytes: &[u8]) -> Result<u64, ParseError> {
     parse_number("btime", value.trim_ascii())
 }
 
+/// Seconds since boot, from the first field of `/proc/uptime` (`"12345.67 2345.67"`).
+pub fn parse_uptime_s(bytes: &[u8]) -> Result<f64, ParseError> {
+    let first = bytes
+        .split(|b| b.is_ascii_whitespace())
+        .find(|field| !field.is_empty())
+        .ok_or(ParseError::MissingField { field: "uptime" })?;
+    let uptime_s: f64 = parse_number("uptime", first)?;
+    if !uptime_s.is_finite() || uptime_s < 0.0 {
+        return Err(ParseError::BadNumber {
+            field: "uptime",
+            text: String::from_utf8_lossy(&first[..first.len().min(ERROR_TEXT_BYTES)]).into_owned(),
+        });
+    }
+    Ok(uptime_s)
+}
+
 fn parse_number<T: std::str::FromStr>(field: &'static str, text: &[u8]) -> Result<T, ParseError> {
     std::str::from_utf8(text)
         .ok()
@@ -352,6 +372,14 @@ mod tests {
             parse_exe_target(OsStr::from_bytes(b"/tmp/\xff")),
             ("/tmp/\u{fffd}".to_owned(), true)
         );
+    }
+
+    #[test]
+    fn uptime_first_field() {
+        assert_eq!(parse_uptime_s(b"12345.67 2345.67\n"), Ok(12345.67));
+        for bad in [&b""[..], b"   ", b"-1 2", b"inf 1", b"NaN 1", b"up 1"] {
+            assert!(parse_uptime_s(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::diff::{diff, to_events};
 use super::reader::{ProcReader, ReadStats};
 use super::schedule::{DEFAULT_BACKPRESSURE_FACTOR, PollSchedule};
-use super::snapshot::{Snapshot, fill_cpu_usage};
+use super::snapshot::{META_INITIAL_SCAN, Snapshot, carry_forward, fill_cpu_usage};
 use crate::event::{EventKind, ProcessEvent};
 use crate::source::error::SourceError;
 
@@ -26,8 +26,8 @@ pub struct ProcPollerConfig {
     /// The interval is multiplied by this while backpressure is active (1.5, as procmond).
     pub backpressure_factor: f64,
     /// Whether the first poll reports every running process as a Start (true: the log then
-    /// holds the whole picture, not only what changed after start-up), or only records a
-    /// baseline.
+    /// holds the whole picture, not only what changed after start-up; those events carry
+    /// `change.initial_scan` metadata), or only records a baseline.
     pub report_existing: bool,
 }
 
@@ -129,6 +129,11 @@ impl ProcPoller {
     /// Waits until the next poll is due, then polls. The wait is the only await; the poll
     /// itself reads /proc synchronously (milliseconds for a few hundred processes, see
     /// `docs/sources.md`), so run this on a runtime where that may block briefly.
+    ///
+    /// Cancel-safe: dropping the future during the wait changes nothing, so it can be raced
+    /// (`tokio::select!`) against a backpressure signal; after [`ProcPoller::slow_down`] the
+    /// next call waits by the new interval, counted from the previous poll's start. Needs a
+    /// tokio runtime with the time driver.
     pub async fn next_batch(&mut self) -> Result<PollBatch, SourceError> {
         let delay = self
             .schedule
@@ -151,20 +156,26 @@ impl ProcPoller {
                 return Err(error);
             }
         };
+        let clock_ticks_per_s = self.reader.constants().clock_ticks_per_s;
         let events = match &self.previous {
             Some(previous) => {
-                fill_cpu_usage(
-                    previous,
-                    &mut next,
-                    self.reader.constants().clock_ticks_per_s,
-                );
+                carry_forward(previous, &mut next);
+                fill_cpu_usage(Some(previous), &mut next, clock_ticks_per_s);
                 to_events(&diff(previous, &next), &next)
             }
-            None if self.report_existing => next
-                .processes
-                .values()
-                .map(|record| (record.to_event(next.collection_time), EventKind::Start))
-                .collect(),
+            None if self.report_existing => {
+                fill_cpu_usage(None, &mut next, clock_ticks_per_s);
+                next.processes
+                    .values()
+                    .map(|record| {
+                        let mut event = record.to_event(next.collection_time);
+                        event
+                            .platform_metadata
+                            .insert(META_INITIAL_SCAN.to_owned(), "true".to_owned());
+                        (event, EventKind::Start)
+                    })
+                    .collect()
+            }
             None => Vec::new(),
         };
 

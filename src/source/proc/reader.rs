@@ -16,7 +16,8 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 
 use super::parse::{
-    parse_boot_time_s, parse_cmdline, parse_exe_target, parse_stat, parse_status_uids,
+    StatFields, parse_boot_time_s, parse_cmdline, parse_exe_target, parse_stat, parse_status_uids,
+    parse_uptime_s,
 };
 use super::snapshot::{
     META_EUID, META_EXITING, META_KERNEL_THREAD, META_PGRP, META_SESSION, META_THREADS,
@@ -175,6 +176,11 @@ impl ProcReader {
     /// Reads every process under the root. Per-process failures are counted, never returned.
     pub fn read_snapshot(&mut self) -> Result<(Snapshot, ReadStats), SourceError> {
         let mut snapshot = Snapshot::new(Utc::now(), Instant::now());
+        // Optional: without it, CPU usage of first sightings is simply not measured.
+        snapshot.uptime_s = self
+            .read_small(&self.root.join("uptime"), SMALL_FILE_MAX_BYTES)
+            .ok()
+            .and_then(|bytes| parse_uptime_s(bytes).ok());
         let mut stats = ReadStats::default();
         let entries = fs::read_dir(&self.root)
             .map_err(|error| SourceError::io("list processes in", &self.root, error))?;
@@ -215,6 +221,7 @@ impl ProcReader {
 
         let mut record = ProcessRecord::new(pid, stat.start_ticks, stat.comm.clone());
         record.ppid = (stat.ppid != 0).then_some(stat.ppid);
+        record.kernel_thread = stat.is_kernel_thread();
         record.start_time = self.start_time(stat.start_ticks);
         record.cpu_ticks = stat.cpu_ticks;
         record.memory_usage_bytes = Some(
@@ -252,7 +259,8 @@ impl ProcReader {
             // not a read failure, and not worth two syscalls each.
             record.file_exists = false;
         } else if stat.is_exiting() {
-            // A zombie's memory and executable are already released: unknown, not changed.
+            // An exiting process's memory and executable are released (or being released):
+            // unknown now, not changed.
             record.unobserved.executable = true;
             record.unobserved.argv = true;
         } else {
@@ -280,17 +288,17 @@ impl ProcReader {
             }
         }
 
-        if failures.vanished {
-            // A file was missing: either the process exited mid-read (skip it; its data may
-            // be from two different processes if the pid was reused) or the file really is
-            // absent for a live process (keep what was read).
-            let still_there = self
+        let checked_reads = !stat.is_kernel_thread() && !stat.is_exiting();
+        if failures.vanished || (checked_reads && record.argv.is_empty()) {
+            // A file was missing, or argv was empty: either the process exited (or began to
+            // exit) mid-read, or that really is its state. Read `stat` again to tell.
+            let again = self
                 .read_small(&stat_path, SMALL_FILE_MAX_BYTES)
                 .ok()
-                .and_then(|bytes| parse_stat(bytes).ok())
-                .is_some_and(|again| again.start_ticks == stat.start_ticks);
-            if !still_there {
-                return Err(SkipReason::Vanished);
+                .and_then(|bytes| parse_stat(bytes).ok());
+            if reconcile(&mut record, &stat, again.as_ref())? {
+                // The missing files were the exit's doing, not a failed read.
+                failures.any = record.unobserved.uid;
             }
         }
         record.accessible = !failures.denied;
@@ -312,6 +320,35 @@ impl ProcReader {
         file.take(max_bytes as u64).read_to_end(&mut self.buffer)?;
         Ok(&self.buffer)
     }
+}
+
+/// Settles a record whose files suggested the process was going away, given `stat` read
+/// again after everything else (`None`: it could not be read). Returns whether the process
+/// turned out to be exiting (its argv and executable are then unobserved), or why to skip it.
+fn reconcile(
+    record: &mut ProcessRecord,
+    first: &StatFields,
+    again: Option<&StatFields>,
+) -> Result<bool, SkipReason> {
+    let Some(again) = again.filter(|again| again.start_ticks == first.start_ticks) else {
+        // Gone, or the pid was reused: what was read may mix two processes.
+        return Err(SkipReason::Vanished);
+    };
+    if first.is_kernel_thread() || first.is_exiting() || !again.is_exiting() {
+        return Ok(false);
+    }
+    // It began to exit while being read: its memory (argv) and executable were being
+    // released. Unknown now, not changed.
+    record.argv.clear();
+    record.argv_cut = false;
+    record.executable_path = None;
+    record.file_exists = false;
+    record.unobserved.argv = true;
+    record.unobserved.executable = true;
+    record
+        .metadata
+        .insert(META_EXITING.to_owned(), "true".to_owned());
+    Ok(true)
 }
 
 /// What went wrong reading one process's secondary files.
@@ -353,6 +390,52 @@ mod tests {
         for name in [&b""[..], b"0", b"01", b"self", b"1a", b"99999999999", b"-1"] {
             assert_eq!(pid_from_name(name), None, "{name:?}");
         }
+    }
+
+    fn stat(state: char, flags: u32, start_ticks: u64) -> StatFields {
+        StatFields {
+            pid: 9,
+            comm: "x".into(),
+            state,
+            ppid: 1,
+            pgrp: 9,
+            session: 9,
+            flags,
+            cpu_ticks: 0,
+            num_threads: 1,
+            start_ticks,
+            rss_pages: 0,
+        }
+    }
+
+    #[test]
+    fn a_process_that_begins_to_exit_mid_read_is_unobserved_not_changed() {
+        let first = stat('S', 0, 100);
+        let mut record = ProcessRecord::new(9, 100, "x");
+        let exiting = stat('S', super::super::parse::PF_EXITING, 100);
+        assert_eq!(reconcile(&mut record, &first, Some(&exiting)), Ok(true));
+        assert!(record.unobserved.argv && record.unobserved.executable);
+        assert_eq!(record.metadata[META_EXITING], "true");
+
+        // Still the same live process: a real empty argv (argc 0) is kept as observed.
+        let mut record = ProcessRecord::new(9, 100, "x");
+        assert_eq!(reconcile(&mut record, &first, Some(&first)), Ok(false));
+        assert!(!record.unobserved.any());
+    }
+
+    #[test]
+    fn a_process_gone_or_replaced_mid_read_is_skipped() {
+        let first = stat('S', 0, 100);
+        let mut record = ProcessRecord::new(9, 100, "x");
+        assert_eq!(
+            reconcile(&mut record, &first, None),
+            Err(SkipReason::Vanished)
+        );
+        let newcomer = stat('R', 0, 101);
+        assert_eq!(
+            reconcile(&mut record, &first, Some(&newcomer)),
+            Err(SkipReason::Vanished)
+        );
     }
 
     #[test]

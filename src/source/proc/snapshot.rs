@@ -21,8 +21,12 @@ pub const META_SESSION: &str = "linux.session";
 pub const META_THREADS: &str = "linux.threads";
 /// Metadata key: `"true"` for kernel threads (absent otherwise).
 pub const META_KERNEL_THREAD: &str = "linux.kernel_thread";
-/// Metadata key: `"true"` when the process had exited (zombie) when it was read.
+/// Metadata key: `"true"` when the process was exiting, or had exited and not yet been
+/// reaped (zombie), when it was read.
 pub const META_EXITING: &str = "linux.exiting";
+/// Metadata key on the Start events of the first poll: `"true"` — the process was already
+/// running when monitoring began (it did not start then; see `start_time`).
+pub const META_INITIAL_SCAN: &str = "change.initial_scan";
 /// Metadata key on Modify events: the tracked attributes that changed, comma-separated
 /// (`name`, `executable_path`, `argv`, `uid`, `ppid`).
 pub const META_CHANGED: &str = "change.fields";
@@ -57,6 +61,8 @@ pub struct ProcessRecord {
     pub start_ticks: u64,
     /// Parent process id; `None` for the roots (parent 0).
     pub ppid: Option<u32>,
+    /// A kernel thread (no executable, no argv; its name is the kernel's to change).
+    pub kernel_thread: bool,
     /// `comm` (at most 15 bytes, set by the kernel from the executable name or by the process).
     pub name: String,
     /// Executable path from the `exe` link, when readable and the process has one.
@@ -73,7 +79,8 @@ pub struct ProcessRecord {
     pub start_time: Option<DateTime<Utc>>,
     /// User + system CPU time so far, in clock ticks.
     pub cpu_ticks: u64,
-    /// CPU use since the previous poll, in percent of one core (set by [`fill_cpu_usage`]).
+    /// CPU use in percent of one core since the previous poll, or over the process's life
+    /// when first seen (set by [`fill_cpu_usage`]).
     pub cpu_usage_percent: Option<f64>,
     /// Resident set size in bytes.
     pub memory_usage_bytes: Option<u64>,
@@ -92,6 +99,7 @@ impl ProcessRecord {
             pid,
             start_ticks,
             ppid: None,
+            kernel_thread: false,
             name: name.into(),
             executable_path: None,
             file_exists: false,
@@ -143,6 +151,9 @@ pub struct Snapshot {
     pub collection_time: DateTime<Utc>,
     /// Monotonic time of the poll (for CPU usage between polls).
     pub taken_at: Instant,
+    /// Seconds since boot at the poll (`/proc/uptime`), when readable: the CPU usage of a
+    /// process seen for the first time is measured over its lifetime up to here.
+    pub uptime_s: Option<f64>,
 }
 
 impl Snapshot {
@@ -152,12 +163,49 @@ impl Snapshot {
             processes: BTreeMap::new(),
             collection_time,
             taken_at,
+            uptime_s: None,
         }
     }
 
     /// Adds (or replaces) a record.
     pub fn insert(&mut self, record: ProcessRecord) {
         self.processes.insert(record.pid, record);
+    }
+}
+
+/// Fills the tracked attributes `next` could not read with the values `previous` knew for
+/// the same process (same pid and start time), and marks them known again.
+///
+/// Why: a process that is exiting, or a file refused for a moment, must not blank out what
+/// was already known — the Stop event that follows carries the last known argv and
+/// executable, and the next real change is still compared against the last known value.
+/// Attributes never read since the process appeared stay unobserved.
+pub fn carry_forward(previous: &Snapshot, next: &mut Snapshot) {
+    for record in next.processes.values_mut() {
+        if !record.unobserved.any() {
+            continue;
+        }
+        let Some(before) = previous
+            .processes
+            .get(&record.pid)
+            .filter(|before| before.same_process(record))
+        else {
+            continue;
+        };
+        if record.unobserved.executable && !before.unobserved.executable {
+            record.executable_path.clone_from(&before.executable_path);
+            record.file_exists = before.file_exists;
+            record.unobserved.executable = false;
+        }
+        if record.unobserved.argv && !before.unobserved.argv {
+            record.argv.clone_from(&before.argv);
+            record.argv_cut = before.argv_cut;
+            record.unobserved.argv = false;
+        }
+        if record.unobserved.uid && !before.unobserved.uid {
+            record.uid = before.uid;
+            record.unobserved.uid = false;
+        }
     }
 }
 
@@ -174,24 +222,33 @@ pub fn cpu_percent(cpu_ticks_delta: u64, clock_ticks_per_s: u64, elapsed_s: f64)
     Some(cpu_ticks_delta as f64 / clock_ticks_per_s as f64 / elapsed_s * 100.0)
 }
 
-/// Sets `cpu_usage_percent` on every process of `next` that `previous` also saw (same pid,
-/// same start time) from the growth of its CPU ticks between the two polls. Processes seen
-/// for the first time keep `None`: there is no earlier sample to measure from.
-pub fn fill_cpu_usage(previous: &Snapshot, next: &mut Snapshot, clock_ticks_per_s: u64) {
-    let elapsed_s = next
-        .taken_at
-        .saturating_duration_since(previous.taken_at)
-        .as_secs_f64();
+/// Sets `cpu_usage_percent` on every process of `next`: for a process `previous` also saw
+/// (same pid, same start time), from the growth of its CPU ticks between the two polls; for
+/// a process seen for the first time, over its lifetime (its CPU ticks over the time since
+/// it started, which for a process that started after the previous poll is the same
+/// window). Without a readable uptime, first sightings keep `None`.
+pub fn fill_cpu_usage(previous: Option<&Snapshot>, next: &mut Snapshot, clock_ticks_per_s: u64) {
+    let elapsed_s = previous.map(|previous| {
+        next.taken_at
+            .saturating_duration_since(previous.taken_at)
+            .as_secs_f64()
+    });
+    let uptime_s = next.uptime_s;
     for record in next.processes.values_mut() {
-        record.cpu_usage_percent = previous
-            .processes
-            .get(&record.pid)
-            .filter(|before| before.same_process(record))
-            .and_then(|before| {
+        let before = previous
+            .and_then(|previous| previous.processes.get(&record.pid))
+            .filter(|before| before.same_process(record));
+        record.cpu_usage_percent = match (before, elapsed_s) {
+            (Some(before), Some(elapsed_s)) => {
                 // CPU time never decreases for one process; saturate rather than trust it.
                 let delta = record.cpu_ticks.saturating_sub(before.cpu_ticks);
                 cpu_percent(delta, clock_ticks_per_s, elapsed_s)
-            });
+            }
+            _ => uptime_s.and_then(|uptime_s| {
+                let started_s = record.start_ticks as f64 / clock_ticks_per_s as f64;
+                cpu_percent(record.cpu_ticks, clock_ticks_per_s, uptime_s - started_s)
+            }),
+        };
     }
 }
 
@@ -218,11 +275,80 @@ mod tests {
         after.insert(busy);
         after.insert(ProcessRecord::new(11, 9, "new")); // pid reused: no earlier sample
         after.insert(ProcessRecord::new(12, 9, "fresh"));
-        fill_cpu_usage(&before, &mut after, 100);
+        let mut without_uptime = after.clone();
+        fill_cpu_usage(Some(&before), &mut without_uptime, 100);
+        assert_eq!(without_uptime.processes[&10].cpu_usage_percent, Some(100.0));
+        assert_eq!(without_uptime.processes[&11].cpu_usage_percent, None);
+        assert_eq!(without_uptime.processes[&12].cpu_usage_percent, None);
 
+        // With the uptime, first sightings are measured over their lifetime: started at
+        // tick 9 (0.09 s), 10.09 s of uptime, 50 ticks (0.5 s) of CPU: 5 %.
+        after.uptime_s = Some(10.09);
+        after.processes.get_mut(&12).unwrap().cpu_ticks = 50;
+        fill_cpu_usage(Some(&before), &mut after, 100);
         assert_eq!(after.processes[&10].cpu_usage_percent, Some(100.0));
-        assert_eq!(after.processes[&11].cpu_usage_percent, None);
-        assert_eq!(after.processes[&12].cpu_usage_percent, None);
+        let fresh = after.processes[&12].cpu_usage_percent.unwrap();
+        assert!((fresh - 5.0).abs() < 1e-9, "{fresh}");
+        let reused = after.processes[&11].cpu_usage_percent.unwrap();
+        assert_eq!(reused, 0.0, "a reused pid is a first sighting, not a delta");
+
+        // The first poll has no previous snapshot at all.
+        let mut first = after.clone();
+        fill_cpu_usage(None, &mut first, 100);
+        let busy = first.processes[&10].cpu_usage_percent.unwrap();
+        assert!(
+            (busy - 300.0 / 100.0 / (10.09 - 0.05) * 100.0).abs() < 1e-9,
+            "{busy}"
+        );
+    }
+
+    #[test]
+    fn a_start_time_after_the_uptime_gives_no_lifetime_figure() {
+        let mut snapshot = Snapshot::new(DateTime::from_timestamp_nanos(0), Instant::now());
+        snapshot.uptime_s = Some(1.0);
+        snapshot.insert(ProcessRecord::new(5, 500, "future"));
+        fill_cpu_usage(None, &mut snapshot, 100);
+        assert_eq!(snapshot.processes[&5].cpu_usage_percent, None);
+    }
+
+    #[test]
+    fn unreadable_attributes_keep_their_last_known_values() {
+        let time = DateTime::from_timestamp_nanos(0);
+        let start = Instant::now();
+        let mut known = ProcessRecord::new(10, 5, "sh");
+        known.argv = vec!["sh".into(), "-c".into()];
+        known.executable_path = Some("/bin/sh".into());
+        known.file_exists = true;
+        known.uid = Some(7);
+        let mut never_read = ProcessRecord::new(11, 5, "x");
+        never_read.unobserved.argv = true;
+        let mut before = Snapshot::new(time, start);
+        before.insert(known.clone());
+        before.insert(never_read.clone());
+
+        let mut blind = ProcessRecord::new(10, 5, "sh");
+        blind.unobserved = Unobserved {
+            executable: true,
+            argv: true,
+            uid: true,
+        };
+        let mut reused = blind.clone();
+        reused.start_ticks = 6;
+        reused.pid = 12;
+        let mut after = Snapshot::new(time, start);
+        after.insert(blind);
+        after.insert(never_read.clone());
+        after.insert(reused.clone());
+        let mut other_process = before.clone();
+        other_process.insert(ProcessRecord::new(12, 5, "old"));
+        carry_forward(&other_process, &mut after);
+
+        assert_eq!(after.processes[&10], known, "filled in and marked known");
+        assert_eq!(after.processes[&11], never_read, "nothing known to fill in");
+        assert_eq!(
+            after.processes[&12], reused,
+            "another process's values never leak"
+        );
     }
 
     #[test]

@@ -93,7 +93,8 @@ pub struct Generator {
 
 impl Generator {
     /// A generator for `seed`, padding events to `event_bytes` (rounded up to the record
-    /// alignment of 8 bytes; smaller targets give the natural size, at most 256 bytes for seeds under 10 000).
+    /// alignment of 8 bytes). Smaller targets give the natural size: at most 256 bytes for
+    /// seeds under 10 000.
     pub fn new(seed: u64, event_bytes: u64) -> Result<Self, SourceError> {
         if event_bytes > MAX_EVENT_BYTES {
             return Err(SourceError::InvalidConfig {
