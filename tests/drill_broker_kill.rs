@@ -125,7 +125,10 @@ async fn broker_sigkill_and_restart_while_publishing() {
             runs.violations.iter().take(3).collect::<Vec<_>>()
         ),
     );
-    assert!(stats.reconnects >= kills, "the connector reconnected after every kill");
+    assert!(
+        stats.reconnects >= kills,
+        "the connector reconnected after every kill"
+    );
 }
 
 /// Receives until `through` was seen; false if the connection ended first.

@@ -116,7 +116,9 @@ async fn a_broker_that_never_acknowledges_still_gets_everything() {
     connector.shutdown().await.expect("shutdown");
     let pass = order.is_exact_through(last)
         && stats.legacy_broker
-        && states.iter().all(|state| *state == LinkState::ConnectedLegacy);
+        && states
+            .iter()
+            .all(|state| *state == LinkState::ConnectedLegacy);
     verdict(
         "legacy-broker",
         pass,

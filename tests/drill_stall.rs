@@ -92,7 +92,11 @@ async fn stalled_broker_backpressure_spill_and_bounded_memory() {
             // Nothing is acknowledged while stalled, so occupancy only grows: the
             // percentage read right after the signal is at least the threshold.
             while let Ok(signal) = signals.try_recv() {
-                assert_eq!(signal, BackpressureSignal::Activated, "only activation while stalled");
+                assert_eq!(
+                    signal,
+                    BackpressureSignal::Activated,
+                    "only activation while stalled"
+                );
                 activated_at.push(connector.buffer_usage_percent());
             }
         }
@@ -106,12 +110,18 @@ async fn stalled_broker_backpressure_spill_and_bounded_memory() {
         assert_eq!(signal, BackpressureSignal::Released);
         released_at.push(connector.buffer_usage_percent());
         rss_after_stall.push(rss_peak / 1024 / 1024);
-        guarded("acknowledgement after the stall", connector.acknowledged(last))
-            .await
-            .expect("acknowledged");
-        guarded("printed events", printed.wait_for(|order| order.highest >= last))
-            .await
-            .expect("the broker prints every event");
+        guarded(
+            "acknowledgement after the stall",
+            connector.acknowledged(last),
+        )
+        .await
+        .expect("acknowledged");
+        guarded(
+            "printed events",
+            printed.wait_for(|order| order.highest >= last),
+        )
+        .await
+        .expect("the broker prints every event");
     }
 
     let order = *guarded(

@@ -201,7 +201,10 @@ fn an_unreachable_broker_leaves_events_outstanding_and_the_next_run_delivers_the
         "--json",
     ];
     let output = run_command(&args)
-        .env("DAEMONEYE_BROKER_SOCKET", scratch.path().join("absent.sock"))
+        .env(
+            "DAEMONEYE_BROKER_SOCKET",
+            scratch.path().join("absent.sock"),
+        )
         .output()
         .expect("run");
     assert_eq!(output.status.code(), Some(1), "outstanding events exit 1");
@@ -229,13 +232,19 @@ fn a_wal_dir_that_is_a_file_cannot_run_and_exits_2() {
     let scratch = short_tempdir();
     let file = scratch.path().join("file");
     std::fs::write(&file, b"x").expect("write");
-    let output = run_command(&["--wal-dir", file.to_str().expect("utf-8"), "--duration", "1s"])
-        .output()
-        .expect("run");
+    let output = run_command(&[
+        "--wal-dir",
+        file.to_str().expect("utf-8"),
+        "--duration",
+        "1s",
+    ])
+    .output()
+    .expect("run");
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("procmond-wal run: error:") && stderr.contains(file.to_str().expect("utf-8")),
+        stderr.contains("procmond-wal run: error:")
+            && stderr.contains(file.to_str().expect("utf-8")),
         "{stderr}"
     );
 }
@@ -256,4 +265,3 @@ fn help_says_where_the_wal_lives() {
         assert!(help.contains(part), "help lacks {part}:\n{help}");
     }
 }
-

@@ -29,12 +29,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use procmond_wal::EventBusConnector;
 use procmond_wal::broker::{Broker, BrokerConfig, BrokerHandle};
 use procmond_wal::event_bus_connector::{BROKER_SOCKET_ENV, ConnectorConfig, ConnectorStats};
 use procmond_wal::source::proc::{ProcPoller, ProcPollerConfig};
 use procmond_wal::source::synthetic::{Rate, SyntheticConfig, SyntheticSource};
 use procmond_wal::wal::{BackendChoice, WalConfig};
-use procmond_wal::EventBusConnector;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
@@ -178,8 +178,7 @@ fn build_source(args: &RunArgs) -> Result<Source, String> {
     match args.source {
         SourceArg::Proc => {
             let config = ProcPollerConfig {
-                poll_interval_ms: u64::try_from(args.poll_interval.as_millis())
-                    .unwrap_or(u64::MAX),
+                poll_interval_ms: u64::try_from(args.poll_interval.as_millis()).unwrap_or(u64::MAX),
                 ..ProcPollerConfig::default()
             };
             ProcPoller::new(&config)
@@ -293,7 +292,10 @@ async fn run_async(args: RunArgs) -> u8 {
             if let Some((broker, _, _)) = embedded_parts {
                 broker.shutdown().await;
             }
-            return could_not_run(format!("cannot open the WAL in {}: {error}", wal_dir.display()));
+            return could_not_run(format!(
+                "cannot open the WAL in {}: {error}",
+                wal_dir.display()
+            ));
         }
     };
     let at_open = connector.stats();
@@ -354,7 +356,10 @@ async fn run_async(args: RunArgs) -> u8 {
     ));
 
     let sample = |stats: &ConnectorStats, rate: f64| {
-        let durable = stats.wal.durable_sequence.saturating_sub(first_run_sequence - 1);
+        let durable = stats
+            .wal
+            .durable_sequence
+            .saturating_sub(first_run_sequence - 1);
         StatusSample {
             durable,
             delivered: embedded.as_ref().map(|e| e.subscriber.received()),
@@ -376,7 +381,10 @@ async fn run_async(args: RunArgs) -> u8 {
         loop {
             ticker.tick().await;
             let stats = connector.stats();
-            let durable = stats.wal.durable_sequence.saturating_sub(first_run_sequence - 1);
+            let durable = stats
+                .wal
+                .durable_sequence
+                .saturating_sub(first_run_sequence - 1);
             let rate = meter.sample(durable, Instant::now());
             console.show(&sample(&stats, rate));
         }
@@ -441,7 +449,10 @@ async fn run_async(args: RunArgs) -> u8 {
     }
 
     let seconds = started.elapsed().as_secs_f64();
-    let durable = stats.wal.durable_sequence.saturating_sub(first_run_sequence - 1);
+    let durable = stats
+        .wal
+        .durable_sequence
+        .saturating_sub(first_run_sequence - 1);
     let observed = counters.observed.load(Relaxed);
     let summary = Summary {
         source: match args.source {
@@ -455,7 +466,10 @@ async fn run_async(args: RunArgs) -> u8 {
         durable,
         delivered: subscriber.map(|figures| figures.received),
         acknowledged: run_events_through(stats.acked_through, first_run_sequence, durable),
-        outstanding: stats.wal.durable_sequence.saturating_sub(stats.acked_through),
+        outstanding: stats
+            .wal
+            .durable_sequence
+            .saturating_sub(stats.acked_through),
         publish_failures: observed.saturating_sub(durable),
         first_error: counters.first_error(),
         backlog_at_start,

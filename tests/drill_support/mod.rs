@@ -256,7 +256,13 @@ pub fn rss_bytes(pid: &str) -> u64 {
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .map(|kib| kib * 1024)
         .expect("a VmRSS line")
 }
@@ -267,42 +273,6 @@ pub fn verdict(name: &str, pass: bool, counts: &str) {
     let word = if pass { "PASS" } else { "FAIL" };
     println!("drill {name}: {word} {counts}");
     assert!(pass, "drill {name} failed: {counts}");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn runs_allow_overlap_across_connections_only() {
-        let mut runs = Runs::default();
-        runs.new_connection();
-        (1..=5).for_each(|sequence| runs.see(sequence));
-        runs.new_connection();
-        (4..=8).for_each(|sequence| runs.see(sequence));
-        assert!(runs.is_complete_through(8));
-        assert_eq!(runs.redelivered, 2);
-        runs.new_connection();
-        runs.see(10);
-        runs.see(12);
-        runs.see(12);
-        assert_eq!(runs.violations.len(), 3, "{:?}", runs.violations);
-    }
-
-    #[test]
-    fn order_counts_repeats_and_gaps() {
-        let mut order = Order::starting_at(1);
-        for sequence in [1, 2, 2, 5, 3, 6] {
-            order.see(sequence);
-        }
-        assert_eq!((order.highest, order.repeated, order.missing), (6, 2, 2));
-        assert!(!order.is_exact_through(6));
-        let mut clean = Order::starting_at(10);
-        for sequence in 10..=12 {
-            clean.see(sequence);
-        }
-        assert!(clean.is_exact_through(12));
-    }
 }
 
 /// The broker binary as a child process whose pid the drill controls (SIGSTOP/SIGCONT).
@@ -379,4 +349,40 @@ pub fn printed_sequence(line: &str) -> u64 {
         .expect("a printed event has a sequence");
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().expect("a sequence number")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_allow_overlap_across_connections_only() {
+        let mut runs = Runs::default();
+        runs.new_connection();
+        (1..=5).for_each(|sequence| runs.see(sequence));
+        runs.new_connection();
+        (4..=8).for_each(|sequence| runs.see(sequence));
+        assert!(runs.is_complete_through(8));
+        assert_eq!(runs.redelivered, 2);
+        runs.new_connection();
+        runs.see(10);
+        runs.see(12);
+        runs.see(12);
+        assert_eq!(runs.violations.len(), 3, "{:?}", runs.violations);
+    }
+
+    #[test]
+    fn order_counts_repeats_and_gaps() {
+        let mut order = Order::starting_at(1);
+        for sequence in [1, 2, 2, 5, 3, 6] {
+            order.see(sequence);
+        }
+        assert_eq!((order.highest, order.repeated, order.missing), (6, 2, 2));
+        assert!(!order.is_exact_through(6));
+        let mut clean = Order::starting_at(10);
+        for sequence in 10..=12 {
+            clean.see(sequence);
+        }
+        assert!(clean.is_exact_through(12));
+    }
 }

@@ -235,7 +235,9 @@ fn settle(
             !is_final(&error)
         }
         Err(error) => {
-            console.note(&format!("procmond-wal run: publishing task failed: {error}"));
+            console.note(&format!(
+                "procmond-wal run: publishing task failed: {error}"
+            ));
             false
         }
     }

@@ -218,7 +218,10 @@ mod tests {
     fn the_rate_is_the_difference_over_the_interval() {
         let start = Instant::now();
         let mut meter = RateMeter::new(start);
-        assert_eq!(meter.sample(500, start + Duration::from_millis(500)), 1000.0);
+        assert_eq!(
+            meter.sample(500, start + Duration::from_millis(500)),
+            1000.0
+        );
         assert_eq!(meter.sample(500, start + Duration::from_secs(1)), 0.0);
         assert_eq!(meter.sample(600, start + Duration::from_secs(1)), 0.0);
     }

@@ -302,8 +302,12 @@ pub fn json_line(message: &Message, kind: EventKind, event: &ProcessEvent) -> St
         kind,
         event,
     };
-    serde_json::to_string(&line)
-        .unwrap_or_else(|error| format!("{{\"sequence\":{},\"error\":\"{error}\"}}", message.sequence))
+    serde_json::to_string(&line).unwrap_or_else(|error| {
+        format!(
+            "{{\"sequence\":{},\"error\":\"{error}\"}}",
+            message.sequence
+        )
+    })
 }
 
 /// Longest argv text shown on a human line.
@@ -311,7 +315,9 @@ const HUMAN_ARGV_CHARS: usize = 100;
 
 /// A compact line: `#SEQ kind pid PID ppid PPID uid UID name  argv…`.
 pub fn human_line(sequence: u64, kind: EventKind, event: &ProcessEvent) -> String {
-    let ppid = event.ppid.map_or_else(|| "-".to_owned(), |ppid| ppid.to_string());
+    let ppid = event
+        .ppid
+        .map_or_else(|| "-".to_owned(), |ppid| ppid.to_string());
     let uid = event.user_id.as_deref().unwrap_or("-");
     let argv = if event.command_line.is_empty() {
         event.executable_path.clone().unwrap_or_default()
@@ -364,7 +370,9 @@ mod tests {
         event.command_line = vec!["sleep".into(), "1\n".into(), "x".repeat(300)];
         let line = human_line(7, EventKind::Start, &event);
         assert!(!line.contains('\n'), "{line}");
-        for part in ["#7", "start", "pid 4242", "ppid 1", "uid 1000", "sle?ep", "sleep 1?"] {
+        for part in [
+            "#7", "start", "pid 4242", "ppid 1", "uid 1000", "sle?ep", "sleep 1?",
+        ] {
             assert!(line.contains(part), "{line} lacks {part}");
         }
         assert!(line.ends_with('…'));

@@ -162,7 +162,10 @@ impl Summary {
         };
         line(
             "source",
-            format!("{} for {:.1} s (stopped by {})", self.source, self.seconds, self.stopped_by),
+            format!(
+                "{} for {:.1} s (stopped by {})",
+                self.source, self.seconds, self.stopped_by
+            ),
         );
         line("broker", self.broker.clone());
         line("wal", self.wal_dir.clone());
@@ -179,7 +182,10 @@ impl Summary {
         line(
             "acknowledged",
             if self.legacy_broker {
-                format!("{} (legacy broker: written to its socket)", self.acknowledged)
+                format!(
+                    "{} (legacy broker: written to its socket)",
+                    self.acknowledged
+                )
             } else {
                 self.acknowledged.to_string()
             },
@@ -262,7 +268,11 @@ mod tests {
         let summary = clean();
         assert!(summary.problems().is_empty());
         assert_eq!(summary.exit_code(), EXIT_OK);
-        assert!(summary.to_text().contains("ok: durable = delivered = acknowledged"));
+        assert!(
+            summary
+                .to_text()
+                .contains("ok: durable = delivered = acknowledged")
+        );
         let json = serde_json::to_value(&summary).unwrap();
         assert_eq!(json["durable"], 300);
         assert_eq!(json["delivered"], 300);
