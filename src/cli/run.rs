@@ -359,7 +359,7 @@ async fn run_async(args: RunArgs) -> u8 {
         let durable = stats
             .wal
             .durable_sequence
-            .saturating_sub(first_run_sequence - 1);
+            .saturating_sub(first_run_sequence.saturating_sub(1));
         StatusSample {
             durable,
             delivered: embedded.as_ref().map(|e| e.subscriber.received()),
@@ -384,7 +384,7 @@ async fn run_async(args: RunArgs) -> u8 {
             let durable = stats
                 .wal
                 .durable_sequence
-                .saturating_sub(first_run_sequence - 1);
+                .saturating_sub(first_run_sequence.saturating_sub(1));
             let rate = meter.sample(durable, Instant::now());
             console.show(&sample(&stats, rate));
         }
@@ -452,7 +452,7 @@ async fn run_async(args: RunArgs) -> u8 {
     let durable = stats
         .wal
         .durable_sequence
-        .saturating_sub(first_run_sequence - 1);
+        .saturating_sub(first_run_sequence.saturating_sub(1));
     let observed = counters.observed.load(Relaxed);
     let summary = Summary {
         source: match args.source {
