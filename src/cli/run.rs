@@ -240,7 +240,6 @@ async fn run_async(args: RunArgs) -> u8 {
         Ok(source) => source,
         Err(reason) => return could_not_run(reason),
     };
-    let console = Console::new(!args.json && std::io::stderr().is_terminal());
     let format = print_format(&args);
 
     // The broker: external when named, else embedded with its subscriber.
@@ -304,6 +303,11 @@ async fn run_async(args: RunArgs) -> u8 {
         .wal
         .durable_sequence
         .saturating_sub(at_open.acked_through);
+    let Some(backpressure) = connector.take_backpressure_receiver() else {
+        return could_not_run("the backpressure receiver was already taken");
+    };
+    // The live line starts once nothing can fail before the run loop but the first connect.
+    let console = Console::new(!args.json && std::io::stderr().is_terminal());
     let embedded = embedded_parts.map(|(broker, client, socket_dir)| {
         let state = SubscriberState::new(first_run_sequence);
         let task = tokio::spawn(subscriber::run(
@@ -319,10 +323,8 @@ async fn run_async(args: RunArgs) -> u8 {
             _socket_dir: socket_dir,
         }
     });
-    let Some(backpressure) = connector.take_backpressure_receiver() else {
-        return could_not_run("the backpressure receiver was already taken");
-    };
     if let Err(error) = connector.connect().await {
+        console.finish();
         let _ = connector.shutdown().await;
         if let Some(embedded) = embedded {
             embedded.broker.shutdown().await;
