@@ -27,8 +27,7 @@ use std::time::Duration;
 
 use broker_support::BrokerProcess;
 use drill_support::{
-    Runs, config, cycles, event, guarded, kind, persisted_mark, short_tempdir, subscribe,
-    verdict,
+    Runs, config, cycles, event, guarded, kind, persisted_mark, short_tempdir, subscribe, verdict,
 };
 use procmond_wal::EventBusConnector;
 use tokio::sync::mpsc;

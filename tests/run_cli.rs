@@ -265,3 +265,41 @@ fn help_says_where_the_wal_lives() {
         assert!(help.contains(part), "help lacks {part}:\n{help}");
     }
 }
+
+#[test]
+fn backpressure_slows_the_proc_polls() {
+    let scratch = short_tempdir();
+    // No broker and a tiny buffer: the first poll fills it past 70 % and nothing drains it.
+    let output = run_command(&[
+        "--wal-dir",
+        scratch.path().join("wal").to_str().expect("utf-8"),
+        "--poll-interval",
+        "50ms",
+        "--buffer-max-bytes",
+        "1000",
+        "--duration",
+        "1s",
+        "--drain-timeout",
+        "10ms",
+        "--json",
+    ])
+    .env(
+        "DAEMONEYE_BROKER_SOCKET",
+        scratch.path().join("absent.sock"),
+    )
+    .output()
+    .expect("run");
+    assert_eq!(output.status.code(), Some(1), "events are left outstanding");
+    let summary = summary(&output);
+    assert_eq!(
+        summary["backpressure_activations"].as_u64(),
+        Some(1),
+        "{summary}"
+    );
+    let polls = summary["proc"]["polls"].as_u64().expect("polls");
+    let slowed = summary["proc"]["slowed_polls"]
+        .as_u64()
+        .expect("slowed polls");
+    assert!(slowed >= 1 && slowed < polls, "{summary}");
+    assert!(summary["outstanding"].as_u64() > Some(0), "{summary}");
+}
