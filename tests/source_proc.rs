@@ -918,10 +918,10 @@ fn the_async_poller_yields_successive_batches() {
 }
 
 // ---------------------------------------------------------------------------------------
-// The parsers on arbitrary bytes (process names and argv are chosen by whoever starts a
-// process).
+// Properties: the parsers on arbitrary bytes (process names and argv are chosen by whoever
+// starts a process), and the differ against a model.
 
-mod parsers {
+mod properties {
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
 
@@ -965,6 +965,60 @@ mod parsers {
             prop_assert_eq!(stat.cpu_ticks, utime + stime);
             prop_assert_eq!(stat.start_ticks, start_ticks);
             prop_assert_eq!(stat.rss_pages, u64::try_from(rss).unwrap_or(0));
+        }
+
+        #[test]
+        fn the_differ_matches_a_model_on_random_snapshots(
+            before in proptest::collection::btree_map(0u32..40, (0u64..3, 0u8..3, 0u8..2), 0..30),
+            after in proptest::collection::btree_map(0u32..40, (0u64..3, 0u8..3, 0u8..2), 0..30),
+        ) {
+            use std::collections::BTreeSet;
+            use procmond_wal::EventKind;
+            use procmond_wal::source::proc::{ProcessRecord, Snapshot, diff};
+
+            // (start ticks, argv variant, uid variant) per pid.
+            let build = |spec: &std::collections::BTreeMap<u32, (u64, u8, u8)>| {
+                let mut snapshot = Snapshot::new(chrono::DateTime::from_timestamp_nanos(0), std::time::Instant::now());
+                for (&pid, &(start, argv, uid)) in spec {
+                    let mut record = ProcessRecord::new(pid, start, "p");
+                    record.argv = vec![format!("v{argv}")];
+                    record.uid = Some(u32::from(uid));
+                    snapshot.insert(record);
+                }
+                snapshot
+            };
+            let (old, new) = (build(&before), build(&after));
+            let changes = diff(&old, &new);
+
+            let mut stops = BTreeSet::new();
+            let mut starts = BTreeSet::new();
+            let mut modifies = BTreeSet::new();
+            let mut last: Option<(u32, EventKind)> = None;
+            for change in &changes {
+                let (pid, kind) = (change.pid(), change.kind());
+                if let Some((last_pid, last_kind)) = last {
+                    // Ordered by pid; within a pid only Stop then Start.
+                    prop_assert!(last_pid < pid || (last_pid == pid && last_kind == EventKind::Stop && kind == EventKind::Start));
+                }
+                last = Some((pid, kind));
+                let fresh = match kind {
+                    EventKind::Stop => stops.insert(pid),
+                    EventKind::Start => starts.insert(pid),
+                    EventKind::Modify => modifies.insert(pid),
+                };
+                prop_assert!(fresh, "one change of each kind per pid at most");
+            }
+            let same = |pid: &u32| before.get(pid).map(|b| b.0) == after.get(pid).map(|a| a.0);
+            let expected_stops: BTreeSet<u32> = before.keys().filter(|pid| !same(pid)).copied().collect();
+            let expected_starts: BTreeSet<u32> = after.keys().filter(|pid| !same(pid)).copied().collect();
+            let expected_modifies: BTreeSet<u32> = before
+                .iter()
+                .filter(|(pid, b)| after.get(pid).is_some_and(|a| a.0 == b.0 && (a.1, a.2) != (b.1, b.2)))
+                .map(|(pid, _)| *pid)
+                .collect();
+            prop_assert_eq!(stops, expected_stops);
+            prop_assert_eq!(starts, expected_starts);
+            prop_assert_eq!(modifies, expected_modifies);
         }
 
         #[test]

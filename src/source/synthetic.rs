@@ -87,6 +87,12 @@ impl Default for SyntheticConfig {
     }
 }
 
+// The source moves into a task of a multi-threaded runtime: it must stay `Send`.
+const _: fn() = || {
+    fn must_be_send<T: Send + 'static>() {}
+    must_be_send::<SyntheticSource>();
+};
+
 /// Generated events, paced.
 #[derive(Debug, Clone)]
 pub struct SyntheticSource {

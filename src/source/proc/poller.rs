@@ -76,6 +76,12 @@ pub struct ProcSourceStats {
     pub slowed: bool,
 }
 
+// The poller moves into a task of a multi-threaded runtime: it must stay `Send`.
+const _: fn() = || {
+    fn must_be_send<T: Send + 'static>() {}
+    must_be_send::<ProcPoller>();
+};
+
 /// Watches processes through /proc.
 #[derive(Debug)]
 pub struct ProcPoller {

@@ -83,12 +83,15 @@ struct LiveProcess {
 /// The deterministic event stream.
 #[derive(Debug, Clone)]
 pub struct Generator {
-    seed: u64,
+    /// The seed as the `synthetic` metadata value (formatted once).
+    seed_text: String,
     rng: SplitMix64,
     event_bytes: u64,
     live: Vec<LiveProcess>,
     next_pid: u32,
     generated: u64,
+    /// ASCII padding text, grown once to the longest window needed.
+    pad_source: String,
 }
 
 impl Generator {
@@ -103,12 +106,13 @@ impl Generator {
             });
         }
         Ok(Generator {
-            seed,
+            seed_text: seed.to_string(),
             rng: SplitMix64::new(seed),
             event_bytes,
             live: Vec::new(),
             next_pid: FIRST_PID,
             generated: 0,
+            pad_source: String::new(),
         })
     }
 
@@ -232,7 +236,7 @@ impl Generator {
         event.file_exists = true;
         event
             .platform_metadata
-            .insert(META_SYNTHETIC.to_owned(), self.seed.to_string());
+            .insert(META_SYNTHETIC.to_owned(), self.seed_text.clone());
         event
     }
 
@@ -250,13 +254,20 @@ impl Generator {
             return;
         };
         let offset = self.rng.index(PAD_ALPHABET.len());
-        let pad: String = PAD_ALPHABET
-            .iter()
-            .cycle()
-            .skip(offset)
-            .take(usize::try_from(pad_bytes).unwrap_or(0))
-            .map(|&byte| char::from(byte))
-            .collect();
-        event.command_line.push(pad);
+        // Bounded by MAX_EVENT_BYTES, checked at construction.
+        let pad_bytes = usize::try_from(pad_bytes).unwrap_or(0);
+        if self.pad_source.len() < offset + pad_bytes {
+            // The alphabet repeated: any window of it is a valid padding (one copy, no
+            // per-byte work on the hot path).
+            let repeats = (offset + pad_bytes).div_ceil(PAD_ALPHABET.len());
+            self.pad_source = PAD_ALPHABET
+                .repeat(repeats)
+                .into_iter()
+                .map(char::from)
+                .collect();
+        }
+        event
+            .command_line
+            .push(self.pad_source[offset..offset + pad_bytes].to_owned());
     }
 }
