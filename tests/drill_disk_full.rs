@@ -162,9 +162,15 @@ async fn wal_disk_full_then_space_returns() {
     let broker = Broker::start(broker_config).await.expect("start broker");
     let mut received = subscribe(&socket).await;
     connector.replay_wal().await.expect("nudge the link");
-    guarded("acknowledgement", connector.acknowledged(last_durable))
+    if tokio::time::timeout(drill_support::GUARD, connector.acknowledged(last_durable))
         .await
-        .expect("acknowledged");
+        .is_err()
+    {
+        panic!(
+            "not acknowledged through {last_durable}: {:#?}",
+            connector.stats()
+        );
+    }
     let mut order = Order::starting_at(1);
     while order.highest < last_durable {
         match guarded("subscriber", received.recv()).await {

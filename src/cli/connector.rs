@@ -185,7 +185,12 @@ async fn load(args: ConnectorLoadArgs) -> Result<(), String> {
                     let (event, kind) = events.into_iter().next().ok_or("empty batch")?;
                     vec![connector.publish(event, kind).await]
                 } else {
-                    vec![connector.publish_batch(events).await.map(|s| s.into_iter().max().unwrap_or(0))]
+                    vec![
+                        connector
+                            .publish_batch(events)
+                            .await
+                            .map(|s| s.into_iter().max().unwrap_or(0)),
+                    ]
                 };
                 for sequence in sequences {
                     let sequence = sequence.map_err(|error| error.to_string())?;
