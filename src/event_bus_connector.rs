@@ -203,34 +203,67 @@ impl EventBusConnector {
         reply_sequence(reply).await
     }
 
-    /// Publishes several events; returns their sequences (in order) once all are durable.
-    /// Not atomic: on an error, a prefix of the batch may be durable (and is delivered).
+    /// Publishes several events with consecutive sequences; returns them (in order) once
+    /// all are durable. One WAL command and one hand-over for the whole batch. Not atomic:
+    /// on an error, a prefix of the batch may be durable (and is delivered).
     pub async fn publish_batch(
         &self,
         events: Vec<(ProcessEvent, ProcessEventType)>,
     ) -> EventBusConnectorResult<Vec<u64>> {
-        let mut replies = Vec::with_capacity(events.len());
+        self.check_accepting()?;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut items = Vec::with_capacity(events.len());
+        let mut prepared = Vec::with_capacity(events.len());
         for (event, kind) in events {
-            replies.push(self.hand_over(event, kind).await?);
+            let (event, payload, timestamp) = self.prepare(event, kind)?;
+            items.push((kind, payload, timestamp));
+            prepared.push((event, kind));
         }
-        let mut sequences = Vec::with_capacity(replies.len());
-        for reply in replies {
-            sequences.push(reply_sequence(reply).await?);
+        let receipt = self
+            .inner
+            .wal
+            .enqueue_batch(prepared)
+            .await
+            .map_err(wal_error)?;
+        let (reply, receiver) = oneshot::channel();
+        // No await between enqueue and this send: a cancelled publish cannot lose it.
+        self.inner
+            .ingest
+            .send(Ingest::Batch {
+                receipt,
+                items,
+                reply,
+            })
+            .map_err(|_| EventBusConnectorError::ShutDown)?;
+        match receiver.await {
+            Ok(result) => result.map(Iterator::collect).map_err(wal_error),
+            Err(_) => Err(EventBusConnectorError::ShutDown),
         }
-        Ok(sequences)
+    }
+
+    /// Redacts argv, applies the stored limits and encodes the wire payload.
+    fn prepare(
+        &self,
+        mut event: ProcessEvent,
+        kind: EventKind,
+    ) -> EventBusConnectorResult<(ProcessEvent, Vec<u8>, crate::wire::WireTime)> {
+        self.inner.redaction.redact_argv(&mut event.command_line);
+        event.truncate_to_limits();
+        let payload = fit_event_payload(kind, &event)?;
+        let timestamp = event_wire_time(&event);
+        Ok((event, payload, timestamp))
     }
 
     /// Redacts, encodes, enqueues in the WAL and hands the receipt to the ring thread.
     async fn hand_over(
         &self,
-        mut event: ProcessEvent,
+        event: ProcessEvent,
         kind: EventKind,
     ) -> EventBusConnectorResult<oneshot::Receiver<Result<u64, WalError>>> {
         self.check_accepting()?;
-        self.inner.redaction.redact_argv(&mut event.command_line);
-        event.truncate_to_limits();
-        let payload = fit_event_payload(kind, &event)?;
-        let timestamp = event_wire_time(&event);
+        let (event, payload, timestamp) = self.prepare(event, kind)?;
         let receipt = self
             .inner
             .wal

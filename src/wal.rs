@@ -79,6 +79,23 @@ impl Future for AppendReceipt {
     }
 }
 
+/// Resolves to a batch's sequence range once all of it is durable; see
+/// [`Wal::enqueue_batch`].
+#[must_use = "the batch is only known to be durable when the receipt resolves"]
+pub struct BatchReceipt {
+    receiver: oneshot::Receiver<Result<RangeInclusive<u64>, WalError>>,
+}
+
+impl Future for BatchReceipt {
+    type Output = Result<RangeInclusive<u64>, WalError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.receiver)
+            .poll(cx)
+            .map(|result| result.unwrap_or(Err(WalError::Closed)))
+    }
+}
+
 impl Wal {
     /// Opens (or creates) the log in `config.dir`: validates the configuration, takes the
     /// directory lock, reads every segment (skipping damage with a warning), cuts a torn tail,
@@ -167,6 +184,15 @@ impl Wal {
         &self,
         events: Vec<(ProcessEvent, EventKind)>,
     ) -> Result<RangeInclusive<u64>, WalError> {
+        self.enqueue_batch(events).await?.await
+    }
+
+    /// [`Wal::append_batch`] split like [`Wal::enqueue`]: returns once the batch is queued,
+    /// with a receipt that resolves to the range once all of it is durable.
+    pub async fn enqueue_batch(
+        &self,
+        events: Vec<(ProcessEvent, EventKind)>,
+    ) -> Result<BatchReceipt, WalError> {
         let mut items = Vec::with_capacity(events.len());
         for (mut event, kind) in events {
             event.truncate_to_limits();
@@ -179,7 +205,7 @@ impl Wal {
             reply,
         })
         .await?;
-        receiver.await.unwrap_or(Err(WalError::Closed))
+        Ok(BatchReceipt { receiver })
     }
 
     /// Waits until everything appended before this call is durable; returns the durable

@@ -105,6 +105,22 @@ fn every_configuration_error_is_typed_and_an_absent_broker_is_not_one() {
             Err(EventBusConnectorError::ShutDown)
         ));
         set_env(None);
+
+        // A damaged publisher id file is an error (never a silently new identity), and the
+        // WAL opened on the way is closed again.
+        let damaged = dir.path().join("damaged-wal");
+        std::fs::create_dir(&damaged).expect("mkdir");
+        std::fs::write(damaged.join("publisher-id"), "two words\n").expect("write");
+        assert!(matches!(
+            EventBusConnector::with_config(env_config(&damaged)).await,
+            Err(EventBusConnectorError::PublisherId { .. })
+        ));
+        std::fs::write(damaged.join("publisher-id"), "procmond-fixed\n").expect("write");
+        let reopened = EventBusConnector::with_config(env_config(&damaged))
+            .await
+            .expect("the directory lock was released");
+        assert_eq!(reopened.publisher_id(), "procmond-fixed");
+        reopened.shutdown().await.expect("shutdown");
     });
     permission_denied(dir.path(), &runtime);
 }

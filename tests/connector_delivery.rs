@@ -8,6 +8,8 @@ mod connector_support;
 
 use broker_support::{BrokerProcess, short_tempdir};
 use connector_support::*;
+use std::future::Future;
+
 use procmond_wal::EventBusConnector;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,7 +154,7 @@ async fn broker_down_then_up_delivers_every_event_once() {
     let stats = connector.stats();
     assert!(stats.reconnects >= 1, "{stats:?}");
     connector.shutdown().await.expect("shutdown");
-    let after = printed_sequences(&second.terminate());
+    let after = printed_sequences(&second.finish(20));
     let mut all = before.clone();
     all.extend(&after);
     assert_eq!(
@@ -192,7 +194,7 @@ async fn buffer_overflow_spills_to_the_wal_and_everything_arrives() {
         assert_eq!(stats.spilled_events, 0);
         assert_eq!(stats.buffered_events, 0);
         connector.shutdown().await.expect("shutdown");
-        let lines = broker.terminate();
+        let lines = broker.finish(300);
         assert_eq!(printed_sequences(&lines), sequences, "{backend:?}");
         for (pid, line) in (0..300u32).zip(&lines) {
             let event: procmond_wal::ProcessEvent =
@@ -323,7 +325,7 @@ async fn after_sigkill_a_restart_delivers_exactly_what_the_broker_lacks() {
         .expect("all delivered");
     let publisher_id = connector.publisher_id().to_owned();
     connector.shutdown().await.expect("shutdown");
-    let lines = broker.terminate();
+    let lines = broker.finish(last as usize);
     assert_eq!(printed_sequences(&lines), (1..=last).collect::<Vec<u64>>());
     assert!(
         lines
@@ -372,5 +374,45 @@ async fn dropping_the_last_handle_drains_and_closes() {
     .expect("lock released");
     let report = procmond_wal::wal::recovery::read_dir(&wal_dir).expect("read");
     assert_eq!(report.acked_through, 51, "final checkpoint");
-    assert_eq!(printed_sequences(&broker.terminate()), sequences);
+    assert_eq!(printed_sequences(&broker.finish(51)), sequences);
+}
+
+/// A publish dropped while it waits for durability never loses its hand-over: the link
+/// sends in sequence order, so one lost event would stall every later one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_publishes_never_stall_delivery() {
+    let dir = short_tempdir();
+    let socket = dir.path().join("broker.sock");
+    let broker = PrintingBroker::start(&socket, None);
+    let connector = EventBusConnector::with_config(config(
+        &dir.path().join("wal"),
+        &socket,
+        procmond_wal::wal::BackendChoice::Auto,
+    ))
+    .await
+    .expect("start");
+    connector.connect().await.expect("connect");
+    // Each publish is polled once, which enqueues it in the WAL and hands it over, and then
+    // dropped while it waits for durability: the caller gave up, the event is still durable.
+    let waker = std::task::Waker::noop();
+    let mut context = std::task::Context::from_waker(waker);
+    for pid in 0..400u32 {
+        // Unconstrained: the runtime's cooperative budget must not make the poll yield early.
+        let mut publish = Box::pin(tokio::task::unconstrained(
+            connector.publish(event(pid), kind(pid)),
+        ));
+        assert!(publish.as_mut().poll(&mut context).is_pending());
+        drop(publish);
+    }
+    let last = connector
+        .publish(event(400), kind(400))
+        .await
+        .expect("durable");
+    assert_eq!(last, 401, "the dropped publishes were enqueued");
+    guarded(connector.acknowledged(last))
+        .await
+        .expect("nothing stalled");
+    connector.shutdown().await.expect("shutdown");
+    let printed = printed_sequences(&broker.finish(last as usize));
+    assert_eq!(printed, (1..=last).collect::<Vec<u64>>());
 }

@@ -55,12 +55,24 @@ impl Printer {
         Printer { sender }
     }
 
-    /// Prints one accepted event (waits if the printing thread is behind).
+    /// Prints one accepted event (waits only if the printing thread is behind).
+    ///
+    /// The line is queued without an await when there is room: a connection task can be
+    /// cancelled at an await (its peer vanished), and an event the broker has already
+    /// accepted must not lose its line there.
     pub(crate) async fn print(&self, message: &Message, publisher_id: Option<&str>) {
-        match format_line(message, publisher_id) {
+        let text = match format_line(message, publisher_id) {
+            Ok(text) => text,
+            Err(error) => {
+                tracing::warn!(%error, "cannot format event as JSON");
+                return;
+            }
+        };
+        match self.sender.try_send(text) {
+            Ok(()) => {}
             // A closed channel means printing stopped (stdout gone); the broker keeps routing.
-            Ok(text) => drop(self.sender.send(text).await),
-            Err(error) => tracing::warn!(%error, "cannot format event as JSON"),
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(text)) => drop(self.sender.send(text).await),
         }
     }
 }

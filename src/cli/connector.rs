@@ -78,6 +78,10 @@ struct Figures {
 struct Report {
     backend: String,
     connector: Figures,
+    /// Events that did not fit in the publish buffer and were read back from the WAL.
+    spilled_total: u64,
+    read_back_from_wal: u64,
+    records_per_sync: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     wal_only: Option<Figures>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -218,7 +222,8 @@ async fn load(args: ConnectorLoadArgs) -> Result<(), String> {
             .map_err(|error| error.to_string())?;
         Some(started.elapsed().as_secs_f64())
     };
-    let backend_name = connector.stats().wal.backend.to_string();
+    let stats = connector.stats();
+    let backend_name = stats.wal.backend.to_string();
     connector
         .shutdown()
         .await
@@ -239,6 +244,9 @@ async fn load(args: ConnectorLoadArgs) -> Result<(), String> {
     let report = Report {
         backend: backend_name,
         connector: connector_figures,
+        spilled_total: stats.spilled_total,
+        read_back_from_wal: stats.read_back_from_wal,
+        records_per_sync: stats.wal.records_per_sync,
         wal_only,
         acked_vs_wal_only,
     };

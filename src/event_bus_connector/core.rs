@@ -66,16 +66,20 @@ impl Core {
         core
     }
 
-    /// A durable event arrives from the hand-over.
+    /// A durable event arrives from the hand-over; [`Core::handed_over`] follows each
+    /// group of them.
     pub fn ingest(&mut self, sequence: u64, frame: Bytes) {
         self.buffer.ingest(sequence, frame);
-        self.occupancy_changed();
-        self.wake_link.notify_one();
     }
 
     /// A durable event that is only in the WAL (its frame could not be kept).
     pub fn ingest_spilled(&mut self, sequence: u64) {
         self.buffer.spill_only(sequence);
+    }
+
+    /// After a group of hand-overs (one event or a batch): figures, backpressure, and the
+    /// link, once per group rather than per event.
+    pub fn handed_over(&mut self) {
         self.occupancy_changed();
         self.wake_link.notify_one();
     }

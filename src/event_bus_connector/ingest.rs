@@ -7,6 +7,8 @@
 //! broker, so `publish` never does either.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::ops::RangeInclusive;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -14,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::core::Core;
 use crate::event::EventKind;
-use crate::wal::{AppendReceipt, WalError};
+use crate::wal::{AppendReceipt, BatchReceipt, WalError};
 use crate::wire::WireTime;
 use crate::wire::budget::frame_with_payload;
 
@@ -29,13 +31,20 @@ pub(crate) enum Ingest {
         timestamp: WireTime,
         reply: oneshot::Sender<Result<u64, WalError>>,
     },
+    /// A batch enqueued with consecutive sequences; one reply for all of it.
+    Batch {
+        receipt: BatchReceipt,
+        /// Kind, wire payload and envelope timestamp of each event, in order.
+        items: Vec<(EventKind, Vec<u8>, WireTime)>,
+        reply: oneshot::Sender<Result<RangeInclusive<u64>, WalError>>,
+    },
     /// Answered once every event handed over before it is in the buffer.
     Flush { reply: oneshot::Sender<()> },
 }
 
 /// Runs until every handle is gone and every receipt is answered.
 pub(crate) async fn run(mut receiver: mpsc::UnboundedReceiver<Ingest>, core: Rc<RefCell<Core>>) {
-    let mut pending: std::collections::VecDeque<Ingest> = std::collections::VecDeque::new();
+    let mut pending: VecDeque<Ingest> = VecDeque::new();
     let mut open = true;
     loop {
         // Answer flushes at the front: everything before them is done.
@@ -50,14 +59,8 @@ pub(crate) async fn run(mut receiver: mpsc::UnboundedReceiver<Ingest>, core: Rc<
         tokio::select! {
             biased;
             result = wait_front(&mut pending), if !pending.is_empty() => {
-                if let Some(Ingest::Event { kind, payload, timestamp, reply, .. }) =
-                    pending.pop_front()
-                {
-                    if let Ok(sequence) = result {
-                        hand_over(&core, sequence, kind, payload, timestamp);
-                    }
-                    // The publisher may have given up waiting; the event is handed over anyway.
-                    let _ = reply.send(result);
+                if let Some(front) = pending.pop_front() {
+                    finish(&core, front, result);
                 }
             }
             message = receiver.recv(), if open => match message {
@@ -68,11 +71,51 @@ pub(crate) async fn run(mut receiver: mpsc::UnboundedReceiver<Ingest>, core: Rc<
     }
 }
 
-async fn wait_front(pending: &mut std::collections::VecDeque<Ingest>) -> Result<u64, WalError> {
+/// Waits for the front receipt; a single event resolves to a one-element range.
+async fn wait_front(pending: &mut VecDeque<Ingest>) -> Result<RangeInclusive<u64>, WalError> {
     match pending.front_mut() {
-        Some(Ingest::Event { receipt, .. }) => receipt.await,
+        Some(Ingest::Event { receipt, .. }) => receipt.await.map(|sequence| sequence..=sequence),
+        Some(Ingest::Batch { receipt, .. }) => receipt.await,
         // Flushes are answered before waiting; an empty queue is never waited on.
         _ => std::future::pending().await,
+    }
+}
+
+/// Hands a resolved front entry over to the buffer, then answers its publisher (who may
+/// have stopped waiting: the events are handed over anyway).
+fn finish(core: &Rc<RefCell<Core>>, entry: Ingest, result: Result<RangeInclusive<u64>, WalError>) {
+    match entry {
+        Ingest::Event {
+            kind,
+            payload,
+            timestamp,
+            reply,
+            ..
+        } => {
+            let result = result.map(|range| *range.start());
+            if let Ok(sequence) = result {
+                hand_over(core, sequence, kind, payload, timestamp);
+                core.borrow_mut().handed_over();
+            }
+            let _ = reply.send(result);
+        }
+        Ingest::Batch { items, reply, .. } => {
+            if let Ok(range) = &result {
+                debug_assert_eq!(
+                    range.clone().count(),
+                    items.len(),
+                    "a batch gets one sequence per event"
+                );
+                for (sequence, (kind, payload, timestamp)) in range.clone().zip(items) {
+                    hand_over(core, sequence, kind, payload, timestamp);
+                }
+                core.borrow_mut().handed_over();
+            }
+            let _ = reply.send(result);
+        }
+        Ingest::Flush { reply } => {
+            let _ = reply.send(());
+        }
     }
 }
 

@@ -104,6 +104,8 @@ pub(crate) struct LinkSettings {
     pub reconnect_cap_ms: u64,
     pub jitter_seed: u64,
     pub wal_dir: PathBuf,
+    /// Drain time when every handle is gone without an explicit shutdown.
+    pub drain_timeout: Duration,
 }
 
 /// Why a connection ended.
@@ -174,6 +176,8 @@ pub(crate) struct Link<D: Dialer> {
     core: Rc<RefCell<Core>>,
     shared: Arc<Shared>,
     commands: mpsc::UnboundedReceiver<LinkCommand>,
+    /// False once every handle is gone (the channel is closed and must not be polled).
+    commands_open: bool,
     settings: LinkSettings,
     wal: Wal,
     backoff: Backoff,
@@ -203,6 +207,7 @@ impl<D: Dialer> Link<D> {
             core,
             shared,
             commands,
+            commands_open: true,
             settings,
             wal,
             backoff,
@@ -222,10 +227,8 @@ impl<D: Dialer> Link<D> {
             }
             let Some(path) = self.path.clone() else {
                 // Idle: nothing to connect to until `connect()`.
-                match self.commands.recv().await {
-                    Some(command) => self.command(command),
-                    None => self.start_draining(Duration::ZERO, None),
-                }
+                let command = self.next_command().await;
+                self.command_or_closed(command);
                 if self.drain_deadline.is_some() && self.path.is_none() {
                     break;
                 }
@@ -276,18 +279,39 @@ impl<D: Dialer> Link<D> {
         }
     }
 
+    /// The next command; never resolves once the channel is closed.
+    async fn next_command(&mut self) -> Option<LinkCommand> {
+        if self.commands_open {
+            self.commands.recv().await
+        } else {
+            std::future::pending().await
+        }
+    }
+
+    /// Handles a command, or the last handle going away: that drains like a shutdown.
+    fn command_or_closed(&mut self, command: Option<LinkCommand>) {
+        match command {
+            Some(command) => self.command(command),
+            None => {
+                self.commands_open = false;
+                self.start_draining(self.settings.drain_timeout, None);
+            }
+        }
+    }
+
     fn command(&mut self, command: LinkCommand) {
         match command {
             LinkCommand::Connect {
                 path,
                 first_attempt,
             } => {
-                if self.path.as_ref() == Some(&path) && self.first_attempt.is_none() {
-                    // Already connecting to it; the link keeps trying on its own.
+                // A new path takes effect at the next connection attempt.
+                self.path = Some(path);
+                self.report_first_attempt(Ok(()));
+                if self.shared.state().is_connected() {
                     let _ = first_attempt.send(Ok(()));
                 } else {
-                    self.path = Some(path);
-                    self.report_first_attempt(Ok(()));
+                    // Reported after the next attempt, which a backoff wait does not delay.
                     self.first_attempt = Some(first_attempt);
                 }
             }
@@ -348,13 +372,12 @@ impl<D: Dialer> Link<D> {
             }
             tokio::select! {
                 () = tokio::time::sleep_until(wake_at) => return,
-                command = self.commands.recv() => match command {
+                command = self.next_command() => match command {
                     Some(LinkCommand::Nudge) => return,
-                    Some(command) => self.command(command),
-                    None => self.start_draining(Duration::ZERO, None),
+                    command => self.command_or_closed(command),
                 },
             }
-            if self.finished() {
+            if self.finished() || self.first_attempt.is_some() {
                 return;
             }
         }
@@ -376,7 +399,7 @@ impl<D: Dialer> Link<D> {
         let reason = match connection.hello_frame() {
             Ok(hello) => match jobs.send(hello).await {
                 Ok(()) => loop {
-                    if let Some(reason) = self.drain_check(&connection) {
+                    if let Some(reason) = self.drain_check() {
                         break reason;
                     }
                     let wake_link = Rc::clone(&self.core.borrow().wake_link);
@@ -392,11 +415,8 @@ impl<D: Dialer> Link<D> {
                     let drain_deadline = self.drain_deadline;
                     let outcome = tokio::select! {
                         biased;
-                        command = self.commands.recv() => {
-                            match command {
-                                Some(command) => self.command(command),
-                                None => self.start_draining(Duration::ZERO, None),
-                            }
+                        command = self.next_command() => {
+                            self.command_or_closed(command);
                             Ok(())
                         }
                         message = incoming.recv() => match message {
@@ -451,9 +471,9 @@ impl<D: Dialer> Link<D> {
         (reason, useful)
     }
 
-    fn drain_check(&self, connection: &Connection) -> Option<CloseReason> {
+    fn drain_check(&self) -> Option<CloseReason> {
         let deadline = self.drain_deadline?;
-        if connection.phase != Phase::AwaitingWelcome && self.core.borrow().buffer.is_drained() {
+        if self.core.borrow().buffer.is_drained() {
             return Some(CloseReason::Drained);
         }
         (Instant::now() >= deadline).then_some(CloseReason::DrainTimeout)
@@ -610,7 +630,7 @@ impl Connection {
 
     /// Gathers frames at the cursor (and owed PONGs) into one write.
     fn gather(&mut self, core: &Rc<RefCell<Core>>) -> Option<WriteJob> {
-        let mut bytes = Vec::new();
+        let mut bytes = Vec::with_capacity(WRITE_BATCH_BYTES);
         let pong = Body::Pong.encode_frame().unwrap_or_default();
         while self.pongs_owed > 0 {
             bytes.extend_from_slice(&pong);

@@ -102,6 +102,7 @@ async fn run(setup: RingSetup, backend: BackendKind) {
         reconnect_cap_ms: config.reconnect_cap_ms,
         jitter_seed,
         wal_dir: config.wal.dir.clone(),
+        drain_timeout: Duration::from_millis(config.drain_timeout_ms),
     };
     let done = match backend {
         BackendKind::Uring => {

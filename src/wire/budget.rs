@@ -11,7 +11,12 @@
 use crate::event::{EventKind, ProcessEvent};
 use crate::wire::envelope::WireTime;
 use crate::wire::error::WireError;
-use crate::wire::payload::{CollectionEvent, event_message_with_payload};
+use crate::wire::frame::{FRAME_LENGTH_BYTES, seal_frame};
+#[cfg(doc)]
+use crate::wire::payload::event_message_with_payload;
+use crate::wire::payload::{
+    CollectionEvent, PUBLISHER_TAG, event_correlation_id, event_message_id,
+};
 
 /// Every frame the connector sends (length prefix included) is strictly smaller.
 pub const CONNECTOR_FRAME_MAX_BYTES: usize = 192 * 1024;
@@ -107,6 +112,10 @@ pub fn event_frame(
 }
 
 /// The frame for an event whose payload came from [`fit_event_payload`].
+///
+/// Written field by field into one buffer (the ring thread builds one per event); the bytes
+/// are exactly what encoding [`event_message_with_payload`]'s `Message` with postcard gives,
+/// which a test checks.
 pub fn frame_with_payload(
     publisher_id: &str,
     sequence: u64,
@@ -114,13 +123,61 @@ pub fn frame_with_payload(
     payload: Vec<u8>,
     timestamp: WireTime,
 ) -> Result<Vec<u8>, WireError> {
-    let frame = event_message_with_payload(publisher_id, sequence, kind, payload, timestamp)
-        .encode_frame()?;
+    let correlation_id = event_correlation_id(publisher_id, sequence);
+    let topic = kind.topic();
+    let mut frame = Vec::with_capacity(
+        FRAME_LENGTH_BYTES + 128 + 2 * correlation_id.len() + publisher_id.len() + payload.len(),
+    );
+    frame.extend_from_slice(&[0; FRAME_LENGTH_BYTES]);
+    // id: a 16-byte byte string.
+    put_bytes(
+        &mut frame,
+        event_message_id(publisher_id, sequence).as_bytes(),
+    );
+    put_bytes(&mut frame, topic.as_bytes());
+    // correlation_metadata: id, parent None, root, sequence_number, stage None, one tag,
+    // created_at.
+    put_bytes(&mut frame, correlation_id.as_bytes());
+    frame.push(0);
+    put_bytes(&mut frame, correlation_id.as_bytes());
+    put_varint(&mut frame, sequence);
+    frame.push(0);
+    put_varint(&mut frame, 1);
+    put_bytes(&mut frame, PUBLISHER_TAG.as_bytes());
+    put_bytes(&mut frame, publisher_id.as_bytes());
+    put_time(&mut frame, timestamp);
+    put_bytes(&mut frame, &payload);
+    put_varint(&mut frame, sequence);
+    put_time(&mut frame, timestamp);
+    // message_type: Event is variant 0.
+    frame.push(0);
+    let frame = seal_frame(frame)?;
     debug_assert!(
         frame.len() < CONNECTOR_FRAME_MAX_BYTES,
         "payload within budget and publisher id within its limit keep the frame under budget"
     );
     Ok(frame)
+}
+
+/// postcard's unsigned varint (LEB128).
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// postcard's string / byte string: varint length, then the bytes.
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// `SystemTime` as serde writes it: seconds, then nanoseconds.
+fn put_time(out: &mut Vec<u8>, time: WireTime) {
+    put_varint(out, time.secs);
+    put_varint(out, u64::from(time.nanos));
 }
 
 fn cut_for_wire(event: &mut ProcessEvent, limits: WireLimits) {
@@ -235,6 +292,39 @@ mod tests {
                 event_frame(&publisher_id, u64::MAX, EventKind::Modify, &event).ok(),
                 Some(frame)
             );
+        }
+    }
+
+    #[test]
+    fn the_hand_written_frame_is_byte_for_byte_the_postcard_encoding() {
+        use crate::wire::payload::event_message_with_payload;
+        let times = [
+            WireTime::EPOCH,
+            WireTime {
+                secs: 1_700_000_000,
+                nanos: 5,
+            },
+            WireTime {
+                secs: u64::MAX,
+                nanos: 999_999_999,
+            },
+        ];
+        for publisher_id in ["p", "procmond-0123456789abcdef", &"x".repeat(128)] {
+            for sequence in [0, 1, 127, 128, 16_383, 16_384, u64::MAX] {
+                for payload_bytes in [0, 1, 127, 128, 20_000] {
+                    for (kind, time) in EventKind::ALL.into_iter().zip(times) {
+                        let payload: Vec<u8> = (0..payload_bytes).map(|i| i as u8).collect();
+                        let ours =
+                            frame_with_payload(publisher_id, sequence, kind, payload.clone(), time)
+                                .expect("frame");
+                        let reference =
+                            event_message_with_payload(publisher_id, sequence, kind, payload, time)
+                                .encode_frame()
+                                .expect("frame");
+                        assert_eq!(ours, reference, "{publisher_id} {sequence} {payload_bytes}");
+                    }
+                }
+            }
         }
     }
 

@@ -160,6 +160,15 @@ impl PrintingBroker {
         serde_json::from_str(&line).expect("a JSON line")
     }
 
+    /// Waits for `expected` printed lines, then stops the broker and adds whatever else it
+    /// printed. (Its printing thread may still hold lines when the process exits, so the
+    /// expected ones are read first, from a running broker.)
+    pub fn finish(self, expected: usize) -> Vec<serde_json::Value> {
+        let mut lines: Vec<_> = (0..expected).map(|_| self.next_line()).collect();
+        lines.extend(self.terminate());
+        lines
+    }
+
     /// Kills the broker with SIGKILL (a crash).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
