@@ -23,8 +23,9 @@ use procmond_wal::{EventBusConnector, EventBusConnectorError, ProcessEvent};
 const STEP_MIB: u64 = 3;
 /// Segment size: a few segments fill the filesystem.
 const SEGMENT_MAX_BYTES: u64 = 1024 * 1024;
-/// Events per publish call.
-const BATCH_EVENTS: u64 = 16;
+/// Single-event publishes in flight at once (they share group commits). Single publishes
+/// keep the outcome per event exact: a refused append takes no sequence.
+const CONCURRENT_PUBLISHES: u64 = 16;
 /// Most events published while waiting for the disk to fill (a filesystem that never
 /// fills is a failure, not a hang).
 const FILL_LIMIT_EVENTS: u64 = 200_000;
@@ -77,6 +78,30 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Publishes events `first..first + CONCURRENT_PUBLISHES` one per task; returns the highest
+/// durable sequence among them and the first error, if any.
+async fn publish_concurrently(
+    connector: &EventBusConnector,
+    first: u64,
+) -> (u64, Option<EventBusConnectorError>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in first..first + CONCURRENT_PUBLISHES {
+        let connector = connector.clone();
+        tasks.spawn(async move { connector.publish(sized_event(index), kind(index)).await });
+    }
+    let mut highest = 0;
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined.expect("publish task") {
+            Ok(sequence) => highest = highest.max(sequence),
+            Err(error) => {
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    (highest, first_error)
+}
+
 fn sized_event(index: u64) -> ProcessEvent {
     let mut event = event(index);
     event.command_line.push("y".repeat(900));
@@ -120,13 +145,11 @@ async fn wal_disk_full_then_space_returns() {
                 next < FILL_LIMIT_EVENTS * fills,
                 "the filesystem never filled"
             );
-            let batch = (next..next + BATCH_EVENTS)
-                .map(|index| (sized_event(index), kind(index)))
-                .collect();
-            next += BATCH_EVENTS;
-            match connector.publish_batch(batch).await {
-                Ok(sequences) => last_durable = *sequences.last().expect("a batch"),
-                Err(error) => break error,
+            let (highest, error) = publish_concurrently(&connector, next).await;
+            next += CONCURRENT_PUBLISHES;
+            last_durable = last_durable.max(highest);
+            if let Some(error) = error {
+                break error;
             }
         };
         let text = error.to_string();
@@ -143,15 +166,13 @@ async fn wal_disk_full_then_space_returns() {
         // Room again: the same process carries on.
         size_mib += STEP_MIB;
         tmpfs.resize(size_mib);
-        let batch = (next..next + BATCH_EVENTS)
-            .map(|index| (sized_event(index), kind(index)))
-            .collect();
-        next += BATCH_EVENTS;
-        let sequences = connector
-            .publish_batch(batch)
-            .await
-            .expect("publishing works again once there is room");
-        last_durable = *sequences.last().expect("a batch");
+        let (highest, error) = publish_concurrently(&connector, next).await;
+        next += CONCURRENT_PUBLISHES;
+        assert!(
+            error.is_none(),
+            "publishing works again once there is room: {error:?}"
+        );
+        last_durable = last_durable.max(highest);
     }
 
     // A broker appears: everything durable is delivered, once and in order.
