@@ -66,6 +66,7 @@ mod publisher_id;
 pub mod redact;
 mod replay;
 mod ring;
+mod session;
 mod socket;
 pub mod stats;
 

@@ -53,11 +53,27 @@ fn every_configuration_error_is_typed_and_an_absent_broker_is_not_one() {
                 variable: "DAEMONEYE_BROKER_SOCKET"
             })
         ));
+        assert!(matches!(
+            ConnectorConfig::from_env(dir.path()),
+            Err(EventBusConnectorError::SocketEnvUnset { .. })
+        ));
         set_env(Some("".as_ref()));
         assert!(matches!(
             connector.connect().await,
             Err(EventBusConnectorError::SocketEnvEmpty { .. })
         ));
+        assert!(matches!(
+            ConnectorConfig::from_env(dir.path()),
+            Err(EventBusConnectorError::SocketEnvEmpty { .. })
+        ));
+        set_env(Some("/run/daemoneye/broker.sock".as_ref()));
+        let from_env = ConnectorConfig::from_env(dir.path()).expect("set");
+        assert_eq!(
+            from_env.socket,
+            procmond_wal::event_bus_connector::SocketSource::Path(
+                "/run/daemoneye/broker.sock".into()
+            )
+        );
         let long = format!("/tmp/{}", "s".repeat(200));
         set_env(Some(long.as_ref()));
         let error = connector.connect().await.expect_err("too long");

@@ -396,14 +396,22 @@ async fn cancelled_publishes_never_stall_delivery() {
     // dropped while it waits for durability: the caller gave up, the event is still durable.
     let waker = std::task::Waker::noop();
     let mut context = std::task::Context::from_waker(waker);
+    let mut dropped = 0;
     for pid in 0..400u32 {
         // Unconstrained: the runtime's cooperative budget must not make the poll yield early.
         let mut publish = Box::pin(tokio::task::unconstrained(
             connector.publish(event(pid), kind(pid)),
         ));
-        assert!(publish.as_mut().poll(&mut context).is_pending());
+        match publish.as_mut().poll(&mut context) {
+            std::task::Poll::Pending => dropped += 1,
+            // Only if this thread was descheduled long enough for the event to be synced.
+            std::task::Poll::Ready(result) => {
+                result.expect("durable");
+            }
+        }
         drop(publish);
     }
+    assert!(dropped > 0, "some publishes were dropped while waiting");
     let last = connector
         .publish(event(400), kind(400))
         .await

@@ -97,6 +97,15 @@ impl ConnectorConfig {
         }
     }
 
+    /// The defaults, with the socket path read from `DAEMONEYE_BROKER_SOCKET` now: unset,
+    /// empty or too long is an error here rather than at `connect()`.
+    pub fn from_env(
+        wal_dir: impl Into<PathBuf>,
+    ) -> Result<ConnectorConfig, EventBusConnectorError> {
+        let path = resolve_socket_path(&SocketSource::Env)?;
+        Ok(ConnectorConfig::new(wal_dir).with_socket_path(path))
+    }
+
     /// Replaces the WAL configuration (its `dir` becomes the WAL directory).
     pub fn with_wal_config(mut self, wal: WalConfig) -> Self {
         self.wal = wal;

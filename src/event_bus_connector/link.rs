@@ -12,32 +12,30 @@
 //! - bad input closes the connection with a logged reason; it never panics;
 //! - reads are never abandoned mid-flight: a connection is stopped by shutting the socket
 //!   down, which completes its pending read and write.
+//!
+//! This file does the I/O (connecting, the reader and writer tasks, timers); what each
+//! message means and what to send next is decided in [`super::session`].
 
 use std::cell::RefCell;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::backoff::Backoff;
-use super::buffer::Next;
 use super::config::{SocketPresence, classify_connect_error, probe_socket_path};
 use super::core::Core;
 use super::error::EventBusConnectorError;
 use super::frames::FrameReader;
-use super::replay::DiskStream;
+use super::replay::{DiskStream, ReadBack};
+use super::session::{CloseReason, Connection, Incoming, Phase, Step, WriteJob, protocol};
 use super::socket::{LinkSocket, TokioSocket, UringSocket};
 use super::stats::{LinkState, Shared};
 use crate::wal::Wal;
-use crate::wire::control::ControlPayload;
-use crate::wire::{
-    Ack, Body, Hello, Message, MessageType, PROTOCOL_VERSION, Welcome, WireError, WireTime,
-};
 
 /// Bytes read per socket read.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
@@ -45,13 +43,6 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 const INCOMING_QUEUE_FRAMES: usize = 64;
 /// Write jobs queued for the writer before the link waits.
 const WRITE_QUEUE_JOBS: usize = 4;
-/// Frames are gathered into writes of about this size (a frame is never split).
-const WRITE_BATCH_BYTES: usize = 64 * 1024;
-/// PONGs owed beyond this are dropped (a PING flood is answered, within reason).
-const PONGS_OWED_MAX: usize = 1024;
-
-/// Warn about a legacy broker once per process, not per connection.
-static LEGACY_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// A request from the handles to the link.
 pub(crate) enum LinkCommand {
@@ -108,66 +99,10 @@ pub(crate) struct LinkSettings {
     pub drain_timeout: Duration,
 }
 
-/// Why a connection ended.
-#[derive(Debug)]
-enum CloseReason {
-    /// The broker closed the stream.
-    EndOfStream,
-    /// The broker sent a Shutdown message.
-    BrokerShutdown,
-    /// A read or write failed.
-    Io(io::Error),
-    /// The broker broke the protocol (logged as a warning, counted).
-    Protocol(String),
-    /// Shutdown: everything was delivered.
-    Drained,
-    /// Shutdown: the drain time ran out.
-    DrainTimeout,
-}
-
-impl std::fmt::Display for CloseReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CloseReason::EndOfStream => f.write_str("the broker closed the connection"),
-            CloseReason::BrokerShutdown => f.write_str("the broker announced shutdown"),
-            CloseReason::Io(error) => write!(f, "socket error: {error}"),
-            CloseReason::Protocol(reason) => write!(f, "protocol error: {reason}"),
-            CloseReason::Drained => f.write_str("shutdown: everything delivered"),
-            CloseReason::DrainTimeout => f.write_str("shutdown: drain time ran out"),
-        }
-    }
-}
-
-fn protocol(reason: impl Into<String>) -> CloseReason {
-    CloseReason::Protocol(reason.into())
-}
-
-/// What the connection's reader hands to the link.
-enum Incoming {
-    Body(Body),
-    Malformed(WireError),
-    Failed(io::Error),
-    End,
-}
-
-/// One write: whole frames, and the highest event sequence among them.
-struct WriteJob {
-    bytes: Vec<u8>,
-    last_event: Option<u64>,
-}
-
 /// The writer's report.
 enum Written {
     Done(Option<u64>),
     Failed(io::Error),
-}
-
-/// Where a connection is in the handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    AwaitingWelcome,
-    Acknowledging,
-    Legacy,
 }
 
 /// The link task.
@@ -446,8 +381,7 @@ impl<D: Dialer> Link<D> {
                             Err(_) => Err(CloseReason::EndOfStream),
                         },
                         item = next_from_disk(&mut connection.disk), if next == Step::NeedDisk => {
-                            connection.read_back(item, &self.core);
-                            Ok(())
+                            connection.read_back(item, &self.core)
                         }
                         () = wake_link.notified() => Ok(()),
                     };
@@ -487,346 +421,10 @@ async fn sleep_until_option(deadline: Option<Instant>) {
     }
 }
 
-async fn next_from_disk(disk: &mut Option<DiskStream>) -> Option<super::replay::ReadBack> {
+async fn next_from_disk(disk: &mut Option<DiskStream>) -> Option<ReadBack> {
     match disk {
         Some(stream) => stream.next().await,
         None => std::future::pending().await,
-    }
-}
-
-/// What the connection can do next at its cursor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
-    /// Something can be written now.
-    Write,
-    /// The event at the cursor must come from disk and is not read yet.
-    NeedDisk,
-    /// Nothing to send (not sending yet, or nothing new).
-    Idle,
-}
-
-/// The per-connection state.
-struct Connection {
-    number: u64,
-    phase: Phase,
-    /// The next sequence to send.
-    cursor: u64,
-    /// Highest sequence the broker said it holds in its welcome.
-    welcome_sequence: u64,
-    /// Highest ack on this connection.
-    last_ack: Option<u64>,
-    /// Highest sequence sent on earlier connections (for counting replays).
-    sent_before: u64,
-    pongs_owed: usize,
-    disk: Option<DiskStream>,
-    /// A frame read from disk and not sent yet.
-    disk_peek: Option<(u64, bytes::Bytes)>,
-    /// Whether the current disk stream yielded anything at or past the cursor.
-    disk_yielded: bool,
-    publisher_id: Arc<str>,
-}
-
-impl Connection {
-    fn new(core: &Rc<RefCell<Core>>, number: u64) -> Connection {
-        let core = core.borrow();
-        Connection {
-            number,
-            phase: Phase::AwaitingWelcome,
-            cursor: core.buffer.acked() + 1,
-            welcome_sequence: 0,
-            last_ack: None,
-            sent_before: core.highest_sent,
-            pongs_owed: 0,
-            disk: None,
-            disk_peek: None,
-            disk_yielded: false,
-            publisher_id: Arc::clone(&core.publisher_id),
-        }
-    }
-
-    fn hello_frame(&self) -> Result<WriteJob, WireError> {
-        let hello = Hello {
-            publisher_id: self.publisher_id.to_string(),
-            protocol_version: PROTOCOL_VERSION,
-        };
-        let bytes = hello
-            .to_message(&self.publisher_id, self.number, WireTime::now())?
-            .encode_frame()?;
-        Ok(WriteJob {
-            bytes,
-            last_event: None,
-        })
-    }
-
-    fn sending(&self) -> bool {
-        self.phase != Phase::AwaitingWelcome
-    }
-
-    fn next_step(&mut self, core: &Core) -> Step {
-        if !self.sending() {
-            return Step::Idle;
-        }
-        // Never send below the watermark (a welcome or ack may have passed the cursor).
-        self.cursor = self.cursor.max(core.buffer.acked() + 1);
-        match core.buffer.next(self.cursor) {
-            Next::Memory(_) => Step::Write,
-            Next::Wait => Step::Idle,
-            Next::Disk => {
-                self.settle_disk_peek(core);
-                match &self.disk_peek {
-                    Some((sequence, _)) if *sequence == self.cursor => Step::Write,
-                    _ if core.buffer.next(self.cursor) != Next::Disk => self.next_step(core),
-                    _ => Step::NeedDisk,
-                }
-            }
-        }
-    }
-
-    /// Drops read-back frames below the cursor and skips spilled sequences the WAL does
-    /// not have (lost to damage before this process started).
-    fn settle_disk_peek(&mut self, core: &Core) {
-        if let Some((sequence, _)) = &self.disk_peek {
-            let sequence = *sequence;
-            if sequence < self.cursor {
-                self.disk_peek = None;
-            } else if sequence > self.cursor
-                && let Some(range_end) = core.buffer.spilled_range_end(self.cursor)
-            {
-                let resume = sequence.min(range_end + 1);
-                report_missing(self.cursor, resume - 1, core.backlog_end);
-                self.cursor = resume;
-            }
-        }
-    }
-
-    /// A read-back frame (or the end of the disk stream) arrived.
-    fn read_back(&mut self, item: Option<super::replay::ReadBack>, core: &Rc<RefCell<Core>>) {
-        match item {
-            Some(Ok((sequence, frame))) => {
-                if sequence >= self.cursor {
-                    self.disk_yielded = true;
-                    Shared::bump(&core.borrow().shared.read_back);
-                    self.disk_peek = Some((sequence, frame));
-                }
-            }
-            Some(Err(error)) => {
-                tracing::warn!(%error, "reading the WAL back failed; retrying");
-                self.disk = None;
-            }
-            None => {
-                // The stream read what was on disk when it listed the segments.
-                if !self.disk_yielded {
-                    let core = core.borrow();
-                    if let Some(range_end) = core.buffer.spilled_range_end(self.cursor) {
-                        report_missing(self.cursor, range_end, core.backlog_end);
-                        self.cursor = range_end + 1;
-                    }
-                }
-                self.disk = None;
-                self.disk_yielded = false;
-            }
-        }
-    }
-
-    /// Gathers frames at the cursor (and owed PONGs) into one write.
-    fn gather(&mut self, core: &Rc<RefCell<Core>>) -> Option<WriteJob> {
-        let mut bytes = Vec::with_capacity(WRITE_BATCH_BYTES);
-        let pong = Body::Pong.encode_frame().unwrap_or_default();
-        while self.pongs_owed > 0 {
-            bytes.extend_from_slice(&pong);
-            self.pongs_owed -= 1;
-        }
-        let mut last_event = None;
-        let mut core = core.borrow_mut();
-        while self.sending() && bytes.len() < WRITE_BATCH_BYTES {
-            self.cursor = self.cursor.max(core.buffer.acked() + 1);
-            let frame = match core.buffer.next(self.cursor) {
-                Next::Memory(frame) => frame,
-                Next::Disk => {
-                    self.settle_disk_peek(&core);
-                    match self.disk_peek.take() {
-                        Some((sequence, frame)) if sequence == self.cursor => frame,
-                        other => {
-                            self.disk_peek = other;
-                            break;
-                        }
-                    }
-                }
-                Next::Wait => break,
-            };
-            if !bytes.is_empty() && bytes.len() + frame.len() > WRITE_BATCH_BYTES {
-                // Keep it for the next write (it stays where it came from, except a frame
-                // read back from disk, which is put back).
-                if core.buffer.next(self.cursor) == Next::Disk {
-                    self.disk_peek = Some((self.cursor, frame));
-                }
-                break;
-            }
-            bytes.extend_from_slice(&frame);
-            Shared::bump(&core.shared.events_sent);
-            if self.cursor <= self.sent_before || self.cursor <= core.backlog_end {
-                Shared::bump(&core.shared.replayed);
-            }
-            core.highest_sent = core.highest_sent.max(self.cursor);
-            last_event = Some(self.cursor);
-            self.cursor += 1;
-        }
-        (!bytes.is_empty()).then_some(WriteJob { bytes, last_event })
-    }
-
-    /// The writer finished a write.
-    fn written(&mut self, last_event: Option<u64>, core: &Rc<RefCell<Core>>) {
-        if self.phase == Phase::Legacy
-            && let Some(sequence) = last_event
-        {
-            // A legacy broker never acknowledges: written counts as delivered.
-            core.borrow_mut().ack(sequence);
-        }
-    }
-
-    fn legacy_fallback(&mut self, core: &Rc<RefCell<Core>>, shared: &Shared, timeout: Duration) {
-        self.phase = Phase::Legacy;
-        shared.set_state(LinkState::ConnectedLegacy);
-        shared.legacy_broker.store(true, Relaxed);
-        if !LEGACY_WARNED.swap(true, Relaxed) {
-            tracing::warn!(
-                hello_timeout_ms = timeout.as_millis() as u64,
-                "the broker did not answer hello: assuming a legacy broker; events written to \
-                 the socket count as delivered (no acknowledgements, no de-duplication)"
-            );
-        }
-        self.cursor = core.borrow().buffer.acked() + 1;
-        core.borrow().wake_link.notify_one();
-    }
-
-    /// Handles one thing from the reader; `Err` closes the connection.
-    fn incoming(
-        &mut self,
-        message: Incoming,
-        core: &Rc<RefCell<Core>>,
-        wal: &Wal,
-        shared: &Shared,
-    ) -> Result<(), CloseReason> {
-        let message = match message {
-            Incoming::Body(Body::Ping) => {
-                self.pongs_owed = (self.pongs_owed + 1).min(PONGS_OWED_MAX);
-                return Ok(());
-            }
-            Incoming::Body(Body::Pong) => return Ok(()),
-            Incoming::Body(Body::Message(message)) => message,
-            Incoming::Malformed(error) => {
-                return Err(protocol(format!("malformed frame: {error}")));
-            }
-            Incoming::Failed(error) => return Err(CloseReason::Io(error)),
-            Incoming::End => return Err(CloseReason::EndOfStream),
-        };
-        match message.message_type {
-            MessageType::Control if message.topic == Welcome::TOPIC => {
-                self.welcome(&message, core, wal, shared)
-            }
-            MessageType::Control if message.topic == Ack::TOPIC => self.ack(&message, core),
-            MessageType::Shutdown => Err(CloseReason::BrokerShutdown),
-            _ => {
-                tracing::debug!(topic = %message.topic, "ignoring message from the broker");
-                Ok(())
-            }
-        }
-    }
-
-    fn welcome(
-        &mut self,
-        message: &Message,
-        core: &Rc<RefCell<Core>>,
-        wal: &Wal,
-        shared: &Shared,
-    ) -> Result<(), CloseReason> {
-        let welcome = Welcome::from_message(message)
-            .map_err(|error| protocol(format!("bad welcome: {error}")))?;
-        if self.phase == Phase::Acknowledging {
-            return Err(protocol("a second welcome"));
-        }
-        if welcome.protocol_version != PROTOCOL_VERSION {
-            return Err(protocol(format!(
-                "welcome for protocol version {} (we speak {PROTOCOL_VERSION})",
-                welcome.protocol_version
-            )));
-        }
-        if let Some(held) = welcome.highest_sequence {
-            let durable = wal.durable_sequence().max(core.borrow().buffer.highest());
-            if held > durable {
-                return Err(protocol(format!(
-                    "welcome claims sequence {held}, beyond the last durable sequence {durable}"
-                )));
-            }
-            self.welcome_sequence = held;
-            core.borrow_mut().ack(held);
-        }
-        if self.phase == Phase::Legacy {
-            tracing::info!("a late welcome: the broker acknowledges after all");
-        }
-        self.phase = Phase::Acknowledging;
-        shared.set_state(LinkState::Connected);
-        shared.legacy_broker.store(false, Relaxed);
-        // Send from the watermark (after a legacy start, writes not yet finished are sent
-        // again); a disk stream positioned further on is restarted.
-        let core = core.borrow();
-        self.cursor = core.buffer.acked() + 1;
-        self.disk = None;
-        self.disk_peek = None;
-        self.disk_yielded = false;
-        tracing::info!(
-            resume_after = ?welcome.highest_sequence,
-            next = self.cursor,
-            "broker welcomed us"
-        );
-        Ok(())
-    }
-
-    fn ack(&mut self, message: &Message, core: &Rc<RefCell<Core>>) -> Result<(), CloseReason> {
-        let ack =
-            Ack::from_message(message).map_err(|error| protocol(format!("bad ack: {error}")))?;
-        let held = ack.highest_sequence;
-        match self.phase {
-            Phase::AwaitingWelcome => return Err(protocol("an ack before the welcome")),
-            Phase::Legacy => return Ok(()),
-            Phase::Acknowledging => {}
-        }
-        if let Some(last) = self.last_ack
-            && held < last
-        {
-            return Err(protocol(format!(
-                "ack went backwards from {last} to {held}"
-            )));
-        }
-        let mut core = core.borrow_mut();
-        let sent = core.highest_sent.max(self.welcome_sequence);
-        if held > sent {
-            return Err(protocol(format!(
-                "ack for sequence {held}, never sent (highest sent {sent})"
-            )));
-        }
-        self.last_ack = Some(held);
-        core.ack(held);
-        Ok(())
-    }
-}
-
-/// Logs spilled sequences the WAL reader did not find. In the start-up backlog that is
-/// damage found at open (already reported); for events spilled by this process it would be
-/// a bug, so it is an error, but the link moves on rather than stalling every later event.
-fn report_missing(from: u64, to: u64, backlog_end: u64) {
-    if to <= backlog_end {
-        tracing::warn!(
-            from,
-            to,
-            "events missing from the WAL (lost to damage); skipping them"
-        );
-    } else {
-        tracing::error!(
-            from,
-            to,
-            "spilled events not found in the WAL; skipping them"
-        );
     }
 }
 

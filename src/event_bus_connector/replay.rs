@@ -30,12 +30,18 @@ impl DiskStream {
     /// Starts reading `dir` from `from`.
     pub fn start(dir: PathBuf, from: u64, publisher_id: Arc<str>) -> DiskStream {
         let (sender, receiver) = mpsc::channel(READ_AHEAD_FRAMES);
+        let failure = sender.clone();
+        let thread_dir = dir.clone();
         let spawned = std::thread::Builder::new()
             .name("procmond-wal-replay".into())
-            .spawn(move || read(dir, from, &publisher_id, &sender));
+            .spawn(move || read(thread_dir, from, &publisher_id, &sender));
         if let Err(error) = spawned {
-            // The receiver sees the end of the stream; the link retries later.
-            tracing::warn!(%error, "cannot start the WAL replay thread");
+            // An error, not an empty stream: nothing on disk must be taken as missing.
+            let _ = failure.try_send(Err(WalError::Io {
+                op: "start the replay thread for",
+                path: dir,
+                source: Arc::new(error),
+            }));
         }
         DiskStream { receiver }
     }
