@@ -19,6 +19,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The main job: watch this host's processes (or generate load), make every event
+    /// durable in the WAL and deliver it to the broker (DAEMONEYE_BROKER_SOCKET, or an
+    /// embedded one that prints events). Exit 0 when nothing is outstanding at the end,
+    /// 1 when anything is, 2 when it could not run.
+    Run(cli::run::RunArgs),
     /// Print every record of a WAL directory: one JSON object per line, or a table.
     Dump(cli::dump::DumpArgs),
     /// Check a WAL directory: exit 0 clean, 1 damage found (each place reported), 2 could
@@ -43,7 +48,7 @@ fn main() -> ExitCode {
     // repeat it. RUST_LOG still overrides.
     let default_filter = match command {
         Command::Dump(_) | Command::Verify(_) | Command::Stats(_) => "error",
-        Command::Load(_) => "warn",
+        Command::Load(_) | Command::Run(_) => "warn",
         Command::Broker(_) => "info",
         Command::ConnectorLoad(_) => "warn",
     };
@@ -56,6 +61,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match command {
+        Command::Run(args) => cli::run::run(args),
         Command::Dump(args) => cli::dump::run(args),
         Command::Verify(args) => cli::verify::run(args),
         Command::Stats(args) => cli::stats::run(args),

@@ -16,6 +16,7 @@ pub mod dump;
 pub mod histogram;
 pub mod load;
 pub mod output;
+pub mod run;
 pub mod stats;
 pub mod verify;
 
