@@ -506,6 +506,13 @@ impl<B: Backend> Writer<B> {
             Command::Close { .. } => unreachable!("handled by run"),
         };
         self.queue.push_back(pending);
+        self.note_queue_len();
+    }
+
+    fn note_queue_len(&self) {
+        let len = self.queue.len() as u64;
+        self.shared.queued_commands.store(len, Relaxed);
+        self.shared.queued_commands_max.fetch_max(len, Relaxed);
     }
 
     /// The next group write, if anything is queued and the write slot is free. Rotation waits
@@ -697,6 +704,7 @@ impl<B: Backend> Writer<B> {
                 }
             }
         }
+        self.note_queue_len();
         let has_records = pos > tail_len;
         // A barrier waits for the last group formed so far (this one if it has records).
         let barrier_group = if has_records {
