@@ -1,6 +1,7 @@
 //! Fault injection on the simulated disk (`io::sim`): EIO on write and on sync poisons the log
 //! and fails every waiter; ENOSPC is a clear error that loses nothing; and a seeded
-//! power-loss simulation checks that every acknowledged event survives any torn tail.
+//! power-loss simulation (page cache and directory modelled) checks that every acknowledged
+//! event survives any torn tail, lost directory entry or process death.
 
 mod common;
 
@@ -143,7 +144,9 @@ impl Lcg {
 }
 
 /// One seeded run: cycles of appends (some awaited, some left in flight), syncs, checkpoints
-/// and power cuts with torn unsynced sectors, reopening after each crash.
+/// (and so rotations and deletions), each ending in a power cut with torn unsynced sectors
+/// and lost unsynced directory entries, or in a process death that keeps the page cache;
+/// the log is reopened after each. A third of the seeds use the interval policy.
 fn simulate(seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let disk = SimDisk::new();
@@ -213,9 +216,23 @@ fn simulate(seed: u64) {
         for sequence in durable.keys().filter(|&&s| s > acked_through) {
             assert!(
                 present.contains(sequence),
-                "seed {seed}: lost acknowledged {sequence}"
+                "seed {seed} cycle {cycle}: lost acknowledged {sequence}"
             );
         }
+        // Open makes everything it found durable before answering anything: from now on those
+        // events must survive any power loss, and the log says so.
+        assert_eq!(
+            wal.durable_sequence(),
+            opened.next_sequence - 1,
+            "seed {seed} cycle {cycle}"
+        );
+        for entry in &entries {
+            durable.insert(entry.sequence, u64::from(entry.event.pid - 1000));
+        }
+        acked_through = acked_through.max(opened.acked_through);
+        // Some cycles end with the process dying instead: the page cache survives, and the
+        // next open must make what it finds durable before a later power loss.
+        let power_loss = !rng.next().is_multiple_of(3);
         rt.block_on(async {
             let appends = 50 + rng.next() % 400;
             let mut in_flight = Vec::new();
@@ -248,8 +265,13 @@ fn simulate(seed: u64) {
                     durable.insert(sequence, id);
                 }
             }
-            // Cut the power with appends in flight: they may or may not survive.
-            disk.power_cut();
+            // Cut the power (or kill the process) with appends in flight: they may or may not
+            // survive.
+            if power_loss {
+                disk.power_cut();
+            } else {
+                disk.kill_process();
+            }
             for (receipt, id) in in_flight {
                 if let Ok(sequence) = receipt.await {
                     // Under the interval policy "acknowledged" means written, not durable.
@@ -268,8 +290,12 @@ fn simulate(seed: u64) {
             }
             let _ = wal.close().await;
         });
-        disk.crash(seed.wrapping_mul(31).wrapping_add(cycle))
-            .unwrap();
+        if power_loss {
+            disk.crash(seed.wrapping_mul(31).wrapping_add(cycle))
+                .unwrap();
+        } else {
+            disk.restart();
+        }
     }
 }
 

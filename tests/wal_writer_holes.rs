@@ -257,6 +257,7 @@ fn a_checkpoint_lands_when_the_budget_is_full() {
                 Err(other) => panic!("unexpected {other}"),
             }
         }
+        let deleted_before = wal.stats().segments_deleted;
         // Something unsynced, so the next rotation must wait for a sync.
         wal.checkpoint(1).await.unwrap();
         disk.stall();
@@ -277,7 +278,6 @@ fn a_checkpoint_lands_when_the_budget_is_full() {
             .expect("a checkpoint must land even when the budget is full");
         wal.sync().await.unwrap();
         assert_eq!(wal.stats().acked_through, last);
-        let deleted_before = wal.stats().segments_deleted;
         // The deletion runs in the background after the sync; the next append needs the
         // space and, once it is there, succeeds.
         let mut sequence = None;

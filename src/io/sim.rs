@@ -57,6 +57,21 @@ pub enum Tear {
 struct FileModel {
     /// The file's content on the device: as of its last sync.
     durable: Vec<u8>,
+    /// Ranges written through the backend since the last sync.
+    dirty: Vec<(u64, usize)>,
+    /// The whole file may differ from `durable` (it was opened after changes the model did
+    /// not see, such as a torn tail cut at open): the next sync reads all of it.
+    all_dirty: bool,
+}
+
+impl FileModel {
+    fn clean(durable: Vec<u8>) -> FileModel {
+        FileModel {
+            durable,
+            dirty: Vec::new(),
+            all_dirty: false,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -248,7 +263,7 @@ impl SimDisk {
                 .open(&path)?;
             file.write_all_at(&image, 0)?;
             file.sync_all()?;
-            model.durable = image;
+            *model = FileModel::clean(image);
         }
         for path in vanished {
             files.remove(&path);
@@ -368,7 +383,7 @@ impl Backend for SimBackend {
         let mut state = self.disk.lock();
         state
             .files
-            .insert(path.to_path_buf(), FileModel { durable: image });
+            .insert(path.to_path_buf(), FileModel::clean(image));
         state.durable_entries.remove(path);
         Ok(SimFile {
             file,
@@ -386,14 +401,17 @@ impl Backend for SimBackend {
             .custom_flags(0)
             .open(path)?;
         let mut state = self.disk.lock();
-        if !state.files.contains_key(path) {
-            // Never seen: it was on the device before the model started.
-            let mut image = vec![0u8; file.metadata()?.len() as usize];
-            file.read_exact_at(&mut image, 0)?;
-            state
-                .files
-                .insert(path.to_path_buf(), FileModel { durable: image });
-            state.durable_entries.insert(path.to_path_buf());
+        match state.files.get_mut(path) {
+            Some(model) => model.all_dirty = true,
+            None => {
+                // Never seen: it was on the device before the model started.
+                let mut image = vec![0u8; file.metadata()?.len() as usize];
+                file.read_exact_at(&mut image, 0)?;
+                state
+                    .files
+                    .insert(path.to_path_buf(), FileModel::clean(image));
+                state.durable_entries.insert(path.to_path_buf());
+            }
         }
         Ok(SimFile {
             file,
@@ -414,7 +432,11 @@ impl Backend for SimBackend {
         }
         let result = file.file.write_all_at(&buf[..len], offset);
         if result.is_ok() {
-            self.disk.lock().writes += 1;
+            let mut state = self.disk.lock();
+            state.writes += 1;
+            if let Some(model) = state.files.get_mut(&file.path) {
+                model.dirty.push((offset, len));
+            }
         }
         (result, buf)
     }
@@ -425,14 +447,25 @@ impl Backend for SimBackend {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         // No real fdatasync: durability is the model's image, which `crash` restores. The
-        // whole page-cache content becomes durable, as with fdatasync.
-        let mut image = vec![0u8; file.file.metadata()?.len() as usize];
-        file.file.read_exact_at(&mut image, 0)?;
+        // file's page-cache content becomes durable, as with fdatasync.
         let mut state = self.disk.lock();
         state.syncs += 1;
-        state
-            .files
-            .insert(file.path.clone(), FileModel { durable: image });
+        let Some(model) = state.files.get_mut(&file.path) else {
+            return Ok(());
+        };
+        let len = file.file.metadata()?.len() as usize;
+        if std::mem::take(&mut model.all_dirty) {
+            model.dirty.clear();
+            model.durable = vec![0u8; len];
+            file.file.read_exact_at(&mut model.durable, 0)?;
+            return Ok(());
+        }
+        model.durable.resize(len.max(model.durable.len()), 0);
+        for (offset, bytes) in std::mem::take(&mut model.dirty) {
+            let at = offset as usize;
+            file.file
+                .read_exact_at(&mut model.durable[at..at + bytes], offset)?;
+        }
         Ok(())
     }
 

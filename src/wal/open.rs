@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::fs;
 use std::future::Future;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use super::config::{BackendChoice, WalConfig};
 use super::error::WalError;
 use super::format::{self, BLOCK_BYTES, SEGMENT_HEADER_BYTES};
 use super::lock::DirLock;
+use super::naming;
 use super::recovery::{self, OpenReport};
 use super::stats::Shared;
 use super::writer::{Command, Plan, Resume, Sealed, Writer};
@@ -51,6 +53,11 @@ pub(crate) fn open(config: WalConfig, ring_task: Option<RingTask>) -> Result<Ope
             .mode(0o700)
             .create(&dir)
             .map_err(|e| WalError::io("create WAL directory", &dir, e))?;
+        // The new directory's name must be durable before anything in it is acknowledged.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            wal_io::sync_dir_blocking(parent)
+                .map_err(|e| WalError::io("fsync parent of WAL directory", parent, e))?;
+        }
     }
     let lock = DirLock::acquire(&dir)?;
     let report = recovery::read_dir(&dir)?;
@@ -210,6 +217,10 @@ async fn serve<B: wal_io::Backend>(
     commands: mpsc::Receiver<Command>,
     ready: std::sync::mpsc::Sender<Result<(), WalError>>,
 ) {
+    if let Err(error) = sync_at_open(&backend, &plan).await {
+        let _ = ready.send(Err(error));
+        return;
+    }
     match Writer::start(backend, plan, shared).await {
         Ok(writer) => {
             let _ = ready.send(Ok(()));
@@ -219,6 +230,42 @@ async fn serve<B: wal_io::Backend>(
             let _ = ready.send(Err(error));
         }
     }
+}
+
+/// Makes durable everything recovery trusts, before the writer acknowledges anything or
+/// deletes a segment: every segment kept (a process that died between a group's write and
+/// its sync left that group in the page cache only, and recovery read it from there), the
+/// reused blank segment, and the directory (entries created or removed by the previous run
+/// or by [`plan`]).
+///
+/// After a failed `fdatasync` in the previous run of this boot, this is not enough: the
+/// kernel may have marked the failed pages clean, so the page cache shows bytes the device
+/// does not hold and a new sync has nothing to write. Only a reboot, or reading the segments
+/// back from the device (O_DIRECT), tells the truth then (docs/design.md, "Recovery").
+async fn sync_at_open<B: wal_io::Backend>(backend: &B, plan: &Plan) -> Result<(), WalError> {
+    let dir = &plan.config.dir;
+    let mut paths: Vec<PathBuf> = plan.sealed.iter().map(|s| s.path.clone()).collect();
+    paths.extend(
+        plan.resume
+            .iter()
+            .map(|resume| resume.number)
+            .chain(plan.prepared_blank)
+            .map(|number| naming::segment_path(dir, number)),
+    );
+    for path in &paths {
+        let file = backend
+            .open_segment(path)
+            .await
+            .map_err(|e| WalError::io("open segment at open", path, e))?;
+        backend
+            .sync_data(&file)
+            .await
+            .map_err(|e| WalError::io("fdatasync segment at open", path, e))?;
+    }
+    backend
+        .sync_dir(dir)
+        .await
+        .map_err(|e| WalError::io("fsync WAL directory at open", dir, e))
 }
 
 /// Turns recovery's report into the writer's starting state, cutting a torn tail and removing
@@ -305,6 +352,8 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
         acked_through: report.acked_through,
         checkpoint_segment: report.checkpoint_segment.unwrap_or(0),
         next_segment_number: max_number + 1,
+        // One value per log: kept from the segments found, new for an empty directory.
+        salt: super::writer::new_wal_salt(),
     })
 }
 
