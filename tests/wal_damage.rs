@@ -252,7 +252,7 @@ fn every_bit_flip_in_a_frame_header_skips_exactly_that_record() {
 }
 
 #[test]
-fn padding_after_a_payload_is_not_covered_by_the_crc() {
+fn nonzero_padding_is_reported_as_damage_and_the_record_kept() {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_config(dir.path(), BackendChoice::Portable);
     write_log(&config, 12);
@@ -266,12 +266,26 @@ fn padding_after_a_payload_is_not_covered_by_the_crc() {
         .collect();
     assert!(!padded.is_empty(), "the sample events must include padding");
     for frame in padded {
-        let mut damaged = original.clone();
-        damaged[frame.payload_end..frame.end()].fill(0xff);
-        target.set(&damaged);
-        let report = read_dir(dir.path()).unwrap();
-        assert_eq!(report.events, 12);
-        assert!(report.is_clean(), "{:?}", report.damage);
+        for index in frame.payload_end..frame.end() {
+            let mut damaged = original.clone();
+            damaged[index] = 0xff;
+            target.set(&damaged);
+            let report = read_dir(dir.path()).unwrap();
+            assert_eq!(report.events, 12);
+            assert_eq!(report.lost_events, 0);
+            assert!(!report.is_clean(), "padding byte {index} went unnoticed");
+            assert_eq!(report.damage.len(), 1, "{:?}", report.damage);
+            let damage = &report.damage[0];
+            assert_eq!(
+                (damage.segment, damage.offset, damage.len_bytes, damage.kind),
+                (
+                    1,
+                    frame.offset as u64,
+                    (frame.end() - frame.offset) as u64,
+                    DamageKind::NonzeroPadding
+                )
+            );
+        }
     }
 }
 
@@ -284,8 +298,8 @@ fn every_bit_flip_in_a_segment_header_is_reported_and_the_records_are_still_read
         let path = segment_path(dir.path(), 1);
         let original = fs::read(&path).unwrap();
         let mut target = Patched::open(&path);
-        // Bytes 0..44 are magic, version, flags, number, first sequence, time and CRC.
-        for bit in 0..44 * 8 {
+        // Bytes 0..52 are magic, version, flags, number, first sequence, time, salt and CRC.
+        for bit in 0..52 * 8 {
             let mut damaged = original.clone();
             flip_bit(&mut damaged, bit);
             target.set(&damaged);
@@ -301,9 +315,10 @@ fn every_bit_flip_in_a_segment_header_is_reported_and_the_records_are_still_read
             assert_eq!((report.lost_events, report.torn_tail_bytes), (0, 0));
             assert_eq!(report.next_sequence, 9);
         }
-        // The rest of the header block is reserved (written as zeros) and not checked.
+        // The rest of the header block (zeros and the salt's copy, which is read only when
+        // the header is damaged) is not checked.
         let mut reserved = original.clone();
-        reserved[44..BLOCK].fill(0x5a);
+        reserved[52..BLOCK].fill(0x5a);
         target.set(&reserved);
         assert!(read_dir(dir.path()).unwrap().is_clean());
 
@@ -385,8 +400,14 @@ fn a_zeroed_block_in_the_middle_loses_exactly_the_records_it_touches() {
             if block_end > last_start {
                 break;
             }
+            // A frame is touched when zeroing changes one of its CRC-covered bytes (bytes
+            // that were zero already, such as a trailing zero variant index, do not count).
             let touched: Vec<usize> = (0..frames.len())
-                .filter(|&i| frames[i].offset < block_end && frames[i].payload_end > block_start)
+                .filter(|&i| {
+                    let start = frames[i].offset.max(block_start);
+                    let end = frames[i].payload_end.min(block_end);
+                    start < end && original[start..end].iter().any(|&b| b != 0)
+                })
                 .collect();
             let (first, last) = (touched[0], *touched.last().unwrap());
             assert_eq!(last - first + 1, touched.len());
@@ -476,6 +497,9 @@ fn torn(original: &[u8], cut: usize, written_end: usize, tear: Tear) -> Vec<u8> 
 struct TornExpectation {
     complete: Vec<Frame>,
     torn_tail_bytes: u64,
+    /// The last complete frame, when the tear put nonzero bytes into its padding (damage to
+    /// report; the record itself is kept).
+    dirty_padding: Option<Frame>,
 }
 
 fn expect_torn(
@@ -496,6 +520,11 @@ fn expect_torn(
         .filter(|f| f.payload_end <= first_changed)
         .collect();
     let data_end = complete_all.last().unwrap().end();
+    let last_complete = *complete_all.last().unwrap();
+    let dirty_padding = bytes
+        .get(last_complete.payload_end..last_complete.end().min(bytes.len()))
+        .is_some_and(|padding| padding.iter().any(|&b| b != 0))
+        .then_some(last_complete);
     let torn_tail_bytes = match bytes.iter().skip(data_end).rposition(|&b| b != 0) {
         None => 0,
         Some(last) => (align_up(data_end + last + 1, 8).min(bytes.len()) - data_end) as u64,
@@ -509,6 +538,7 @@ fn expect_torn(
     TornExpectation {
         complete,
         torn_tail_bytes,
+        dirty_padding,
     }
 }
 
@@ -523,14 +553,35 @@ fn check_torn_report(
     assert_eq!(report.last_sequence, Some(last), "{what}");
     assert_eq!(report.next_sequence, last + 1, "{what}");
     assert_eq!(report.torn_tail_bytes, expected.torn_tail_bytes, "{what}");
+    let (padding, other): (Vec<_>, Vec<_>) = report
+        .damage
+        .iter()
+        .cloned()
+        .partition(|d| d.kind == DamageKind::NonzeroPadding);
+    assert_eq!(
+        padding
+            .iter()
+            .map(|d| d.offset as usize)
+            .collect::<Vec<_>>(),
+        expected
+            .dirty_padding
+            .iter()
+            .map(|f| f.offset)
+            .collect::<Vec<_>>(),
+        "{what}"
+    );
+    let report = OpenReport {
+        damage: other,
+        ..report.clone()
+    };
     match victim {
         None => {
             assert!(report.damage.is_empty(), "{what}: {:?}", report.damage);
             assert_eq!(report.lost_events, 0, "{what}");
         }
         Some(victim) => {
-            assert_one_skipped_region(report, victim.offset, victim.end() - victim.offset);
-            assert_one_gap(report, victim.sequence, 1);
+            assert_one_skipped_region(&report, victim.offset, victim.end() - victim.offset);
+            assert_one_gap(&report, victim.sequence, 1);
         }
     }
 }
@@ -595,13 +646,29 @@ fn a_torn_tail_at_every_offset_of_the_last_records_keeps_everything_before_it() 
                 // Opening for writing cut the tail: a second read finds a clean log.
                 let again = read_dir(scratch.path()).unwrap();
                 assert_eq!(again.torn_tail_bytes, 0, "{what}");
-                assert!(again.is_clean(), "{what}: {:?}", again.damage);
+                let padding_only = again
+                    .damage
+                    .iter()
+                    .all(|d| d.kind == DamageKind::NonzeroPadding);
+                assert!(
+                    padding_only && again.gaps.is_empty(),
+                    "{what}: {:?}",
+                    again.damage
+                );
                 assert_eq!(again.events, expected.complete.len() as u64, "{what}");
                 let survivors: Vec<u64> = expected.complete.iter().map(|f| f.sequence).collect();
                 let next = survivors.last().unwrap() + 1;
                 reopen_append_and_replay(&scratch_config, &survivors, next, 3, &what);
                 let after = read_dir(scratch.path()).unwrap();
-                assert!(after.is_clean(), "{what}: {:?}", after.damage);
+                let padding_only = after
+                    .damage
+                    .iter()
+                    .all(|d| d.kind == DamageKind::NonzeroPadding);
+                assert!(
+                    padding_only && after.gaps.is_empty(),
+                    "{what}: {:?}",
+                    after.damage
+                );
                 assert_eq!((after.torn_tail_bytes, after.lost_events), (0, 0), "{what}");
             }
         }

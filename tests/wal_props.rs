@@ -12,8 +12,8 @@ use proptest::test_runner::Config;
 
 use procmond_wal::event::limits;
 use procmond_wal::wal::format::{
-    self, FRAME_HEADER_BYTES, FrameProbe, Record, RecordKind, SEGMENT_HEADER_BYTES, SegmentHeader,
-    WalEntry,
+    self, FRAME_HEADER_BYTES, FrameLayout, FrameProbe, FrameSeed, Record, RecordKind,
+    SEGMENT_HEADER_BYTES, SegmentHeader, WalEntry,
 };
 use procmond_wal::wal::scan::{ScanItem, SegmentScan};
 use procmond_wal::wal::{Wal, WalReader};
@@ -76,26 +76,50 @@ prop_compose! {
     }
 }
 
-/// Bytes that look like a frame (small length, a known kind, zero reserved bytes) with a CRC
-/// that is right for `segment` when `crc_right`, so decoding of garbage payloads is reached.
-fn frame_like(payload: &[u8], kind: u8, segment: u64, crc_right: bool, crc_noise: u32) -> Vec<u8> {
+const SALT: u64 = 0x0bad_5a17;
+
+fn layout(segment: u64) -> FrameLayout {
+    FrameLayout::V2(seed(segment))
+}
+
+fn seed(segment: u64) -> FrameSeed {
+    FrameSeed {
+        segment_number: segment,
+        salt: SALT,
+    }
+}
+
+/// Bytes that look like a (version 2) frame (small length, a known kind, zero reserved bytes)
+/// with a CRC that is right for `segment` when `crc_right`, so decoding of garbage payloads is
+/// reached.
+fn frame_like(
+    payload: &[u8],
+    kind: u8,
+    segment: u64,
+    watermark: u64,
+    crc_right: bool,
+    crc_noise: u32,
+) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
     bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     bytes.extend_from_slice(&[kind, 0, 0, 0]);
+    bytes.extend_from_slice(&[0; 8]);
+    bytes.extend_from_slice(&watermark.to_le_bytes());
     let mut crc = crc32fast::Hasher::new();
     crc.update(&segment.to_le_bytes());
+    crc.update(&SALT.to_le_bytes());
     crc.update(&bytes[0..8]);
+    crc.update(&bytes[12..24]);
     crc.update(payload);
     let crc = if crc_right { crc.finalize() } else { crc_noise };
-    bytes.extend_from_slice(&crc.to_le_bytes());
-    bytes.extend_from_slice(&[0; 4]);
+    bytes[8..12].copy_from_slice(&crc.to_le_bytes());
     bytes.extend_from_slice(payload);
     bytes.resize(format::align_up(bytes.len(), 8), 0);
     bytes
 }
 
 fn scan_all(bytes: &[u8], segment: u64) -> Vec<ScanItem> {
-    SegmentScan::new(bytes, segment)
+    SegmentScan::new(bytes, layout(segment))
         .map(|item| item.unwrap())
         .collect()
 }
@@ -144,11 +168,14 @@ proptest! {
         segment in any::<u64>(),
         at_end in any::<bool>(),
     ) {
-        let _ = format::probe_frame(&bytes, segment, at_end);
+        let _ = format::probe_frame(&bytes, layout(segment), at_end);
+        let _ = format::probe_frame(&bytes, FrameLayout::V1 { segment_number: segment }, at_end);
         let _ = format::decode_payload(RecordKind::Event, &bytes);
         let _ = format::decode_payload(RecordKind::Checkpoint, &bytes);
+        let _ = format::decode_payload(RecordKind::Watermark, &bytes);
         if let Ok(header) = SegmentHeader::decode(&bytes) {
-            prop_assert_eq!(&header.encode_block()[..44], &bytes[..44]);
+            let used = if header.version == format::FORMAT_VERSION_1 { 44 } else { 52 };
+            prop_assert_eq!(&header.encode_block()[..used], &bytes[..used]);
         }
         check_scan(&scan_all(&bytes, segment), bytes.len());
     }
@@ -156,23 +183,33 @@ proptest! {
     #[test]
     fn crc_valid_garbage_frames_never_panic_and_are_skipped(
         payloads in proptest::collection::vec(
-            (proptest::collection::vec(any::<u8>(), 1..300), 1u8..=2, any::<bool>(), any::<u32>()),
+            (
+                proptest::collection::vec(any::<u8>(), 1..300),
+                1u8..=3,
+                any::<bool>(),
+                any::<u32>(),
+                any::<u64>(),
+            ),
             1..6,
         ),
         noise in proptest::collection::vec(any::<u8>(), 0..40),
     ) {
         let segment = 9;
         let mut bytes = Vec::new();
-        for (payload, kind, crc_right, crc_noise) in &payloads {
-            bytes.extend(frame_like(payload, *kind, segment, *crc_right, *crc_noise));
+        for (payload, kind, crc_right, crc_noise, watermark) in &payloads {
+            bytes.extend(frame_like(payload, *kind, segment, *watermark, *crc_right, *crc_noise));
         }
         bytes.extend(&noise);
-        let kind = if payloads[0].1 == 1 { RecordKind::Event } else { RecordKind::Checkpoint };
+        let kind = match payloads[0].1 {
+            1 => RecordKind::Event,
+            2 => RecordKind::Checkpoint,
+            _ => RecordKind::Watermark,
+        };
         let _ = format::decode_payload(kind, &payloads[0].0);
         let items = scan_all(&bytes, segment);
         check_scan(&items, bytes.len());
         // A frame whose CRC is wrong is never a record.
-        let wrong_crc = payloads.iter().filter(|(_, _, crc_right, _)| !crc_right).count();
+        let wrong_crc = payloads.iter().filter(|(_, _, crc_right, _, _)| !crc_right).count();
         let records = items.iter().filter(|i| matches!(i, ScanItem::Record { .. })).count();
         prop_assert!(records <= payloads.len() - wrong_crc);
     }
@@ -184,29 +221,42 @@ proptest! {
         sequence in 1u64..,
         timestamp in time_ns(),
         segment in 1u64..,
+        salt in 1u64..,
+        watermark_below in any::<u64>(),
     ) {
         let event_bytes = format::encode_event(&event).unwrap();
         let mut frame = Vec::new();
+        let seed = FrameSeed { segment_number: segment, salt };
+        let watermark = watermark_below % sequence;
         let len = format::push_event_frame(
-            &mut frame, segment, sequence, timestamp, kind, &event_bytes,
+            &mut frame, seed, watermark, sequence, timestamp, kind, &event_bytes,
         );
         prop_assert_eq!(len, frame.len());
         prop_assert_eq!(len % 8, 0);
         let entry = WalEntry { sequence, timestamp, event, kind };
-        let FrameProbe::Valid { kind: record_kind, payload, frame_bytes } =
-            format::probe_frame(&frame, segment, true)
+        let FrameProbe::Valid {
+            kind: record_kind, payload, frame_bytes, durable_watermark, padding_is_zero,
+        } = format::probe_frame(&frame, FrameLayout::V2(seed), true)
         else {
             return Err(TestCaseError::fail("frame not valid"));
         };
         prop_assert_eq!(frame_bytes, len);
+        prop_assert_eq!(durable_watermark, watermark);
+        prop_assert!(padding_is_zero);
         prop_assert_eq!(payload, &format::encode_entry_with_bincode(&entry).unwrap()[..]);
         prop_assert_eq!(
             format::decode_payload(record_kind, payload).unwrap(),
             Record::Event(entry)
         );
-        // The same bytes claimed by another segment never validate.
+        // The same bytes claimed by another segment, or by another WAL, never validate.
+        let other_segment = FrameSeed { segment_number: segment.wrapping_add(1), salt };
         prop_assert_eq!(
-            format::probe_frame(&frame, segment.wrapping_add(1), true),
+            format::probe_frame(&frame, FrameLayout::V2(other_segment), true),
+            FrameProbe::Invalid
+        );
+        let other_wal = FrameSeed { segment_number: segment, salt: salt.wrapping_add(1) };
+        prop_assert_eq!(
+            format::probe_frame(&frame, FrameLayout::V2(other_wal), true),
             FrameProbe::Invalid
         );
     }

@@ -112,7 +112,9 @@ fn open_syncs_what_recovery_trusts_before_answering() {
         for i in 11..=20 {
             receipts.push(wal.enqueue(event(i), kind(i)).await.unwrap());
         }
-        wait_until("the writes land", || wal.stats().events_appended == 20);
+        wait_until("a group is written, its sync held", || {
+            wal.stats().events_appended > 10 && disk.stalled_ops() == 1
+        });
         disk.kill_process();
         for receipt in receipts {
             assert!(receipt.await.is_err());

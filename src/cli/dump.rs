@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use procmond_wal::ProcessEvent;
-use procmond_wal::wal::format::{CheckpointEntry, Record, WalEntry};
+use procmond_wal::wal::format::{CheckpointEntry, Record, WalEntry, WatermarkEntry};
 use procmond_wal::wal::recovery::read_dir_with;
 use serde::Serialize;
 
@@ -44,6 +44,13 @@ enum DumpLine<'a> {
     },
     Checkpoint {
         acked_through: u64,
+        timestamp: String,
+        timestamp_ns: i64,
+        segment: u64,
+        offset: u64,
+    },
+    Watermark {
+        durable_watermark: u64,
         timestamp: String,
         timestamp_ns: i64,
         segment: u64,
@@ -85,6 +92,17 @@ fn dump(args: &DumpArgs) -> Result<u8, CliError> {
                     acked_through: checkpoint.acked_through,
                     timestamp: rfc3339(checkpoint.timestamp),
                     timestamp_ns: unix_ns(checkpoint.timestamp),
+                    segment,
+                    offset,
+                },
+            ),
+            Record::Watermark(watermark) if args.table => write_watermark_row(&mut out, watermark),
+            Record::Watermark(watermark) => write_json_line(
+                &mut out,
+                &DumpLine::Watermark {
+                    durable_watermark: watermark.durable_watermark,
+                    timestamp: rfc3339(watermark.timestamp),
+                    timestamp_ns: unix_ns(watermark.timestamp),
                     segment,
                     offset,
                 },
@@ -162,6 +180,17 @@ fn write_checkpoint_row(
         "-",
         checkpoint.acked_through,
         rfc3339_millis(checkpoint.timestamp),
+    )
+    .map_err(CliError::Output)
+}
+
+fn write_watermark_row(out: &mut impl Write, watermark: &WatermarkEntry) -> Result<(), CliError> {
+    writeln!(
+        out,
+        "{:>10}  watermark   durable through {} at {}",
+        "-",
+        watermark.durable_watermark,
+        rfc3339_millis(watermark.timestamp),
     )
     .map_err(CliError::Output)
 }

@@ -60,6 +60,7 @@ pub fn damage_description(kind: DamageKind) -> &'static str {
         DamageKind::TornTail => "interrupted write at the end of the log, cut on next open",
         DamageKind::MissingSegment => "segment file missing between two present segments",
         DamageKind::OutOfOrder => "event whose sequence is not above the previous one (skipped)",
+        DamageKind::NonzeroPadding => "nonzero frame padding (the record is intact and kept)",
     }
 }
 

@@ -309,7 +309,10 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
             )
             .map_err(|e| WalError::io("cut torn tail", &segment.path, e))?;
         }
-        let resumable = segment.header.is_some()
+        // Frames of the current version only go into a segment of the current version.
+        let resumable = segment
+            .header
+            .is_some_and(|header| header.version == format::FORMAT_VERSION)
             && segment.data_end < config.segment_rotate_bytes()
             && segment.file_bytes <= config.segment_max_bytes;
         if resumable {
@@ -353,7 +356,7 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
         checkpoint_segment: report.checkpoint_segment.unwrap_or(0),
         next_segment_number: max_number + 1,
         // One value per log: kept from the segments found, new for an empty directory.
-        salt: super::writer::new_wal_salt(),
+        salt: report.salt.unwrap_or_else(format::new_wal_salt),
     })
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::WalError;
 use super::format::{Record, SEGMENT_HEADER_BYTES, SegmentHeader, WalEntry};
-use super::recovery::list_segments;
+use super::recovery::{directory_salt, layout_for_damaged_header, list_segments};
 use super::scan::{ScanItem, SegmentScan};
 
 /// One replayed event.
@@ -23,12 +23,15 @@ pub struct WalReader {
     from_sequence: u64,
     last_yielded: u64,
     skipped_regions: u64,
+    salt: Option<u64>,
 }
 
 impl WalReader {
     /// Lists the segments of `dir` and prepares to read events from `from_sequence` on.
     pub fn open(dir: &Path, from_sequence: u64) -> Result<WalReader, WalError> {
-        let mut segments: VecDeque<(u64, PathBuf)> = list_segments(dir)?.into();
+        let listed = list_segments(dir)?;
+        let salt = directory_salt(&listed)?;
+        let mut segments: VecDeque<(u64, PathBuf)> = listed.into();
         // Skip whole segments that end before `from_sequence`: a segment can be skipped when
         // the next one's header says it starts at or below the wanted sequence.
         while segments.len() >= 2 {
@@ -46,6 +49,7 @@ impl WalReader {
             from_sequence,
             last_yielded: 0,
             skipped_regions: 0,
+            salt,
         })
     }
 
@@ -68,9 +72,13 @@ impl WalReader {
                         return Err(WalError::io("open segment for replay", &path, error));
                     }
                 };
+                let layout = match header_of(&file) {
+                    Some(header) if header.segment_number == number => header.frame_layout(),
+                    _ => layout_for_damaged_header(number, &path, self.salt)?,
+                };
                 file.seek(SeekFrom::Start(SEGMENT_HEADER_BYTES as u64))
                     .map_err(|e| WalError::io("seek segment", &path, e))?;
-                self.current = Some((number, path, SegmentScan::new(file, number)));
+                self.current = Some((number, path, SegmentScan::new(file, layout)));
             }
             let Some((number, path, scan)) = self.current.as_mut() else {
                 continue;
@@ -108,11 +116,13 @@ impl WalReader {
 
 fn first_sequence_of(path: &Path) -> Option<u64> {
     let file = crate::io::open_for_read(path).ok()?;
+    header_of(&file).map(|header| header.first_sequence)
+}
+
+fn header_of(file: &std::fs::File) -> Option<SegmentHeader> {
     let mut block = vec![0u8; SEGMENT_HEADER_BYTES];
-    std::os::unix::fs::FileExt::read_exact_at(&file, &mut block, 0).ok()?;
-    SegmentHeader::decode(&block)
-        .ok()
-        .map(|header| header.first_sequence)
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut block, 0).ok()?;
+    SegmentHeader::decode(&block).ok()
 }
 
 impl Iterator for WalReader {

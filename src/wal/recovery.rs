@@ -18,7 +18,10 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::error::WalError;
-use super::format::{HeaderError, Record, SEGMENT_HEADER_BYTES, SegmentHeader};
+use super::format::{
+    self, FORMAT_VERSION, FrameLayout, FrameProbe, FrameSeed, HeaderError, MAX_FRAME_BYTES, Record,
+    SEGMENT_HEADER_BYTES, SegmentHeader,
+};
 use super::naming::parse_segment_file_name;
 use super::scan::{ScanItem, SegmentScan};
 
@@ -92,6 +95,8 @@ pub enum DamageKind {
     MissingSegment,
     /// A valid event whose sequence is not above the previous one (skipped).
     OutOfOrder,
+    /// A valid record whose frame padding is not zero (the record is kept; nothing lost).
+    NonzeroPadding,
 }
 
 /// One damaged place.
@@ -145,6 +150,11 @@ pub struct OpenReport {
     pub checkpoint_segment: Option<u64>,
     /// Sequence the next appended event gets.
     pub next_sequence: u64,
+    /// The WAL's salt, from a valid version 2 segment header (None: no such header).
+    pub salt: Option<u64>,
+    /// Highest durable watermark in any valid frame: every sequence up to it was
+    /// acknowledged to a caller as durable (0: none known).
+    pub durable_watermark: u64,
 }
 
 impl OpenReport {
@@ -199,7 +209,9 @@ pub fn read_dir_with(
     let mut expected_next: Option<u64> = None;
     let mut max_first_sequence = 0u64;
     let mut previous_number: Option<u64> = None;
-    for (number, path) in list_segments(dir)? {
+    let segments = list_segments(dir)?;
+    report.salt = directory_salt(&segments)?;
+    for (number, path) in segments {
         if let Some(previous) = previous_number
             && number > previous + 1
         {
@@ -228,6 +240,7 @@ pub fn read_dir_with(
         .last_sequence
         .unwrap_or(0)
         .max(report.acked_through)
+        .max(report.durable_watermark)
         .max(max_first_sequence.saturating_sub(1));
     report.next_sequence = highest + 1;
     Ok(report)
@@ -270,6 +283,10 @@ fn read_segment(
         }
         *expected_next = Some(header.first_sequence);
     }
+    let layout = match &header {
+        Some(header) => header.frame_layout(),
+        None => layout_for_damaged_header(number, path, report.salt)?,
+    };
     let mut segment = SegmentReport {
         number,
         path: path.to_path_buf(),
@@ -286,13 +303,28 @@ fn read_segment(
     };
     file.seek(SeekFrom::Start(SEGMENT_HEADER_BYTES as u64))
         .map_err(read_err)?;
-    for item in SegmentScan::new(file, number) {
+    for item in SegmentScan::new(file, layout) {
         match item.map_err(read_err)? {
             ScanItem::Record {
                 offset,
                 frame_bytes,
                 record,
+                durable_watermark,
+                padding_is_zero,
             } => {
+                report.durable_watermark = report.durable_watermark.max(durable_watermark);
+                if let Record::Watermark(watermark) = &record {
+                    report.durable_watermark =
+                        report.durable_watermark.max(watermark.durable_watermark);
+                }
+                if !padding_is_zero {
+                    report.damage.push(Damage {
+                        segment: number,
+                        offset,
+                        len_bytes: frame_bytes,
+                        kind: DamageKind::NonzeroPadding,
+                    });
+                }
                 if let Record::Event(entry) = &record {
                     if report
                         .last_sequence
@@ -364,6 +396,107 @@ fn read_segment(
         }
     }
     Ok(segment)
+}
+
+/// The WAL's salt: the newest valid version 2 header's (every header of one directory
+/// carries the same salt, so one damaged header does not hide its segment's frames). When no
+/// header is valid, a salt still readable in a damaged header block is accepted once a frame
+/// at the start of its segment verifies with it.
+pub(crate) fn directory_salt(segments: &[(u64, PathBuf)]) -> Result<Option<u64>, WalError> {
+    let mut candidates: Vec<(u64, u64, &Path)> = Vec::new();
+    for (number, path) in segments.iter().rev() {
+        let Some(block) = read_header_block(path)? else {
+            continue;
+        };
+        match SegmentHeader::decode(&block) {
+            Ok(header) if header.segment_number == *number => {
+                if header.version == FORMAT_VERSION {
+                    return Ok(Some(header.salt));
+                }
+            }
+            Err(HeaderError::Blank) => {}
+            _ => {
+                for salt in SegmentHeader::salt_candidates(&block) {
+                    candidates.push((salt, *number, path));
+                }
+            }
+        }
+    }
+    for (salt, number, path) in candidates {
+        let layout = FrameLayout::V2(FrameSeed {
+            segment_number: number,
+            salt,
+        });
+        if first_frame_verifies(path, layout)? {
+            return Ok(Some(salt));
+        }
+    }
+    Ok(None)
+}
+
+/// The first block of a segment file (shorter if the file is); None if it vanished.
+fn read_header_block(path: &Path) -> Result<Option<Vec<u8>>, WalError> {
+    let mut file = match crate::io::open_for_read(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(WalError::io("read segment header", path, error)),
+    };
+    let mut block = vec![0u8; SEGMENT_HEADER_BYTES];
+    let read = read_up_to(&mut file, &mut block)
+        .map_err(|e| WalError::io("read segment header", path, e))?;
+    block.truncate(read);
+    Ok(Some(block))
+}
+
+/// Whether the frame right after the header block is valid when laid out as `layout`.
+fn first_frame_verifies(path: &Path, layout: FrameLayout) -> Result<bool, WalError> {
+    use std::os::unix::fs::FileExt;
+    let file = match crate::io::open_for_read(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(error) => return Err(WalError::io("read segment", path, error)),
+    };
+    let mut window = vec![0u8; MAX_FRAME_BYTES];
+    let mut filled = 0;
+    while filled < window.len() {
+        match file.read_at(
+            &mut window[filled..],
+            (SEGMENT_HEADER_BYTES + filled) as u64,
+        ) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            // An unreadable first frame proves nothing either way.
+            Err(_) => return Ok(false),
+        }
+    }
+    Ok(matches!(
+        format::probe_frame(&window[..filled], layout, true),
+        FrameProbe::Valid { .. }
+    ))
+}
+
+/// How to read the frames of a segment whose header is not valid: as version 2 with the
+/// directory's salt, unless its first frame shows it is a version 1 segment.
+pub(crate) fn layout_for_damaged_header(
+    number: u64,
+    path: &Path,
+    salt: Option<u64>,
+) -> Result<FrameLayout, WalError> {
+    let v1 = FrameLayout::V1 {
+        segment_number: number,
+    };
+    let Some(salt) = salt else {
+        return Ok(v1);
+    };
+    let v2 = FrameLayout::V2(FrameSeed {
+        segment_number: number,
+        salt,
+    });
+    if !first_frame_verifies(path, v2)? && first_frame_verifies(path, v1)? {
+        return Ok(v1);
+    }
+    Ok(v2)
 }
 
 fn push_gap(report: &mut OpenReport, first_missing: u64, count: u64) {

@@ -9,7 +9,7 @@
 use std::io::{self, Read};
 
 use super::format::{
-    self, FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES, FrameProbe, Record, SEGMENT_HEADER_BYTES,
+    self, FRAME_ALIGN_BYTES, FrameLayout, FrameProbe, Record, SEGMENT_HEADER_BYTES,
 };
 
 const READ_CHUNK_BYTES: usize = 1 << 20;
@@ -27,6 +27,11 @@ pub enum ScanItem {
         frame_bytes: u64,
         /// The record.
         record: Record,
+        /// The durable watermark in the frame header (0 in version 1).
+        durable_watermark: u64,
+        /// Whether the frame's padding is all zero (nonzero padding is damage to report;
+        /// the record itself is intact).
+        padding_is_zero: bool,
     },
     /// Bytes that are not valid records, followed by a valid record.
     Damage {
@@ -50,7 +55,7 @@ pub enum ScanItem {
 /// Scans the records of one segment from a reader positioned just after the header block.
 pub struct SegmentScan<R> {
     reader: R,
-    segment_number: u64,
+    layout: FrameLayout,
     /// Read buffer; `buf[..end]` holds file bytes from `buf_offset` on. Allocated once (and
     /// grown only for a frame larger than it), so reads never re-zero memory.
     buf: Vec<u8>,
@@ -64,10 +69,10 @@ pub struct SegmentScan<R> {
 impl<R: Read> SegmentScan<R> {
     /// Starts scanning; `reader` must yield the file's bytes from offset
     /// [`SEGMENT_HEADER_BYTES`] on.
-    pub fn new(reader: R, segment_number: u64) -> SegmentScan<R> {
+    pub fn new(reader: R, layout: FrameLayout) -> SegmentScan<R> {
         SegmentScan {
             reader,
-            segment_number,
+            layout,
             buf: Vec::new(),
             end: 0,
             pos: 0,
@@ -109,10 +114,10 @@ impl<R: Read> SegmentScan<R> {
 
     /// Probes the current position, reading more as the frame requires.
     fn probe(&mut self) -> io::Result<Probe> {
-        self.fill(FRAME_HEADER_BYTES)?;
+        self.fill(self.layout.header_bytes())?;
         loop {
             let window = &self.buf[self.pos..self.end];
-            match format::probe_frame(window, self.segment_number, self.eof) {
+            match format::probe_frame(window, self.layout, self.eof) {
                 FrameProbe::NeedMore { bytes } => self.fill(bytes)?,
                 FrameProbe::Zero => return Ok(Probe::NotAFrame),
                 FrameProbe::Invalid => return Ok(Probe::NotAFrame),
@@ -120,11 +125,15 @@ impl<R: Read> SegmentScan<R> {
                     kind,
                     payload,
                     frame_bytes,
+                    durable_watermark,
+                    padding_is_zero,
                 } => {
                     return Ok(match format::decode_payload(kind, payload) {
                         Ok(record) => Probe::Valid {
                             record,
                             frame_bytes,
+                            durable_watermark,
+                            padding_is_zero,
                         },
                         Err(_) => Probe::Undecodable { frame_bytes },
                     });
@@ -158,12 +167,16 @@ impl<R: Read> SegmentScan<R> {
             Probe::Valid {
                 record,
                 frame_bytes,
+                durable_watermark,
+                padding_is_zero,
             } => {
                 self.pos += frame_bytes;
                 return Ok(Some(ScanItem::Record {
                     offset: self.abs(start),
                     frame_bytes: frame_bytes as u64,
                     record,
+                    durable_watermark,
+                    padding_is_zero,
                 }));
             }
             Probe::Undecodable { frame_bytes } => {
@@ -199,7 +212,7 @@ impl<R: Read> SegmentScan<R> {
             self.pos = (self.pos + FRAME_ALIGN_BYTES).min(self.end);
             self.skip_zero_words();
             if self.pos >= self.end {
-                self.fill(FRAME_HEADER_BYTES)?;
+                self.fill(self.layout.header_bytes())?;
                 if self.pos >= self.end {
                     continue;
                 }
@@ -218,8 +231,15 @@ impl<R: Read> SegmentScan<R> {
 #[allow(clippy::large_enum_variant)] // Short-lived, one at a time.
 enum Probe {
     NotAFrame,
-    Valid { record: Record, frame_bytes: usize },
-    Undecodable { frame_bytes: usize },
+    Valid {
+        record: Record,
+        frame_bytes: usize,
+        durable_watermark: u64,
+        padding_is_zero: bool,
+    },
+    Undecodable {
+        frame_bytes: usize,
+    },
 }
 
 impl<R: Read> Iterator for SegmentScan<R> {
@@ -240,10 +260,15 @@ impl<R: Read> Iterator for SegmentScan<R> {
 mod tests {
     use super::*;
     use crate::event::{EventKind, ProcessEvent};
-    use crate::wal::format::{CheckpointEntry, push_checkpoint_frame, push_event_frame};
+    use crate::wal::format::{
+        CheckpointEntry, FRAME_HEADER_BYTES, FrameSeed, push_checkpoint_frame, push_event_frame,
+    };
     use chrono::DateTime;
 
-    const SEG: u64 = 3;
+    const SEG: FrameSeed = FrameSeed {
+        segment_number: 3,
+        salt: 0xfeed_f00d,
+    };
 
     /// Record bytes (after the header block) of `count` events, and each frame's start.
     fn records(count: u64) -> (Vec<u8>, Vec<usize>) {
@@ -258,6 +283,7 @@ mod tests {
             push_event_frame(
                 &mut out,
                 SEG,
+                sequence - 1,
                 sequence,
                 DateTime::from_timestamp_nanos(1),
                 EventKind::Start,
@@ -268,7 +294,7 @@ mod tests {
     }
 
     fn scan(bytes: &[u8]) -> Vec<ScanItem> {
-        SegmentScan::new(bytes, SEG)
+        SegmentScan::new(bytes, FrameLayout::V2(SEG))
             .map(|item| item.unwrap())
             .collect()
     }
@@ -308,6 +334,7 @@ mod tests {
         push_checkpoint_frame(
             &mut bytes,
             SEG,
+            2,
             &CheckpointEntry {
                 acked_through: 2,
                 timestamp: DateTime::from_timestamp_nanos(0),

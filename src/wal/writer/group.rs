@@ -21,9 +21,8 @@ use super::super::config::GroupStart;
 use super::super::error::WalError;
 use super::super::format::{
     self, BLOCK_BYTES, CHECKPOINT_FRAME_BYTES, CheckpointEntry, EVENT_FIXED_PAYLOAD_BYTES,
-    SEGMENT_HEADER_BYTES,
+    SEGMENT_HEADER_BYTES, WATERMARK_FRAME_BYTES,
 };
-use super::v2shim::{self as v2, WATERMARK_FRAME_BYTES};
 use super::pipeline::{WriteDone, WriteFuture};
 use super::replies::{self, Completion, EventsReply, Reply, Waiter};
 use super::Writer;
@@ -363,7 +362,7 @@ impl<B: Backend> Writer<B> {
 }
 
 /// How frames of one segment are sealed (the CRC seed).
-pub(super) type FrameSeed = v2::FrameSeed;
+pub(super) type FrameSeed = format::FrameSeed;
 
 fn put_event(
     out: &mut [u8],
@@ -374,7 +373,7 @@ fn put_event(
     kind: EventKind,
     bytes: &[u8],
 ) -> usize {
-    v2::write_event_frame(out, seed, watermark, sequence, timestamp, kind, bytes)
+    format::write_event_frame(out, seed, watermark, sequence, timestamp, kind, bytes)
 }
 
 fn put_checkpoint(
@@ -383,9 +382,9 @@ fn put_checkpoint(
     watermark: u64,
     entry: &CheckpointEntry,
 ) -> usize {
-    v2::write_checkpoint_frame(out, seed, watermark, entry)
+    format::write_checkpoint_frame(out, seed, watermark, entry)
 }
 
 fn put_watermark(out: &mut [u8], seed: FrameSeed, watermark: u64) -> usize {
-    v2::write_watermark_frame(out, seed, watermark, Utc::now())
+    format::write_watermark_frame(out, seed, watermark, Utc::now())
 }

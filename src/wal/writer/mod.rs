@@ -42,8 +42,6 @@ mod group;
 mod pipeline;
 mod replies;
 mod segments;
-mod v2shim;
-pub(crate) use v2shim::new_wal_salt;
 
 use budget::Budget;
 use group::{GroupMeta, Items, Pending};

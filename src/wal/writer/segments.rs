@@ -15,6 +15,7 @@ use chrono::Utc;
 
 use super::super::config::WalConfig;
 use super::super::error::WalError;
+use super::super::format::{FORMAT_VERSION, SegmentHeader};
 use super::super::naming::segment_path;
 use super::Writer;
 use super::group::{FrameSeed, Pending};
@@ -61,17 +62,18 @@ pub(super) fn new_active<F>(
     first_sequence: u64,
     salt: u64,
 ) -> Active<F> {
-    let header = super::v2shim::header(
-        number,
+    let header = SegmentHeader {
+        version: FORMAT_VERSION,
+        segment_number: number,
         first_sequence,
-        Utc::now().timestamp_nanos_opt().unwrap_or(0),
+        created_unix_ns: Utc::now().timestamp_nanos_opt().unwrap_or(0),
         salt,
-    );
+    };
     Active {
         number,
         path: segment_path(dir, number),
         file,
-        frame_seed: FrameSeed { segment_number: number, salt },
+        frame_seed: header.frame_seed(),
         tail_offset: 0,
         tail: header.encode_block().to_vec(),
         has_records: false,
