@@ -329,7 +329,9 @@ fn a_repeated_checkpoint_waits_for_the_earlier_one() {
         // An event queued after it is written only once the ring thread has handled the
         // second checkpoint.
         let marker = wal.enqueue(event(11), kind(11)).await.unwrap();
-        wait_until("the marker is written", || wal.stats().events_appended == 11);
+        wait_until("the marker is written", || {
+            wal.stats().events_appended == 11
+        });
         // The power goes before the first checkpoint is durable: neither may report success.
         disk.power_cut();
         assert!(first.await.unwrap().is_err());

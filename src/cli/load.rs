@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use procmond_wal::io::{BackendKind, Preallocation};
+use procmond_wal::wal::config::GroupStart;
 use procmond_wal::wal::format::{EVENT_FIXED_PAYLOAD_BYTES, encode_event, frame_len};
 use procmond_wal::wal::recovery::read_dir;
 use procmond_wal::wal::{BackendChoice, SyncPolicy, Wal, WalConfig, WalError, WalStats};
@@ -65,6 +66,10 @@ pub struct LoadArgs {
     /// How new segments reserve their space.
     #[arg(long, value_enum, default_value_t = PreallocateArg::Fallocate)]
     pub preallocate: PreallocateArg,
+    /// Where each group write starts: `after-tail` (rewrite the partly filled last block) or
+    /// `fresh-block` (never rewrite written bytes; pad each group to a block).
+    #[arg(long, value_enum, default_value_t = GroupStartArg::AfterTail)]
+    pub group_start: GroupStartArg,
     /// One JSON object on stdout for scripts instead of the report for people.
     #[arg(long)]
     pub json: bool,
@@ -79,6 +84,15 @@ pub enum BackendArg {
     Uring,
     /// pwrite + fdatasync.
     Portable,
+}
+
+/// `--group-start`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum GroupStartArg {
+    /// Rewrite the partly filled last block.
+    AfterTail,
+    /// Start every group on a fresh block.
+    FreshBlock,
 }
 
 /// `--preallocate`.
@@ -306,13 +320,22 @@ fn wal_config(args: &LoadArgs, dir: &Path, record_bytes_per_event: u64) -> WalCo
         PreallocateArg::Zerofill => Preallocation::ZeroFill,
         PreallocateArg::None => Preallocation::None,
     };
+    config.group_start = match args.group_start {
+        GroupStartArg::AfterTail => GroupStart::AfterTail,
+        GroupStartArg::FreshBlock => GroupStart::FreshBlock,
+    };
     // The run never checkpoints, so every segment stays: budget for all of them (segments
     // are filled to the rotation point, and count at full size) plus slack for the active
-    // and prepared ones, and never below the library default.
+    // and prepared ones, and never below the library default. With fresh blocks a group of
+    // one event may take a whole block.
     let rotate_bytes = config.segment_rotate_bytes().max(1);
+    let bytes_per_event = match config.group_start {
+        GroupStart::AfterTail => record_bytes_per_event,
+        GroupStart::FreshBlock => record_bytes_per_event.max(4096),
+    };
     let segments_needed = args
         .events
-        .saturating_mul(record_bytes_per_event)
+        .saturating_mul(bytes_per_event)
         .div_ceil(rotate_bytes)
         .saturating_add(3);
     config.wal_max_bytes = config

@@ -55,8 +55,8 @@ pub enum BackendChoice {
     Simulated,
 }
 
-/// Configuration of a [`crate::wal::Wal`]. Defaults follow the ticket: 100 MiB segments
-/// rotated at 80%.
+/// Configuration of a [`crate::wal::Wal`]. Defaults: 100 MiB segments rotated at 80%, 1 MiB
+/// groups, a 4 GiB budget, a sync after every group.
 #[derive(Debug, Clone)]
 pub struct WalConfig {
     /// Directory holding the segments (created with mode 0700 if missing).
@@ -161,10 +161,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_valid_and_follow_the_ticket() {
+    fn defaults_are_valid_and_rotate_at_80_percent() {
         let config = WalConfig::new("/tmp/x");
         config.validate().unwrap();
         assert_eq!(config.segment_rotate_bytes(), 80 * 1024 * 1024);
+    }
+
+    #[test]
+    fn every_segment_keeps_a_checkpoint_reserve() {
+        let mut config = WalConfig::new("/tmp/x");
+        config.segment_max_bytes = 64 * 1024;
+        config.segment_rotate_percent = 100;
+        config.validate().unwrap();
+        assert_eq!(
+            config.segment_rotate_bytes(),
+            64 * 1024 - CHECKPOINT_RESERVE_BYTES
+        );
     }
 
     #[test]

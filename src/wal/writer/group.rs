@@ -23,9 +23,9 @@ use super::super::format::{
     self, BLOCK_BYTES, CHECKPOINT_FRAME_BYTES, CheckpointEntry, EVENT_FIXED_PAYLOAD_BYTES,
     SEGMENT_HEADER_BYTES, WATERMARK_FRAME_BYTES,
 };
+use super::Writer;
 use super::pipeline::{WriteDone, WriteFuture};
 use super::replies::{self, Completion, EventsReply, Reply, Waiter};
-use super::Writer;
 use crate::event::EventKind;
 use crate::io::Backend;
 
@@ -153,8 +153,7 @@ impl<B: Backend> Writer<B> {
                 }
                 Pending::Watermark => {
                     let group_bytes = pos - tail_len + reserved;
-                    if group_bytes > 0
-                        || base + (pos + WATERMARK_FRAME_BYTES) as u64 > segment_max
+                    if group_bytes > 0 || base + (pos + WATERMARK_FRAME_BYTES) as u64 > segment_max
                     {
                         if group_bytes == 0 {
                             // No room left in the segment: the records are durable anyway.
@@ -185,8 +184,7 @@ impl<B: Backend> Writer<B> {
                         });
                         continue;
                     }
-                    if checkpoint.is_none_or(|taken| acked > taken) && acked <= self.acked_queued
-                    {
+                    if checkpoint.is_none_or(|taken| acked > taken) && acked <= self.acked_queued {
                         // An equal or lower checkpoint is in an earlier group that is not
                         // durable yet: answer this one when that one is.
                         if let Some(Pending::Checkpoint { reply, .. }) = self.queue.pop_front() {
@@ -242,7 +240,10 @@ impl<B: Backend> Writer<B> {
                             need_rotation = pos == tail_len && reserved == 0;
                             break 'queue;
                         }
-                        assert!(pos + frame_len + reserved <= capacity, "group buffer overrun");
+                        assert!(
+                            pos + frame_len + reserved <= capacity,
+                            "group buffer overrun"
+                        );
                         let sequence = self.next_sequence;
                         self.next_sequence += 1;
                         let len = put_event(

@@ -132,9 +132,17 @@ impl<B: Backend> Writer<B> {
             return;
         }
         // Groups complete in formation order, so sequences stay contiguous.
-        assert_eq!(meta.id, self.groups_written + 1, "groups written out of order");
+        assert_eq!(
+            meta.id,
+            self.groups_written + 1,
+            "groups written out of order"
+        );
         if let Some(first) = meta.first_sequence {
-            assert_eq!(first, self.written_sequence + 1, "sequence gap between groups");
+            assert_eq!(
+                first,
+                self.written_sequence + 1,
+                "sequence gap between groups"
+            );
         }
         let shared = &self.shared;
         shared.group_writes.fetch_add(1, Relaxed);

@@ -85,8 +85,7 @@ impl<B: Backend> Writer<B> {
     /// Starts creating the next segment in the background if none is ready and the budget
     /// allows one more file.
     pub(super) fn maybe_prepare(&mut self) {
-        if self.prepared.is_some() || self.preparing.is_some() || !self.budget.allows_one_more()
-        {
+        if self.prepared.is_some() || self.preparing.is_some() || !self.budget.allows_one_more() {
             return;
         }
         let number = self.next_segment_number;
