@@ -372,3 +372,58 @@ fn a_failed_unlink_is_retried() {
         "{first_segment} was never deleted after its unlink failed once"
     );
 }
+
+/// A segment whose header never reached the disk keeps its records only while the log's salt
+/// is known from another segment. When a checkpoint in it lets open delete the older
+/// segments, open must first give it its header back, or the next open could verify none of
+/// its records (nor the checkpoint that keeps sequence numbers from being reused).
+#[test]
+fn a_segment_with_a_lost_header_stays_readable_after_older_segments_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SimDisk::new();
+    let config = sim_config(dir.path(), &disk);
+    let rt = multi_thread();
+    let (wal, _) = Wal::open(config.clone()).unwrap();
+    let last = rt.block_on(async {
+        let mut last = 0;
+        while wal.stats().segments < 3 {
+            last = wal.append(event(last + 1), kind(last + 1)).await.unwrap();
+        }
+        // The checkpoint is written into segment 2 but the process dies before its sync.
+        disk.stall_syncs();
+        let checkpoint = {
+            let wal = wal.clone();
+            tokio::spawn(async move { wal.checkpoint(last).await })
+        };
+        wait_until("the checkpoint's sync is stalled", || {
+            disk.stalled_ops() == 1
+        });
+        disk.kill_process();
+        assert!(checkpoint.await.unwrap().is_err());
+        let _ = wal.close().await;
+        last
+    });
+    disk.restart();
+    // Segment 2's header block is lost (all its fields zero).
+    let segment_2 = dir.path().join("procmond-00002.wal");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment_2)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0u8; 64], 0).unwrap();
+    drop(file);
+    // Open trusts segment 2 (salt from segment 1) and, by its checkpoint, deletes segment 1;
+    // then the process dies again before anything new is written.
+    let (wal, report) = Wal::open(config.clone()).unwrap();
+    assert_eq!(report.acked_through, last);
+    wait_until("segment 1 is deleted", || wal.stats().segments_deleted == 1);
+    disk.kill_process();
+    rt.block_on(async {
+        let _ = wal.close().await;
+    });
+    disk.restart();
+    let report = read_dir(dir.path()).unwrap();
+    assert_eq!(report.acked_through, last, "{report:?}");
+    assert_eq!(report.last_sequence, Some(last), "{report:?}");
+    assert!(report.next_sequence > last);
+}

@@ -147,6 +147,10 @@ struct LoadJson {
     record_bytes_per_event: u64,
     syncs: u64,
     records_per_sync: f64,
+    /// Bytes sent to the device (whole blocks, rewritten tail blocks included).
+    device_bytes: u64,
+    /// `device_bytes` / `bytes`.
+    write_amplification: f64,
     latency_us: LatencyJson,
     latency_samples: u64,
     backend: BackendKind,
@@ -244,6 +248,8 @@ fn load(args: &LoadArgs) -> Result<u8, CliError> {
         record_bytes_per_event,
         syncs: stats.syncs,
         records_per_sync: stats.records_per_sync,
+        device_bytes: stats.device_bytes_written,
+        write_amplification: stats.device_bytes_written as f64 / stats.record_bytes.max(1) as f64,
         latency_us: LatencyJson {
             p50: micros(0.5),
             p99: micros(0.99),

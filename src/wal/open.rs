@@ -284,6 +284,11 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
             }
         }
     }
+    if let Some(salt) = report.salt {
+        for segment in &report.segments {
+            repair_blank_header(segment, salt, report.next_sequence)?;
+        }
+    }
     let mut sealed: VecDeque<Sealed> = VecDeque::new();
     let mut resume = None;
     if let Some(last) = last_written {
@@ -358,6 +363,54 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
         // One value per log: kept from the segments found, new for an empty directory.
         salt: report.salt.unwrap_or_else(format::new_wal_salt),
     })
+}
+
+/// Gives a segment whose header block never reached the disk, but whose records recovery
+/// verified with the log's salt, its header back. Without it, the salt is known only from
+/// other segments; once those are deleted (a checkpoint in this segment covers them), its
+/// records, and the checkpoint keeping sequences from being reused, could no longer be
+/// verified. Only a block that is zero apart from the salt's copy is rewritten: nothing that
+/// is not this log's own header is ever overwritten.
+fn repair_blank_header(
+    segment: &recovery::SegmentReport,
+    salt: u64,
+    next_sequence: u64,
+) -> Result<(), WalError> {
+    let has_records = segment.events > 0 || segment.checkpoints > 0;
+    if segment.header_problem != Some(format::HeaderError::Blank) || !has_records {
+        return Ok(());
+    }
+    let path = &segment.path;
+    let io_error = |e| WalError::io("repair blank segment header", path, e);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_error)?;
+    let mut block = vec![0u8; SEGMENT_HEADER_BYTES];
+    read_available_at(&file, &mut block, 0).map_err(io_error)?;
+    let copy = format::SALT_COPY_OFFSET..format::SALT_COPY_OFFSET + 8;
+    let only_salt_copy = block.iter().enumerate().all(|(at, &byte)| {
+        byte == 0 || (copy.contains(&at) && block[copy.clone()] == salt.to_le_bytes())
+    });
+    if !only_salt_copy {
+        return Ok(());
+    }
+    let header = format::SegmentHeader {
+        version: format::FORMAT_VERSION,
+        segment_number: segment.number,
+        first_sequence: segment.first_sequence.unwrap_or(next_sequence),
+        created_unix_ns: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
+        salt,
+    };
+    tracing::info!(
+        segment = segment.number,
+        first_sequence = header.first_sequence,
+        "rewriting the blank header of a WAL segment whose records are valid"
+    );
+    file.write_all_at(&header.encode_block(), 0)
+        .map_err(io_error)?;
+    file.sync_data().map_err(io_error)
 }
 
 /// Reads as much of `buf` as the file holds from `offset` (the rest stays as it is).
