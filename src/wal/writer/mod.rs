@@ -29,7 +29,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::config::{SyncPolicy, WalConfig};
+use super::config::WalConfig;
 use super::error::WalError;
 use super::format::{BLOCK_BYTES, SEGMENT_HEADER_BYTES};
 use super::naming::segment_path;
@@ -141,6 +141,8 @@ pub(crate) struct Writer<B: Backend> {
     groups_durable: u64,
     /// Written groups no sync covers yet, in order.
     unsynced: Vec<GroupMeta>,
+    /// Replies held by written groups until a sync covers them (unsynced or syncing).
+    replies_awaiting_sync: usize,
     /// Callers waiting for a group to become durable.
     waiters: Waiters,
     /// Under the interval policy: when the next sync is due (None: nothing unsynced).
@@ -263,6 +265,7 @@ impl<B: Backend> Writer<B> {
             groups_written: 0,
             groups_durable: 0,
             unsynced: Vec::new(),
+            replies_awaiting_sync: 0,
             waiters: Waiters::default(),
             sync_deadline: None,
             sync_requested: false,
@@ -281,8 +284,8 @@ impl<B: Backend> Writer<B> {
     /// 1. **Accept.** While the writer's queue holds fewer than `queue_max_commands`, take a
     ///    command from the channel and then everything already waiting (up to that bound).
     ///    A full queue stops receiving, so the channel fills and senders wait.
-    /// 2. **Form and write.** When the write slot is free (and, under the default policy, no
-    ///    second group already waits for a sync in flight), form a group from the queue:
+    /// 2. **Form and write.** When the write slot is free (and written groups waiting for a
+    ///    sync hold fewer than `queue_max_commands` replies), form a group from the queue:
     ///    the carried tail block plus frames, sequences assigned in queue order, the durable
     ///    watermark of this moment in every frame. A group that would pass the rotation
     ///    point waits until every written group is durable, then the segment rotates.
@@ -309,10 +312,10 @@ impl<B: Backend> Writer<B> {
         loop {
             if self.poison.is_none() {
                 // Step 2.
-                let second_unsynced = self.config.sync == SyncPolicy::EveryGroup
-                    && sync.is_some()
-                    && !self.unsynced.is_empty();
-                if write.is_none() && !second_unsynced {
+                // Written groups wait for a sync holding their callers' replies; a slow sync
+                // must not let them grow without bound, so at most `queue_max_commands`.
+                let replies_bounded = self.replies_awaiting_sync < queue_max;
+                if write.is_none() && replies_bounded {
                     let io_idle = sync.is_none() && self.unsynced.is_empty();
                     write = self.next_write(io_idle).await;
                 }

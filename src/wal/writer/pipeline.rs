@@ -164,6 +164,7 @@ impl<B: Backend> Writer<B> {
                     Some(tokio::time::Instant::now() + Duration::from_millis(sync_interval_ms));
             }
         }
+        self.replies_awaiting_sync += meta.completions.len();
         self.unsynced.push(meta);
         self.check_invariants();
     }
@@ -174,6 +175,7 @@ impl<B: Backend> Writer<B> {
         let mut completions: Vec<Completion> = Vec::new();
         let mut checkpoint = None;
         for group in syncing.groups {
+            self.replies_awaiting_sync -= group.completions.len();
             if let Some(acked) = group.checkpoint {
                 checkpoint = Some((acked, group.segment));
             }
@@ -234,6 +236,7 @@ impl<B: Backend> Writer<B> {
         self.poison = Some(poison.clone());
         replies::fail(completions, &poison);
         for group in std::mem::take(&mut self.unsynced) {
+            self.replies_awaiting_sync -= group.completions.len();
             replies::fail(group.completions, &poison);
         }
         self.fail_all_queued(&poison);
