@@ -14,6 +14,7 @@ use std::path::Path;
 pub mod aligned;
 pub mod portable;
 pub mod probe;
+pub mod read;
 pub mod sim;
 pub mod uring;
 

@@ -214,10 +214,13 @@ impl Wal {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Opens a reader over this log's directory that yields events from `from_sequence` on
-    /// (reads what is durable; safe while appends continue).
+    /// Opens a reader over this log's directory that yields the durable events from
+    /// `from_sequence` on: those at or below [`Wal::durable_sequence`] when this is called.
+    /// Safe while appends continue: it ends at the first event above that bound, and never
+    /// steps over a group that is still being written (see [`WalReader`]). Call it again
+    /// from the next sequence for later events.
     pub fn replay_from(&self, from_sequence: u64) -> Result<WalReader, WalError> {
-        WalReader::open(&self.dir, from_sequence)
+        WalReader::open_durable(&self.dir, from_sequence, self.durable_sequence())
     }
 
     /// Makes everything accepted durable, stops the ring thread and releases the directory

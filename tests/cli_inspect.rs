@@ -219,11 +219,17 @@ fn verify_reports_a_flipped_byte_with_its_place_and_the_one_lost_event() {
         "{text}"
     );
     assert!(
-        text.contains(&format!("  {lost_sequence} (1 event(s))")),
+        text.contains(&format!(
+            "  {lost_sequence} (1 event(s), 1 of them acknowledged as durable)"
+        )),
         "{text}"
     );
     assert!(
-        text.contains("result: DAMAGED: 1 damaged place(s), 1 event(s) lost"),
+        text.contains(&format!("lost acknowledged sequences: {lost_sequence}\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains("result: DAMAGED: 1 damaged place(s), 1 event(s) lost (1 acknowledged"),
         "{text}"
     );
 
@@ -268,7 +274,7 @@ fn a_torn_tail_alone_is_noted_but_not_damage() {
     let text = String::from_utf8(output.stdout.clone()).unwrap();
     assert_eq!(code(&output), 0, "{text}");
     assert!(
-        text.contains("interrupted write, cut on next open"),
+        text.contains("hide no event that was acknowledged as durable"),
         "{text}"
     );
     assert!(
@@ -374,7 +380,8 @@ fn stats_json_matches_what_was_written() {
         "{text}"
     );
     assert!(
-        text.contains("acked through: 500, next sequence: 2001"),
+        text.contains("acked through: 500, durable watermark: "),
         "{text}"
     );
+    assert!(text.contains(", next sequence: 2001\n"), "{text}");
 }

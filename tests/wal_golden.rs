@@ -441,3 +441,36 @@ fn a_log_holding_a_golden_segment_replays_it_and_accepts_appends() {
         }
     }
 }
+
+/// An upgraded directory (a version 1 segment, then version 2 ones) whose version 1 header is
+/// damaged: the salt of the version 2 headers does not fit its frames, so its first frame
+/// shows it is version 1 and its records are still read.
+#[test]
+fn a_damaged_version_1_header_beside_version_2_segments_keeps_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("procmond-00001.wal"),
+        committed(FORMAT_VERSION_1),
+    )
+    .unwrap();
+    let config = common::small_config(dir.path(), procmond_wal::wal::BackendChoice::Portable);
+    let (wal, _) = Wal::open(config).unwrap();
+    common::runtime().block_on(async {
+        wal.append(common::event(1), EventKind::Start)
+            .await
+            .unwrap();
+        wal.close().await.unwrap();
+    });
+    let report = read_dir(dir.path()).unwrap();
+    assert!(report.is_clean(), "{:?}", report.damage);
+    assert_eq!(report.segments[1].frame_version, FORMAT_VERSION);
+    let path = dir.path().join("procmond-00001.wal");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[20] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let report = read_dir(dir.path()).unwrap();
+    assert_eq!(report.segments[0].frame_version, FORMAT_VERSION_1);
+    assert_eq!((report.events, report.lost_events), (4, 0));
+    assert_eq!(report.damage.len(), 1, "{:?}", report.damage);
+    assert_eq!(report.next_sequence, 5);
+}

@@ -145,6 +145,7 @@ fn check_scan(items: &[ScanItem], len: usize) {
                 assert!(*offset >= position && *len_bytes > 0);
                 position = offset + len_bytes;
             }
+            ScanItem::Unreadable { .. } => panic!("in-memory bytes are always readable"),
             ScanItem::Tail {
                 offset,
                 nonzero_end,
@@ -410,5 +411,90 @@ fn platform_metadata_survives_append_reopen_and_replay() {
             .map(|entry| entry.unwrap().event)
             .collect();
         assert_eq!(again, events[1..]);
+    }
+}
+
+/// Segment bytes (everything after the header block) behind a positional reader whose reads
+/// fail with EIO whenever they touch one of `bad_blocks` (4 KiB blocks of the file).
+struct FailingBytes {
+    file: Vec<u8>,
+    bad_blocks: Vec<u64>,
+}
+
+impl procmond_wal::io::read::ReadAt for FailingBytes {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let end = offset + buf.len() as u64;
+        if self
+            .bad_blocks
+            .iter()
+            .any(|&block| block * 4096 < end && (block + 1) * 4096 > offset)
+        {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        let mut slice = &self.file[..];
+        procmond_wal::io::read::ReadAt::read_at(&mut slice, buf, offset)
+    }
+
+    fn len_bytes(&mut self) -> std::io::Result<u64> {
+        Ok(self.file.len() as u64)
+    }
+}
+
+proptest! {
+    #![proptest_config(config(64))]
+
+    /// Unreadable blocks never end a scan: each is reported once, exactly where it is, no
+    /// record is read from it, and every frame clear of them is still found.
+    #[test]
+    fn unreadable_blocks_are_reported_and_the_rest_is_scanned(
+        count in 1u64..120,
+        bad in proptest::collection::btree_set(1u64..12, 0..4),
+    ) {
+        let mut file = vec![0u8; SEGMENT_HEADER_BYTES];
+        let mut spans = Vec::new();
+        for sequence in 1..=count {
+            let start = file.len() as u64;
+            let event_bytes = format::encode_event(&common::event(sequence)).unwrap();
+            format::push_event_frame(
+                &mut file, seed(3), sequence - 1, sequence,
+                DateTime::from_timestamp_nanos(0), common::kind(sequence), &event_bytes,
+            );
+            // Only the CRC-covered bytes matter: zeros read for a bad block are valid padding.
+            let payload_end = start + (FRAME_HEADER_BYTES + 20 + event_bytes.len()) as u64;
+            spans.push((sequence, start, payload_end));
+        }
+        file.resize(format::align_up(file.len(), 4096) + 4096, 0);
+        let len = file.len() as u64;
+        let bad_blocks: Vec<u64> = bad.iter().copied().filter(|b| b * 4096 < len).collect();
+        let original = file.clone();
+        let source = FailingBytes { file, bad_blocks: bad_blocks.clone() };
+        let items: Vec<ScanItem> = SegmentScan::resilient(source, layout(3))
+            .map(|item| item.unwrap())
+            .collect();
+        let mut unreadable: Vec<(u64, u64)> = items.iter().filter_map(|item| match item {
+            ScanItem::Unreadable { offset, len_bytes } => Some((*offset, *len_bytes)),
+            _ => None,
+        }).collect();
+        unreadable.sort_unstable();
+        let covered: Vec<u64> = unreadable
+            .iter()
+            .flat_map(|&(offset, len)| offset / 4096..(offset + len).div_ceil(4096))
+            .collect();
+        prop_assert_eq!(covered, bad_blocks.clone());
+        // A frame is hit when a bad block covers one of its non-zero CRC-covered bytes (bytes
+        // that were zero anyway read the same).
+        let touches_bad = |start: u64, end: u64| {
+            (start..end).any(|i| original[i as usize] != 0 && bad_blocks.contains(&(i / 4096)))
+        };
+        let found: Vec<u64> = items.iter().filter_map(|item| match item {
+            ScanItem::Record { record: Record::Event(entry), .. } => Some(entry.sequence),
+            _ => None,
+        }).collect();
+        let clear: Vec<u64> = spans
+            .iter()
+            .filter(|(_, start, end)| !touches_bad(*start, *end))
+            .map(|(sequence, _, _)| *sequence)
+            .collect();
+        prop_assert_eq!(found, clear);
     }
 }

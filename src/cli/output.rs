@@ -56,11 +56,16 @@ pub fn damage_description(kind: DamageKind) -> &'static str {
             "record with a valid checksum that does not decode (skipped)"
         }
         DamageKind::BadHeader => "segment header invalid (its records were still read)",
-        DamageKind::DamagedEnd => "invalid bytes after the last record of a sealed segment",
-        DamageKind::TornTail => "interrupted write at the end of the log, cut on next open",
+        DamageKind::DamagedEnd => {
+            "invalid bytes after the last valid record, where acknowledged records were expected"
+        }
+        DamageKind::TornTail => {
+            "invalid bytes at the end of the log that hide no acknowledged record, cut on next open"
+        }
         DamageKind::MissingSegment => "segment file missing between two present segments",
         DamageKind::OutOfOrder => "event whose sequence is not above the previous one (skipped)",
         DamageKind::NonzeroPadding => "nonzero frame padding (the record is intact and kept)",
+        DamageKind::UnreadableBlock => "unreadable bytes (I/O error), read as zeros",
     }
 }
 

@@ -48,6 +48,7 @@ struct StatsJson<'a> {
     first_sequence: Option<u64>,
     last_sequence: Option<u64>,
     acked_through: u64,
+    durable_watermark: u64,
     next_sequence: u64,
     damaged_places: usize,
     lost_events: u64,
@@ -91,6 +92,7 @@ fn stats(args: &StatsArgs) -> Result<u8, CliError> {
             first_sequence: report.first_sequence,
             last_sequence: report.last_sequence,
             acked_through: report.acked_through,
+            durable_watermark: report.durable_watermark,
             next_sequence: report.next_sequence,
             damaged_places: report.damage.len(),
             lost_events: report.lost_events,
@@ -172,14 +174,14 @@ fn write_table(out: &mut impl Write, dir: &Path, report: &OpenReport) -> std::io
     )?;
     writeln!(
         out,
-        "acked through: {}, next sequence: {}",
-        report.acked_through, report.next_sequence
+        "acked through: {}, durable watermark: {}, next sequence: {}",
+        report.acked_through, report.durable_watermark, report.next_sequence
     )?;
     if report.is_clean() {
         if report.torn_tail_bytes > 0 {
             writeln!(
                 out,
-                "damage: none ({} torn byte(s) at the end: an interrupted write)",
+                "damage: none ({} torn byte(s) after the last record, hiding no acknowledged event; run `procmond-wal verify` for details)",
                 report.torn_tail_bytes
             )?;
         } else {

@@ -1,9 +1,12 @@
 //! `procmond-wal verify DIR`: reads every segment (read only; a running writer is not
 //! disturbed) and reports each damaged place and the events lost.
 //!
-//! Exit code: 0 clean, 1 damage found, 2 could not run. A torn tail alone exits 0: it is a
-//! write that was interrupted before it was acknowledged (nothing acknowledged is lost), and
-//! the next open cuts it. It is still reported, as a note.
+//! Exit code: 0 clean, 1 damage found, 2 could not run. Lost sequences at or below the durable
+//! watermark (the highest sequence the log recorded as acknowledged) are named as lost
+//! acknowledged events. A torn tail alone exits 0: invalid bytes after the last valid record
+//! of the newest segment behind which no acknowledged sequence is missing (for a version 1
+//! segment, which records no watermark, this cannot be checked). The next open cuts it. It is
+//! still reported, as a note saying what is known.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -25,12 +28,16 @@ pub struct VerifyArgs {
     pub json: bool,
 }
 
-/// Where the torn tail is.
+/// Where the torn tail is, and what is known about it.
 #[derive(Debug, Serialize)]
 struct TornTail {
     segment: u64,
     offset: u64,
     len_bytes: u64,
+    /// Whether the segment records durable watermarks (version 2), so that the absence of
+    /// acknowledged sequences behind the tail was checked.
+    checked_against_watermark: bool,
+    note: String,
 }
 
 /// The `--json` report.
@@ -44,9 +51,11 @@ struct VerifyJson<'a> {
     first_sequence: Option<u64>,
     last_sequence: Option<u64>,
     acked_through: u64,
+    durable_watermark: u64,
     damage: &'a [Damage],
     gaps: &'a [SequenceGap],
     lost_events: u64,
+    lost_acknowledged_events: u64,
     torn_tail: Option<TornTail>,
 }
 
@@ -70,9 +79,11 @@ fn verify(args: &VerifyArgs) -> Result<u8, CliError> {
             first_sequence: report.first_sequence,
             last_sequence: report.last_sequence,
             acked_through: report.acked_through,
+            durable_watermark: report.durable_watermark,
             damage: &report.damage,
             gaps: &report.gaps,
             lost_events: report.lost_events,
+            lost_acknowledged_events: report.lost_acknowledged_events,
             torn_tail: torn_tail(&report),
         };
         write_json_pretty(&mut out, &json)?;
@@ -92,10 +103,25 @@ fn torn_tail(report: &OpenReport) -> Option<TornTail> {
         return None;
     }
     let segment = &report.segments[report.last_written_index()?];
+    let checked = segment.frame_version >= 2;
+    let what = format!(
+        "{} byte(s) at segment {} offset {} after the last valid record are not a valid record",
+        report.torn_tail_bytes, segment.number, segment.data_end
+    );
+    let known = if checked {
+        format!(
+            "every sequence up to the durable watermark {} was found, so they hide no event that was acknowledged as durable (most likely a write interrupted before it was acknowledged)",
+            report.durable_watermark
+        )
+    } else {
+        "this version 1 segment records no durable watermark, so whether they held acknowledged events cannot be checked".to_owned()
+    };
     Some(TornTail {
         segment: segment.number,
         offset: segment.data_end,
         len_bytes: report.torn_tail_bytes,
+        checked_against_watermark: checked,
+        note: format!("{what}; {known}; the next open for writing clears them"),
     })
 }
 
@@ -113,8 +139,15 @@ fn write_report(out: &mut impl Write, dir: &Path, report: &OpenReport) -> std::i
     if report.acked_through > 0 {
         writeln!(
             out,
-            "  acknowledged through sequence {}",
+            "  acknowledged by the broker through sequence {}",
             report.acked_through
+        )?;
+    }
+    if report.durable_watermark > 0 {
+        writeln!(
+            out,
+            "  acknowledged as durable through sequence {} (durable watermark)",
+            report.durable_watermark
         )?;
     }
     if !report.damage.is_empty() {
@@ -129,27 +162,43 @@ fn write_report(out: &mut impl Write, dir: &Path, report: &OpenReport) -> std::i
             let last = gap.first_missing + gap.count.saturating_sub(1);
             writeln!(
                 out,
-                "  {} ({} event(s))",
+                "  {} ({} event(s), {} of them acknowledged as durable)",
                 sequence_range(Some(gap.first_missing), Some(last)),
-                gap.count
+                gap.count,
+                gap.acknowledged
+            )?;
+        }
+        let acknowledged: Vec<String> = report
+            .gaps
+            .iter()
+            .filter(|gap| gap.acknowledged > 0)
+            .map(|gap| {
+                sequence_range(
+                    Some(gap.first_missing),
+                    Some(gap.first_missing + gap.acknowledged - 1),
+                )
+            })
+            .collect();
+        if !acknowledged.is_empty() {
+            writeln!(
+                out,
+                "lost acknowledged sequences: {}",
+                acknowledged.join(", ")
             )?;
         }
     }
     if let Some(tail) = torn_tail(report) {
-        writeln!(
-            out,
-            "note: {} torn byte(s) at segment {} offset {}: interrupted write, cut on next open (not counted as damage: it was never acknowledged)",
-            tail.len_bytes, tail.segment, tail.offset
-        )?;
+        writeln!(out, "note: {}", tail.note)?;
     }
     if report.is_clean() {
         writeln!(out, "result: clean")
     } else {
         writeln!(
             out,
-            "result: DAMAGED: {} damaged place(s), {} event(s) lost",
+            "result: DAMAGED: {} damaged place(s), {} event(s) lost ({} acknowledged as durable)",
             report.damage.len(),
-            report.lost_events
+            report.lost_events,
+            report.lost_acknowledged_events
         )
     }
 }

@@ -205,6 +205,9 @@ pub enum HeaderError {
     /// The header CRC does not match.
     #[error("segment header checksum mismatch")]
     BadChecksum,
+    /// The header block could not be read (an I/O error).
+    #[error("segment header could not be read")]
+    Unreadable,
     /// A version 2 header whose salt is zero (a writer never produces one).
     #[error("segment header salt is zero")]
     ZeroSalt,
@@ -794,6 +797,56 @@ pub fn probe_frame(window: &[u8], layout: FrameLayout, at_end: bool) -> FramePro
     }
 }
 
+/// Bytes of the device's atomic write unit assumed by the format (a logical sector).
+pub const SECTOR_BYTES: usize = 512;
+
+/// Whether the bytes at the start of `region` (file offset `region_offset`) are a frame that
+/// one changed byte made invalid, in a way a torn write cannot explain.
+///
+/// A torn write leaves each sector either as it was (zeros, past the committed records) or as
+/// written. So a byte that must change for the frame to be valid is evidence of corruption
+/// unless it is zero and every byte of its sector within the window is zero too. Used on
+/// short invalid regions at the end of the newest segment, where the durable watermark cannot
+/// tell corruption from a torn write (the damaged frame may be the one that carried it).
+/// Regions longer than one sector are not examined (returns false).
+pub fn corrupted_by_one_byte(region: &[u8], region_offset: u64, layout: FrameLayout) -> bool {
+    if region.is_empty() || region.len() > SECTOR_BYTES {
+        return false;
+    }
+    // A frame may end in zero bytes past the last nonzero one; a changed byte is at most one
+    // word past it.
+    let examined = region.len() + 2 * FRAME_ALIGN_BYTES;
+    let mut window = region.to_vec();
+    window.resize(examined + SECTOR_BYTES, 0);
+    if matches!(probe_frame(&window, layout, true), FrameProbe::Valid { .. }) {
+        return false; // Nothing to explain.
+    }
+    let sector = SECTOR_BYTES as u64;
+    for index in 0..examined {
+        let original = window[index];
+        if original == 0 {
+            let absolute = region_offset + index as u64;
+            let sector_start = absolute / sector * sector;
+            let from = sector_start.saturating_sub(region_offset) as usize;
+            let to = ((sector_start + sector - region_offset) as usize).min(window.len());
+            if window[from..to].iter().all(|&b| b == 0) {
+                continue; // A whole zero sector: a torn write could have left it.
+            }
+        }
+        for value in 0..=u8::MAX {
+            if value == original {
+                continue;
+            }
+            window[index] = value;
+            if matches!(probe_frame(&window, layout, true), FrameProbe::Valid { .. }) {
+                return true;
+            }
+        }
+        window[index] = original;
+    }
+    false
+}
+
 /// Why a CRC-valid payload did not decode (a writer bug or a deliberate forgery, never bit rot).
 #[derive(Debug, thiserror::Error)]
 #[error("record payload does not decode: {0}")]
@@ -1144,6 +1197,37 @@ mod tests {
         assert_eq!(header.frame_layout(), FrameLayout::V1 { segment_number: 3 });
         // Version 1 headers are 44 bytes: a 44-byte file holds a whole one.
         assert_eq!(SegmentHeader::decode(&block[..44]), Ok(header));
+    }
+
+    #[test]
+    fn one_changed_byte_is_told_from_a_torn_write() {
+        let mut frame = Vec::new();
+        push_watermark_frame(&mut frame, SEED, 9, DateTime::from_timestamp_nanos(1 << 60));
+        let layout = v2(SEED);
+        assert!(
+            !corrupted_by_one_byte(&frame, 4096, layout),
+            "valid is not corrupted"
+        );
+        for index in 0..frame.len() {
+            for value in [0u8, 1, 0x80, 0xff] {
+                let mut damaged = frame.clone();
+                if damaged[index] == value {
+                    continue;
+                }
+                damaged[index] = value;
+                let end = damaged.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+                assert!(
+                    corrupted_by_one_byte(&damaged[..end], 4096 + 64, layout),
+                    "byte {index} set to {value}"
+                );
+            }
+        }
+        // A frame cut at a sector boundary (the rest of it never written) is a torn write.
+        let entry = entry(3);
+        let long = frame_of(&entry, SEED, 2);
+        let offset = 4096 + SECTOR_BYTES as u64 - 40;
+        let torn = &long[..40];
+        assert!(!corrupted_by_one_byte(torn, offset, layout));
     }
 
     #[test]

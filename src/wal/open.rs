@@ -300,7 +300,11 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
             });
         }
         let segment = &report.segments[last];
-        if segment.tail_nonzero_end > segment.data_end {
+        // Only a torn tail (recovery found it hides no acknowledged record) is cut; a damaged
+        // end is kept as evidence and writing goes on in a new segment.
+        let damaged_end =
+            segment.tail_nonzero_end > segment.data_end && report.torn_tail_bytes == 0;
+        if segment.tail_nonzero_end > segment.data_end && !damaged_end {
             tracing::info!(
                 segment = segment.number,
                 offset = segment.data_end,
@@ -315,9 +319,11 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
             .map_err(|e| WalError::io("cut torn tail", &segment.path, e))?;
         }
         // Frames of the current version only go into a segment of the current version.
-        let resumable = segment
-            .header
-            .is_some_and(|header| header.version == format::FORMAT_VERSION)
+        let resumable = !damaged_end
+            && segment.unreadable_bytes == 0
+            && segment
+                .header
+                .is_some_and(|header| header.version == format::FORMAT_VERSION)
             && segment.data_end < config.segment_rotate_bytes()
             && segment.file_bytes <= config.segment_max_bytes;
         if resumable {

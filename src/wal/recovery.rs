@@ -1,18 +1,22 @@
 //! Reading a whole WAL directory at open (and for `verify`/`stats`): which segments exist,
-//! what each holds, where the damage is, how many events were lost, and where writing
-//! resumes. Read-only: the decisions it returns are carried out by the writer.
+//! what each holds, where the damage is, which events were lost (and which of those had been
+//! acknowledged as durable), and where writing resumes. Read-only: the decisions it returns
+//! are carried out by the writer; it must never modify a file.
 //!
-//! Decision table (docs/design.md, "Recovery"):
+//! Decision table (normative text: `docs/format.md`, "Reading"):
 //! - header blank, no records, after the last written segment → prepared, unused segment;
 //! - header damaged but records valid → records kept (their CRC seed is the number in the
-//!   file name), header reported;
+//!   file name and the directory's salt), header reported;
 //! - header of a newer format version → open fails, nothing touched;
 //! - invalid bytes followed by valid records → damage, skipped, counted;
-//! - invalid bytes at the end of the last written segment → torn tail, cut before writing;
-//! - a sequence gap → that many events lost, reported.
+//! - an unreadable block → damage, read as zeros, the scan goes on;
+//! - invalid bytes in the newest segment after which no sequence at or below the durable
+//!   watermark is missing (version 2), or after its last valid record (version 1) → torn
+//!   tail: no acknowledged sequence is missing behind it, cut before writing;
+//! - any sequence at or below the durable watermark that is not found → lost acknowledged
+//!   events, reported; `next_sequence` never goes below the watermark + 1.
 
-use std::fs;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -24,6 +28,7 @@ use super::format::{
 };
 use super::naming::parse_segment_file_name;
 use super::scan::{ScanItem, SegmentScan};
+use crate::io::read::{OsOpener, ReadAt, SegmentOpener, read_resilient};
 
 /// What one segment holds.
 #[derive(Debug, Clone, Serialize)]
@@ -40,6 +45,11 @@ pub struct SegmentReport {
     /// Why the header was not accepted (`Blank` for a prepared segment).
     #[serde(serialize_with = "serialize_header_problem")]
     pub header_problem: Option<HeaderError>,
+    /// Format version its frames were read as (1 or 2).
+    pub frame_version: u32,
+    /// How its frames were read (version, segment number and salt of the CRC).
+    #[serde(skip)]
+    pub frame_layout: FrameLayout,
     /// Sequence of the first valid event.
     pub first_sequence: Option<u64>,
     /// Sequence of the last valid event.
@@ -54,6 +64,8 @@ pub struct SegmentReport {
     pub data_end: u64,
     /// End of non-zero bytes after `data_end` (== `data_end` for a clean end).
     pub tail_nonzero_end: u64,
+    /// Bytes that could not be read (I/O errors), scanned as zeros.
+    pub unreadable_bytes: u64,
 }
 
 fn serialize_header_problem<S: serde::Serializer>(
@@ -73,6 +85,7 @@ impl SegmentReport {
             && self.events == 0
             && self.checkpoints == 0
             && self.tail_nonzero_end == self.data_end
+            && self.unreadable_bytes == 0
     }
 }
 
@@ -86,10 +99,12 @@ pub enum DamageKind {
     UndecodableRecord,
     /// The segment header is invalid (records were still read).
     BadHeader,
-    /// Invalid bytes after the last record of a sealed segment.
+    /// Invalid bytes after the last record of a sealed segment, or of the newest segment
+    /// when acknowledged sequences are missing there.
     DamagedEnd,
-    /// Invalid bytes after the last record of the newest segment: an interrupted write,
-    /// cut when the log is opened for writing. Not counted as loss.
+    /// Invalid bytes at the end of the newest segment that hide no acknowledged sequence:
+    /// cut when the log is opened for writing. Not counted as loss (reported as
+    /// [`OpenReport::torn_tail_bytes`], not as a damage entry).
     TornTail,
     /// A segment number is missing between two present segments.
     MissingSegment,
@@ -97,6 +112,8 @@ pub enum DamageKind {
     OutOfOrder,
     /// A valid record whose frame padding is not zero (the record is kept; nothing lost).
     NonzeroPadding,
+    /// Bytes that could not be read (an I/O error even when read block by block).
+    UnreadableBlock,
 }
 
 /// One damaged place.
@@ -112,13 +129,16 @@ pub struct Damage {
     pub kind: DamageKind,
 }
 
-/// Events known to be missing: valid events on both sides of a sequence gap.
+/// Events known to be missing.
 #[derive(Debug, Clone, Serialize)]
 pub struct SequenceGap {
     /// First missing sequence.
     pub first_missing: u64,
     /// How many are missing.
     pub count: u64,
+    /// How many of them (from `first_missing` on) are at or below the durable watermark, so
+    /// were acknowledged to their callers as durable.
+    pub acknowledged: u64,
 }
 
 /// The result of reading a WAL directory.
@@ -134,10 +154,12 @@ pub struct OpenReport {
     pub record_bytes: u64,
     /// Every damaged place, in order.
     pub damage: Vec<Damage>,
-    /// Sequence gaps between valid events (events lost to damage).
+    /// Sequences known to be missing (events lost to damage).
     pub gaps: Vec<SequenceGap>,
     /// Total events lost (sum of `gaps`).
     pub lost_events: u64,
+    /// Of those, events that had been acknowledged as durable.
+    pub lost_acknowledged_events: u64,
     /// Torn bytes at the end of the newest segment (cut when opened for writing).
     pub torn_tail_bytes: u64,
     /// Lowest valid event sequence.
@@ -158,20 +180,22 @@ pub struct OpenReport {
 }
 
 impl OpenReport {
-    /// Whether no damage was found. A torn tail alone is clean: it is an interrupted write
-    /// that was never acknowledged, and opening the log cuts it.
+    /// Whether no damage was found. A torn tail alone is clean: the bytes after the last
+    /// valid record hide no sequence that was acknowledged, and opening the log cuts them.
     pub fn is_clean(&self) -> bool {
         self.damage.is_empty() && self.gaps.is_empty()
     }
 
-    /// Damaged regions skipped inside segments (corrupt or undecodable records).
+    /// Damaged regions skipped inside segments (corrupt, undecodable or unreadable).
     pub fn skipped_regions(&self) -> usize {
         self.damage
             .iter()
             .filter(|d| {
                 matches!(
                     d.kind,
-                    DamageKind::CorruptRecords | DamageKind::UndecodableRecord
+                    DamageKind::CorruptRecords
+                        | DamageKind::UndecodableRecord
+                        | DamageKind::UnreadableBlock
                 )
             })
             .count()
@@ -187,7 +211,7 @@ impl OpenReport {
 
 /// Lists the segment files of `dir`, sorted by number.
 pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
-    let entries = fs::read_dir(dir).map_err(|e| WalError::io("list WAL directory", dir, e))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| WalError::io("list WAL directory", dir, e))?;
     let mut segments = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| WalError::io("list WAL directory", dir, e))?;
@@ -199,23 +223,50 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     Ok(segments)
 }
 
-/// Reads every segment of `dir` and reports; modifies nothing. Events are passed to
-/// `on_event` in file order (sequence order for an undamaged log), so tools can stream them.
+/// Reads every segment of `dir` and reports; modifies nothing. Records are passed to
+/// `on_record` in file order (sequence order for an undamaged log), so tools can stream them.
 pub fn read_dir_with(
     dir: &Path,
+    on_record: impl FnMut(u64, u64, &Record),
+) -> Result<OpenReport, WalError> {
+    read_dir_from(dir, &OsOpener, on_record)
+}
+
+/// [`read_dir_with`] without a record callback.
+pub fn read_dir(dir: &Path) -> Result<OpenReport, WalError> {
+    read_dir_from(dir, &OsOpener, |_, _, _| {})
+}
+
+/// [`read_dir_with`], reading the segment files through `opener` (tests inject read errors
+/// here; [`OsOpener`] reads with O_DIRECT where the filesystem allows it).
+pub fn read_dir_from(
+    dir: &Path,
+    opener: &dyn SegmentOpener,
     mut on_record: impl FnMut(u64, u64, &Record),
 ) -> Result<OpenReport, WalError> {
-    let mut report = OpenReport::default();
-    let mut expected_next: Option<u64> = None;
+    let segments = list_segments(dir)?;
+    let mut state = ReadState {
+        report: OpenReport {
+            salt: directory_salt(&segments, opener)?,
+            ..OpenReport::default()
+        },
+        expected_next: None,
+        marks: Vec::new(),
+    };
     let mut max_first_sequence = 0u64;
     let mut previous_number: Option<u64> = None;
-    let segments = list_segments(dir)?;
-    report.salt = directory_salt(&segments)?;
+    let mut newest_marks: Vec<Mark> = Vec::new();
     for (number, path) in segments {
+        state.marks.clear();
+        let Some(segment) = read_segment(number, &path, opener, &mut state, &mut on_record)? else {
+            // Deleted since it was listed (a running writer deletes acknowledged segments,
+            // oldest first): nothing of it is needed.
+            continue;
+        };
         if let Some(previous) = previous_number
             && number > previous + 1
         {
-            report.damage.push(Damage {
+            state.report.damage.push(Damage {
                 segment: previous + 1,
                 offset: 0,
                 len_bytes: 0,
@@ -223,19 +274,47 @@ pub fn read_dir_with(
             });
         }
         previous_number = Some(number);
-        let segment = read_segment(
-            number,
-            &path,
-            &mut report,
-            &mut expected_next,
-            &mut on_record,
-        )?;
         if let Some(header) = &segment.header {
             max_first_sequence = max_first_sequence.max(header.first_sequence);
         }
-        report.segments.push(segment);
+        if !segment.is_blank() {
+            newest_marks = std::mem::take(&mut state.marks);
+        }
+        state.report.segments.push(segment);
     }
-    classify_tails(&mut report);
+    let ReadState {
+        mut report,
+        expected_next,
+        ..
+    } = state;
+    let mut torn_cut = cut_torn_suffix(&mut report, &newest_marks);
+    if torn_cut.is_some_and(|mark| mark.offset >= mark.scanned_data_end)
+        && tail_is_a_corrupted_frame(&report, opener)?
+    {
+        torn_cut = None;
+    }
+    // Acknowledged sequences past the last one found are lost, whatever the bytes look like.
+    let last_found = report
+        .last_sequence
+        .unwrap_or(0)
+        .max(expected_next.unwrap_or(1).saturating_sub(1));
+    let last_found = match torn_cut {
+        Some(mark) => mark.last_found,
+        None => last_found,
+    };
+    let watermark = report.durable_watermark;
+    if watermark > last_found {
+        push_gap(&mut report, last_found + 1, watermark - last_found);
+    }
+    classify_tails(&mut report, torn_cut.is_some());
+    for gap in &mut report.gaps {
+        gap.acknowledged = report
+            .durable_watermark
+            .saturating_add(1)
+            .saturating_sub(gap.first_missing)
+            .min(gap.count);
+    }
+    report.lost_acknowledged_events = report.gaps.iter().map(|gap| gap.acknowledged).sum();
     let highest = report
         .last_sequence
         .unwrap_or(0)
@@ -246,25 +325,176 @@ pub fn read_dir_with(
     Ok(report)
 }
 
-/// [`read_dir_with`] without a record callback.
-pub fn read_dir(dir: &Path) -> Result<OpenReport, WalError> {
-    read_dir_with(dir, |_, _, _| {})
+/// Counters while reading, and the marks of the current segment.
+struct ReadState {
+    report: OpenReport,
+    /// The next sequence expected (unknown before the first header or event).
+    expected_next: Option<u64>,
+    /// The start of each damaged region of the segment being read, with the counters before
+    /// it, so a torn suffix can be taken back out of the totals.
+    marks: Vec<Mark>,
+}
+
+/// The state of the report just before a damaged region of a version 2 segment (or the
+/// invalid bytes after its records), so that everything from there on can be declared a torn
+/// tail once the durable watermark of the whole directory is known.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    offset: u64,
+    /// Highest sequence accounted for before the mark (found, or before the segment's first).
+    last_found: u64,
+    events: u64,
+    checkpoints: u64,
+    record_bytes: u64,
+    first_sequence: Option<u64>,
+    last_sequence: Option<u64>,
+    acked_through: u64,
+    checkpoint_segment: Option<u64>,
+    gaps: usize,
+    lost_events: u64,
+    damage: usize,
+    segment_first_sequence: Option<u64>,
+    segment_last_sequence: Option<u64>,
+    segment_events: u64,
+    segment_checkpoints: u64,
+    segment_record_bytes: u64,
+    /// End of the records (data end) of the segment as scanned, filled in at its end.
+    scanned_data_end: u64,
+}
+
+impl Mark {
+    fn take(
+        offset: u64,
+        report: &OpenReport,
+        expected_next: Option<u64>,
+        segment: &SegmentReport,
+    ) -> Mark {
+        Mark {
+            offset,
+            last_found: report
+                .last_sequence
+                .unwrap_or(0)
+                .max(expected_next.unwrap_or(1).saturating_sub(1)),
+            events: report.events,
+            checkpoints: report.checkpoints,
+            record_bytes: report.record_bytes,
+            first_sequence: report.first_sequence,
+            last_sequence: report.last_sequence,
+            acked_through: report.acked_through,
+            checkpoint_segment: report.checkpoint_segment,
+            gaps: report.gaps.len(),
+            lost_events: report.lost_events,
+            damage: report.damage.len(),
+            segment_first_sequence: segment.first_sequence,
+            segment_last_sequence: segment.last_sequence,
+            segment_events: segment.events,
+            segment_checkpoints: segment.checkpoints,
+            segment_record_bytes: segment.record_bytes,
+            scanned_data_end: 0,
+        }
+    }
+}
+
+/// In the newest written segment (version 2), finds the first damaged place after which no
+/// sequence at or below the durable watermark is missing: from there on the bytes are the
+/// torn end of writes that hide no acknowledged sequence. Takes everything read from there on back
+/// out of the report (it is cut by the next open) and returns the mark.
+fn cut_torn_suffix(report: &mut OpenReport, marks: &[Mark]) -> Option<Mark> {
+    let watermark = report.durable_watermark;
+    let mark = *marks.iter().find(|mark| mark.last_found >= watermark)?;
+    let index = report.last_written_index()?;
+    let scanned_data_end = marks.last().map_or(0, |last| last.scanned_data_end);
+    if mark.offset >= scanned_data_end {
+        // Only the bytes after the last record: the plain torn tail, nothing to take back.
+        return Some(mark);
+    }
+    let number = report.segments[index].number;
+    // Damage found after the cut is part of the torn tail, except what no write can cause.
+    let kept_after: Vec<Damage> = report.damage[mark.damage..]
+        .iter()
+        .filter(|d| d.segment != number || d.kind == DamageKind::UnreadableBlock)
+        .cloned()
+        .collect();
+    report.damage.truncate(mark.damage);
+    report.damage.extend(kept_after);
+    report.gaps.truncate(mark.gaps);
+    report.lost_events = mark.lost_events;
+    report.events = mark.events;
+    report.checkpoints = mark.checkpoints;
+    report.record_bytes = mark.record_bytes;
+    report.first_sequence = mark.first_sequence;
+    report.last_sequence = mark.last_sequence;
+    report.acked_through = mark.acked_through;
+    report.checkpoint_segment = mark.checkpoint_segment;
+    let segment = &mut report.segments[index];
+    segment.first_sequence = mark.segment_first_sequence;
+    segment.last_sequence = mark.segment_last_sequence;
+    segment.events = mark.segment_events;
+    segment.checkpoints = mark.segment_checkpoints;
+    segment.record_bytes = mark.segment_record_bytes;
+    segment.tail_nonzero_end = segment.tail_nonzero_end.max(segment.data_end);
+    segment.data_end = mark.offset;
+    tracing::info!(
+        segment = number,
+        offset = mark.offset,
+        durable_watermark = watermark,
+        "the end of the newest WAL segment from here on hides no acknowledged sequence (torn tail)"
+    );
+    Some(mark)
+}
+
+/// Whether the invalid bytes after the records of the newest segment are a complete frame
+/// with one changed byte (see [`format::corrupted_by_one_byte`]): damage, not a torn write,
+/// although no sequence is known to be missing (the frame may be the closing watermark).
+fn tail_is_a_corrupted_frame(
+    report: &OpenReport,
+    opener: &dyn SegmentOpener,
+) -> Result<bool, WalError> {
+    let Some(segment) = report
+        .last_written_index()
+        .map(|index| &report.segments[index])
+    else {
+        return Ok(false);
+    };
+    let len = segment.tail_nonzero_end - segment.data_end;
+    if len == 0 || len > format::SECTOR_BYTES as u64 {
+        return Ok(false);
+    }
+    let read_err = |e: io::Error| WalError::io("read segment tail", &segment.path, e);
+    let mut file = opener.open_segment(&segment.path).map_err(read_err)?;
+    let mut region = vec![0u8; len as usize];
+    let read = read_resilient(&mut *file, &mut region, segment.data_end).map_err(read_err)?;
+    if !read.unreadable.is_empty() {
+        return Ok(false);
+    }
+    region.truncate(read.bytes);
+    Ok(format::corrupted_by_one_byte(
+        &region,
+        segment.data_end,
+        segment.frame_layout,
+    ))
 }
 
 fn read_segment(
     number: u64,
     path: &Path,
-    report: &mut OpenReport,
-    expected_next: &mut Option<u64>,
+    opener: &dyn SegmentOpener,
+    state: &mut ReadState,
     on_record: &mut impl FnMut(u64, u64, &Record),
-) -> Result<SegmentReport, WalError> {
+) -> Result<Option<SegmentReport>, WalError> {
     let read_err = |e: io::Error| WalError::io("read segment", path, e);
-    let mut file = crate::io::open_for_read(path).map_err(read_err)?;
-    let file_bytes = file.metadata().map_err(read_err)?.len();
+    let mut file = match opener.open_segment(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(read_err(error)),
+    };
+    let file_bytes = file.len_bytes().map_err(read_err)?;
     let mut header_block = vec![0u8; SEGMENT_HEADER_BYTES];
-    let header_read = read_up_to(&mut file, &mut header_block).map_err(read_err)?;
-    header_block.truncate(header_read);
+    let header_read = read_resilient(&mut *file, &mut header_block, 0).map_err(read_err)?;
+    header_block.truncate(header_read.bytes);
+    let header_unreadable = !header_read.unreadable.is_empty();
     let (header, header_problem) = match SegmentHeader::decode(&header_block) {
+        _ if header_unreadable => (None, Some(HeaderError::Unreadable)),
         Ok(header) if header.segment_number == number => (Some(header), None),
         Ok(_) => (None, Some(HeaderError::BadChecksum)),
         Err(HeaderError::UnsupportedVersion(version)) => {
@@ -275,17 +505,32 @@ fn read_segment(
         }
         Err(problem) => (None, Some(problem)),
     };
+    let report = &mut state.report;
+    for (offset, len_bytes) in header_read.unreadable {
+        report.damage.push(Damage {
+            segment: number,
+            offset,
+            len_bytes,
+            kind: DamageKind::UnreadableBlock,
+        });
+    }
     if let Some(header) = &header {
-        if let Some(expected) = *expected_next
+        if let Some(expected) = state.expected_next
             && header.first_sequence > expected
         {
             push_gap(report, expected, header.first_sequence - expected);
         }
-        *expected_next = Some(header.first_sequence);
+        state.expected_next = Some(header.first_sequence);
     }
     let layout = match &header {
         Some(header) => header.frame_layout(),
-        None => layout_for_damaged_header(number, path, report.salt)?,
+        None => layout_for_damaged_header(
+            number,
+            path,
+            report.salt,
+            header_problem == Some(HeaderError::Blank),
+            opener,
+        )?,
     };
     let mut segment = SegmentReport {
         number,
@@ -293,6 +538,11 @@ fn read_segment(
         file_bytes,
         header,
         header_problem,
+        frame_version: match layout {
+            FrameLayout::V1 { .. } => format::FORMAT_VERSION_1,
+            FrameLayout::V2(_) => FORMAT_VERSION,
+        },
+        frame_layout: layout,
         first_sequence: None,
         last_sequence: None,
         events: 0,
@@ -300,10 +550,11 @@ fn read_segment(
         record_bytes: 0,
         data_end: SEGMENT_HEADER_BYTES as u64,
         tail_nonzero_end: SEGMENT_HEADER_BYTES as u64,
+        unreadable_bytes: header_unreadable as u64 * SEGMENT_HEADER_BYTES as u64,
     };
-    file.seek(SeekFrom::Start(SEGMENT_HEADER_BYTES as u64))
-        .map_err(read_err)?;
-    for item in SegmentScan::new(file, layout) {
+    let watermarks = matches!(layout, FrameLayout::V2(_));
+    for item in SegmentScan::resilient(file, layout) {
+        let report = &mut state.report;
         match item.map_err(read_err)? {
             ScanItem::Record {
                 offset,
@@ -313,11 +564,8 @@ fn read_segment(
                 padding_is_zero,
             } => {
                 report.durable_watermark = report.durable_watermark.max(durable_watermark);
-                if let Record::Watermark(watermark) = &record {
-                    report.durable_watermark =
-                        report.durable_watermark.max(watermark.durable_watermark);
-                }
                 if !padding_is_zero {
+                    tracing::warn!(segment = number, offset, "nonzero WAL frame padding");
                     report.damage.push(Damage {
                         segment: number,
                         offset,
@@ -325,37 +573,44 @@ fn read_segment(
                         kind: DamageKind::NonzeroPadding,
                     });
                 }
-                if let Record::Event(entry) = &record {
-                    if report
-                        .last_sequence
-                        .is_some_and(|last| entry.sequence <= last)
-                    {
-                        report.damage.push(Damage {
-                            segment: number,
-                            offset,
-                            len_bytes: frame_bytes,
-                            kind: DamageKind::OutOfOrder,
-                        });
-                        continue;
+                match &record {
+                    Record::Event(entry) => {
+                        if report
+                            .last_sequence
+                            .is_some_and(|last| entry.sequence <= last)
+                        {
+                            report.damage.push(Damage {
+                                segment: number,
+                                offset,
+                                len_bytes: frame_bytes,
+                                kind: DamageKind::OutOfOrder,
+                            });
+                            continue;
+                        }
+                        if let Some(expected) = state.expected_next
+                            && entry.sequence > expected
+                        {
+                            push_gap(report, expected, entry.sequence - expected);
+                        }
+                        state.expected_next = Some(entry.sequence + 1);
+                        segment.first_sequence.get_or_insert(entry.sequence);
+                        segment.last_sequence = Some(entry.sequence);
+                        segment.events += 1;
+                        report.events += 1;
+                        report.first_sequence.get_or_insert(entry.sequence);
+                        report.last_sequence = Some(entry.sequence);
                     }
-                    if let Some(expected) = *expected_next
-                        && entry.sequence > expected
-                    {
-                        push_gap(report, expected, entry.sequence - expected);
+                    Record::Checkpoint(checkpoint) => {
+                        segment.checkpoints += 1;
+                        report.checkpoints += 1;
+                        if checkpoint.acked_through >= report.acked_through {
+                            report.acked_through = checkpoint.acked_through;
+                            report.checkpoint_segment = Some(number);
+                        }
                     }
-                    *expected_next = Some(entry.sequence + 1);
-                    segment.first_sequence.get_or_insert(entry.sequence);
-                    segment.last_sequence = Some(entry.sequence);
-                    segment.events += 1;
-                    report.events += 1;
-                    report.first_sequence.get_or_insert(entry.sequence);
-                    report.last_sequence = Some(entry.sequence);
-                } else if let Record::Checkpoint(checkpoint) = &record {
-                    segment.checkpoints += 1;
-                    report.checkpoints += 1;
-                    if checkpoint.acked_through >= report.acked_through {
-                        report.acked_through = checkpoint.acked_through;
-                        report.checkpoint_segment = Some(number);
+                    Record::Watermark(watermark) => {
+                        report.durable_watermark =
+                            report.durable_watermark.max(watermark.durable_watermark);
                     }
                 }
                 segment.record_bytes += frame_bytes;
@@ -367,6 +622,11 @@ fn read_segment(
                 len_bytes,
                 undecodable,
             } => {
+                if watermarks {
+                    state
+                        .marks
+                        .push(Mark::take(offset, report, state.expected_next, &segment));
+                }
                 let kind = if undecodable {
                     DamageKind::UndecodableRecord
                 } else {
@@ -386,26 +646,49 @@ fn read_segment(
                     kind,
                 });
             }
+            ScanItem::Unreadable { offset, len_bytes } => {
+                segment.unreadable_bytes += len_bytes;
+                report.damage.push(Damage {
+                    segment: number,
+                    offset,
+                    len_bytes,
+                    kind: DamageKind::UnreadableBlock,
+                });
+            }
             ScanItem::Tail {
                 offset,
                 nonzero_end,
             } => {
                 segment.data_end = offset;
                 segment.tail_nonzero_end = nonzero_end;
+                // The bytes after the records are a candidate torn tail too (in version 1,
+                // the only one: its frames carry no watermark).
+                let mut mark = Mark::take(offset, report, state.expected_next, &segment);
+                if !watermarks {
+                    state.marks.clear();
+                    mark.last_found = u64::MAX;
+                }
+                state.marks.push(mark);
+                for mark in &mut state.marks {
+                    mark.scanned_data_end = offset;
+                }
             }
         }
     }
-    Ok(segment)
+    Ok(Some(segment))
 }
 
 /// The WAL's salt: the newest valid version 2 header's (every header of one directory
 /// carries the same salt, so one damaged header does not hide its segment's frames). When no
 /// header is valid, a salt still readable in a damaged header block is accepted once a frame
 /// at the start of its segment verifies with it.
-pub(crate) fn directory_salt(segments: &[(u64, PathBuf)]) -> Result<Option<u64>, WalError> {
+pub(crate) fn directory_salt(
+    segments: &[(u64, PathBuf)],
+    opener: &dyn SegmentOpener,
+) -> Result<Option<u64>, WalError> {
     let mut candidates: Vec<(u64, u64, &Path)> = Vec::new();
     for (number, path) in segments.iter().rev() {
-        let Some(block) = read_header_block(path)? else {
+        let Some(block) = read_header_block(path, opener)? else {
             continue;
         };
         match SegmentHeader::decode(&block) {
@@ -427,61 +710,57 @@ pub(crate) fn directory_salt(segments: &[(u64, PathBuf)]) -> Result<Option<u64>,
             segment_number: number,
             salt,
         });
-        if first_frame_verifies(path, layout)? {
+        if first_frame_verifies(path, layout, opener)? {
             return Ok(Some(salt));
         }
     }
     Ok(None)
 }
 
-/// The first block of a segment file (shorter if the file is); None if it vanished.
-fn read_header_block(path: &Path) -> Result<Option<Vec<u8>>, WalError> {
-    let mut file = match crate::io::open_for_read(path) {
+/// The first block of a segment file (shorter if the file is; unreadable parts as zeros);
+/// None if the file vanished.
+fn read_header_block(path: &Path, opener: &dyn SegmentOpener) -> Result<Option<Vec<u8>>, WalError> {
+    let mut file = match opener.open_segment(path) {
         Ok(file) => file,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(WalError::io("read segment header", path, error)),
     };
     let mut block = vec![0u8; SEGMENT_HEADER_BYTES];
-    let read = read_up_to(&mut file, &mut block)
+    let read = read_resilient(&mut *file, &mut block, 0)
         .map_err(|e| WalError::io("read segment header", path, e))?;
-    block.truncate(read);
+    block.truncate(read.bytes);
     Ok(Some(block))
 }
 
 /// Whether the frame right after the header block is valid when laid out as `layout`.
-fn first_frame_verifies(path: &Path, layout: FrameLayout) -> Result<bool, WalError> {
-    use std::os::unix::fs::FileExt;
-    let file = match crate::io::open_for_read(path) {
+fn first_frame_verifies(
+    path: &Path,
+    layout: FrameLayout,
+    opener: &dyn SegmentOpener,
+) -> Result<bool, WalError> {
+    let mut file = match opener.open_segment(path) {
         Ok(file) => file,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(error) => return Err(WalError::io("read segment", path, error)),
     };
     let mut window = vec![0u8; MAX_FRAME_BYTES];
-    let mut filled = 0;
-    while filled < window.len() {
-        match file.read_at(
-            &mut window[filled..],
-            (SEGMENT_HEADER_BYTES + filled) as u64,
-        ) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            // An unreadable first frame proves nothing either way.
-            Err(_) => return Ok(false),
-        }
-    }
+    let read = read_resilient(&mut *file, &mut window, SEGMENT_HEADER_BYTES as u64)
+        .map_err(|e| WalError::io("read segment", path, e))?;
     Ok(matches!(
-        format::probe_frame(&window[..filled], layout, true),
+        format::probe_frame(&window[..read.bytes], layout, true),
         FrameProbe::Valid { .. }
     ))
 }
 
 /// How to read the frames of a segment whose header is not valid: as version 2 with the
-/// directory's salt, unless its first frame shows it is a version 1 segment.
+/// directory's salt, unless its first frame shows it is a version 1 segment. A `blank`
+/// header (all zeros) needs no such check.
 pub(crate) fn layout_for_damaged_header(
     number: u64,
     path: &Path,
     salt: Option<u64>,
+    blank: bool,
+    opener: &dyn SegmentOpener,
 ) -> Result<FrameLayout, WalError> {
     let v1 = FrameLayout::V1 {
         segment_number: number,
@@ -493,7 +772,12 @@ pub(crate) fn layout_for_damaged_header(
         segment_number: number,
         salt,
     });
-    if !first_frame_verifies(path, v2)? && first_frame_verifies(path, v1)? {
+    if blank {
+        // Prepared and never written (or holding only what a torn first write left): new
+        // segments are version 2.
+        return Ok(v2);
+    }
+    if !first_frame_verifies(path, v2, opener)? && first_frame_verifies(path, v1, opener)? {
         return Ok(v1);
     }
     Ok(v2)
@@ -503,13 +787,15 @@ fn push_gap(report: &mut OpenReport, first_missing: u64, count: u64) {
     report.gaps.push(SequenceGap {
         first_missing,
         count,
+        acknowledged: 0,
     });
     report.lost_events += count;
 }
 
 /// Header problems and non-zero tails become damage entries, except the torn tail of the last
-/// written segment (an interrupted write) and blank segments after it (prepared, unused).
-fn classify_tails(report: &mut OpenReport) {
+/// written segment and blank segments after it (prepared, unused). `torn` says whether the
+/// newest segment's end was found to be a torn tail.
+fn classify_tails(report: &mut OpenReport, torn: bool) {
     let last_written = report.last_written_index();
     for (index, segment) in report.segments.iter().enumerate() {
         let trailing_blank = last_written.is_none_or(|last| index > last) && segment.is_blank();
@@ -529,19 +815,19 @@ fn classify_tails(report: &mut OpenReport) {
         if garbage == 0 {
             continue;
         }
-        if Some(index) == last_written {
+        if Some(index) == last_written && torn {
             tracing::info!(
                 segment = segment.number,
                 offset = segment.data_end,
                 len_bytes = garbage,
-                "torn tail after the last WAL record (an interrupted write)"
+                "torn tail after the last WAL record (hides no acknowledged sequence)"
             );
             report.torn_tail_bytes = garbage;
         } else {
             tracing::warn!(
                 segment = segment.number,
                 offset = segment.data_end,
-                "damaged end of a sealed WAL segment"
+                "damaged end of a WAL segment"
             );
             report.damage.push(Damage {
                 segment: segment.number,
@@ -556,15 +842,23 @@ fn classify_tails(report: &mut OpenReport) {
         .sort_by_key(|damage| (damage.segment, damage.offset));
 }
 
-fn read_up_to(file: &mut fs::File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_count_what_the_watermark_covers() {
+        let mut report = OpenReport {
+            durable_watermark: 12,
+            ..OpenReport::default()
+        };
+        push_gap(&mut report, 10, 5);
+        let gap = &mut report.gaps[0];
+        gap.acknowledged = report
+            .durable_watermark
+            .saturating_add(1)
+            .saturating_sub(gap.first_missing)
+            .min(gap.count);
+        assert_eq!(gap.acknowledged, 3);
     }
-    Ok(filled)
 }

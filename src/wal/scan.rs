@@ -1,16 +1,72 @@
 //! Streaming scan of one segment's records with bounded memory: yields valid records in file
-//! order, reports each damaged region it steps over, and ends with the segment's tail.
+//! order, reports each damaged region it steps over and each unreadable block, and ends with
+//! the segment's tail. It decides what bytes *are*, never what they mean for the log (that is
+//! recovery's job), and never modifies anything.
 //!
 //! Damage rule (docs/format.md, "Reading"): at a position that is not a valid frame, the scanner
 //! tries every following 8-byte-aligned position; the bytes up to the next valid frame are one
 //! damaged region, and if no valid frame follows, they are the tail. It never trusts a length
 //! word it has not verified, so memory stays within one read chunk plus one maximal frame.
+//! Blocks that cannot be read are reported and scanned as zeros.
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
 
 use super::format::{
     self, FRAME_ALIGN_BYTES, FrameLayout, FrameProbe, Record, SEGMENT_HEADER_BYTES,
 };
+use crate::io::read::{ReadAt, read_resilient};
+
+/// Where a scan gets the bytes of a segment from (after its header block).
+pub trait ScanSource {
+    /// Reads into `buf` the bytes at file offset `offset` on; returns how many (0: the end of
+    /// the file). Ranges that could not be read are zero-filled and pushed to `unreadable`.
+    fn read_more(
+        &mut self,
+        buf: &mut [u8],
+        offset: u64,
+        unreadable: &mut VecDeque<(u64, u64)>,
+    ) -> io::Result<usize>;
+}
+
+/// A sequential reader positioned at the first record (offset 4096); a read error ends the
+/// scan with that error.
+#[derive(Debug)]
+pub struct Sequential<R>(pub R);
+
+impl<R: Read> ScanSource for Sequential<R> {
+    fn read_more(
+        &mut self,
+        buf: &mut [u8],
+        _offset: u64,
+        _unreadable: &mut VecDeque<(u64, u64)>,
+    ) -> io::Result<usize> {
+        loop {
+            match self.0.read(buf) {
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                other => return other,
+            }
+        }
+    }
+}
+
+/// A positional source read with [`read_resilient`]: unreadable blocks become zeros plus a
+/// report instead of an error.
+#[derive(Debug)]
+pub struct Resilient<S>(pub S);
+
+impl<S: ReadAt> ScanSource for Resilient<S> {
+    fn read_more(
+        &mut self,
+        buf: &mut [u8],
+        offset: u64,
+        unreadable: &mut VecDeque<(u64, u64)>,
+    ) -> io::Result<usize> {
+        let got = read_resilient(&mut self.0, buf, offset)?;
+        unreadable.extend(got.unreadable);
+        Ok(got.bytes)
+    }
+}
 
 const READ_CHUNK_BYTES: usize = 1 << 20;
 
@@ -42,6 +98,13 @@ pub enum ScanItem {
         /// The damaged bytes were a CRC-valid frame whose payload did not decode.
         undecodable: bool,
     },
+    /// Bytes that could not be read (an I/O error even block by block); scanned as zeros.
+    Unreadable {
+        /// Offset of the first unreadable byte.
+        offset: u64,
+        /// Length of the unreadable range.
+        len_bytes: u64,
+    },
     /// The end of the records: from `offset` to the end of the file nothing valid follows.
     Tail {
         /// Where the records end (the next write position).
@@ -52,9 +115,11 @@ pub enum ScanItem {
     },
 }
 
-/// Scans the records of one segment from a reader positioned just after the header block.
-pub struct SegmentScan<R> {
-    reader: R,
+/// Scans the records of one segment.
+pub struct SegmentScan<S> {
+    source: S,
+    /// Unreadable ranges found by reads and not yet reported.
+    unreadable: VecDeque<(u64, u64)>,
     layout: FrameLayout,
     /// Read buffer; `buf[..end]` holds file bytes from `buf_offset` on. Allocated once (and
     /// grown only for a frame larger than it), so reads never re-zero memory.
@@ -66,12 +131,29 @@ pub struct SegmentScan<R> {
     done: bool,
 }
 
-impl<R: Read> SegmentScan<R> {
+impl<R: Read> SegmentScan<Sequential<R>> {
     /// Starts scanning; `reader` must yield the file's bytes from offset
+    /// [`SEGMENT_HEADER_BYTES`] on. A read error ends the scan.
+    pub fn new(reader: R, layout: FrameLayout) -> SegmentScan<Sequential<R>> {
+        SegmentScan::with_source(Sequential(reader), layout)
+    }
+}
+
+impl<S: ReadAt> SegmentScan<Resilient<S>> {
+    /// Starts scanning the records of a whole segment file read positionally; unreadable
+    /// blocks are reported as [`ScanItem::Unreadable`] and the scan goes on.
+    pub fn resilient(file: S, layout: FrameLayout) -> SegmentScan<Resilient<S>> {
+        SegmentScan::with_source(Resilient(file), layout)
+    }
+}
+
+impl<S: ScanSource> SegmentScan<S> {
+    /// Starts scanning from `source`, which yields the bytes from offset
     /// [`SEGMENT_HEADER_BYTES`] on.
-    pub fn new(reader: R, layout: FrameLayout) -> SegmentScan<R> {
+    pub fn with_source(source: S, layout: FrameLayout) -> SegmentScan<S> {
         SegmentScan {
-            reader,
+            source,
+            unreadable: VecDeque::new(),
             layout,
             buf: Vec::new(),
             end: 0,
@@ -102,11 +184,13 @@ impl<R: Read> SegmentScan<R> {
             self.buf.resize(wanted, 0);
         }
         while self.end < need && !self.eof {
-            match self.reader.read(&mut self.buf[self.end..]) {
-                Ok(0) => self.eof = true,
-                Ok(n) => self.end += n,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(error) => return Err(error),
+            let offset = self.abs(self.end);
+            match self
+                .source
+                .read_more(&mut self.buf[self.end..], offset, &mut self.unreadable)?
+            {
+                0 => self.eof = true,
+                n => self.end += n,
             }
         }
         Ok(())
@@ -159,6 +243,9 @@ impl<R: Read> SegmentScan<R> {
     }
 
     fn next_item(&mut self) -> io::Result<Option<ScanItem>> {
+        if let Some((offset, len_bytes)) = self.unreadable.pop_front() {
+            return Ok(Some(ScanItem::Unreadable { offset, len_bytes }));
+        }
         if self.done {
             return Ok(None);
         }
@@ -242,7 +329,7 @@ enum Probe {
     },
 }
 
-impl<R: Read> Iterator for SegmentScan<R> {
+impl<S: ScanSource> Iterator for SegmentScan<S> {
     type Item = io::Result<ScanItem>;
 
     fn next(&mut self) -> Option<Self::Item> {
