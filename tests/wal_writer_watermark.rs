@@ -7,8 +7,9 @@ mod common;
 use common::{event, kind, runtime};
 use procmond_wal::io::Preallocation;
 use procmond_wal::io::sim::SimDisk;
+use procmond_wal::wal::format::Record;
 use procmond_wal::wal::format::{FrameLayout, SEGMENT_HEADER_BYTES, SegmentHeader};
-use procmond_wal::wal::recovery::{list_segments, read_dir};
+use procmond_wal::wal::recovery::{list_segments, read_dir, read_dir_with};
 use procmond_wal::wal::scan::{ScanItem, SegmentScan};
 use procmond_wal::wal::{BackendChoice, Wal, WalConfig};
 
@@ -77,4 +78,39 @@ fn a_clean_close_records_every_acknowledged_sequence() {
     assert_eq!(opened.next_sequence, 21);
     rt.block_on(async { wal.close().await.unwrap() });
     assert_eq!(read_dir(dir.path()).unwrap().durable_watermark, 20);
+}
+
+#[test]
+fn a_cleanly_closed_log_reports_its_last_event_lost_when_that_record_is_destroyed() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SimDisk::new();
+    let (wal, _) = Wal::open(sim_config(dir.path(), &disk)).unwrap();
+    runtime().block_on(async {
+        let batch = (1..=20).map(|i| (event(i), kind(i))).collect();
+        wal.append_batch(batch).await.unwrap();
+        wal.close().await.unwrap();
+    });
+    let mut last_event = None;
+    read_dir_with(dir.path(), |segment, offset, record| {
+        if let Record::Event(entry) = record
+            && entry.sequence == 20
+        {
+            last_event = Some((segment, offset));
+        }
+    })
+    .unwrap();
+    let (segment, offset) = last_event.expect("event 20 found");
+    let path = list_segments(dir.path())
+        .unwrap()
+        .into_iter()
+        .find(|(number, _)| *number == segment)
+        .unwrap()
+        .1;
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0u8; 64], offset).unwrap();
+    let report = read_dir(dir.path()).unwrap();
+    // The watermark says 20 was acknowledged: its loss is damage, and 20 is never reused.
+    assert!(!report.is_clean());
+    assert!(report.lost_acknowledged_events >= 1, "{report:?}");
+    assert_eq!(report.next_sequence, 21);
 }
