@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use super::super::config::SyncPolicy;
 use super::super::error::WalError;
 use super::Writer;
-use super::group::{Formed, GroupMeta};
+use super::group::{Formed, GroupMeta, Pending};
 use super::replies::{self, Completion};
 use super::segments::RotateError;
 use crate::io::Backend;
@@ -77,7 +77,17 @@ impl<B: Backend> Writer<B> {
                             Formed::Write(io) => return Some(io),
                             Formed::Nothing => return None,
                             Formed::NeedRotation => {
-                                self.fail_all_queued(&error);
+                                // Only a checkpoint past the reserve gets here (the reserve
+                                // is used up): it fails like the appends. Everything written
+                                // is durable (rotation needs that), so barriers are answered.
+                                let durable = self.durable_sequence;
+                                for pending in std::mem::take(&mut self.queue) {
+                                    match pending {
+                                        Pending::Barrier { reply } => drop(reply.send(Ok(durable))),
+                                        other => other.fail(&error),
+                                    }
+                                }
+                                self.note_queue_len();
                                 return None;
                             }
                         }
