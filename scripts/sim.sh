@@ -3,7 +3,8 @@
 # Usage: scripts/sim.sh [SEEDS (default 500)] [FIRST_SEED (default 1)]
 # Each seed runs several crash/reopen cycles on the simulated disk with torn unsynced sectors;
 # the run fails at the first seed that loses an acknowledged event or replays out of order.
-# PROCMOND_WAL_SIM_DEBUG=1 prints a summary of what each reopen found.
+# PROCMOND_WAL_SIM_DEBUG=1 prints a summary of what each reopen found; PROCMOND_WAL_SIM_ONLY=1
+# skips the fixed regression seeds (to rerun one seed: scripts/sim.sh 1 SEED).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seeds="${1:-500}"

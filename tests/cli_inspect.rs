@@ -45,7 +45,8 @@ fn write_wal(dir: &Path) -> u64 {
         wal.checkpoint(ACKED_THROUGH).await.unwrap();
         let record_bytes = wal.stats().record_bytes;
         wal.close().await.unwrap();
-        record_bytes
+        // A clean close adds one watermark record.
+        record_bytes + procmond_wal::wal::format::WATERMARK_FRAME_BYTES as u64
     })
 }
 
@@ -73,7 +74,8 @@ fn dump_prints_one_json_line_per_record_with_its_sequence() {
     let checkpoints: Vec<&Value> = lines.iter().filter(|l| l["type"] == "checkpoint").collect();
     assert_eq!(events.len() as u64, EVENTS);
     assert_eq!(checkpoints.len(), 1);
-    assert_eq!(lines.len() as u64, EVENTS + 1);
+    // Plus the watermark record of the clean close.
+    assert_eq!(lines.len() as u64, EVENTS + 2);
     assert_eq!(checkpoints[0]["acked_through"], ACKED_THROUGH);
     for (i, line) in (1..).zip(&events) {
         assert_eq!(line["sequence"], i);
@@ -105,7 +107,7 @@ fn dump_table_has_a_header_and_one_aligned_row_per_record() {
     assert_eq!(code(&output), 0);
     let text = String::from_utf8(output.stdout.clone()).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len() as u64, 1 + EVENTS + 1);
+    assert_eq!(lines.len() as u64, 1 + EVENTS + 2);
     let header: Vec<&str> = lines[0].split_whitespace().take(5).collect();
     assert_eq!(header, ["SEQUENCE", "KIND", "PID", "PPID", "NAME"]);
     let row: Vec<&str> = lines[7].split_whitespace().collect();

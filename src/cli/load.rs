@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use procmond_wal::io::{BackendKind, Preallocation};
+use procmond_wal::wal::config::GroupStart;
 use procmond_wal::wal::format::{
     EVENT_FIXED_PAYLOAD_BYTES, SEGMENT_HEADER_BYTES, encode_event, frame_len,
 };
@@ -78,6 +79,10 @@ pub struct LoadArgs {
     /// How new segments reserve their space.
     #[arg(long, value_enum, default_value_t = PreallocateArg::Fallocate)]
     pub preallocate: PreallocateArg,
+    /// Where each group write starts: `after-tail` (rewrite the partly filled last block) or
+    /// `fresh-block` (never rewrite written bytes; pad each group to a block).
+    #[arg(long, value_enum, default_value_t = GroupStartArg::AfterTail)]
+    pub group_start: GroupStartArg,
     /// One JSON object on stdout for scripts instead of the report for people.
     #[arg(long)]
     pub json: bool,
@@ -92,6 +97,15 @@ pub enum BackendArg {
     Uring,
     /// pwrite + fdatasync.
     Portable,
+}
+
+/// `--group-start`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum GroupStartArg {
+    /// Rewrite the partly filled last block.
+    AfterTail,
+    /// Start every group on a fresh block.
+    FreshBlock,
 }
 
 /// `--preallocate`.
@@ -146,6 +160,10 @@ struct LoadJson {
     record_bytes_per_event: u64,
     syncs: u64,
     records_per_sync: f64,
+    /// Bytes sent to the device (whole blocks, rewritten tail blocks included).
+    device_bytes: u64,
+    /// `device_bytes` / `bytes`.
+    write_amplification: f64,
     latency_us: LatencyJson,
     latency_samples: u64,
     backend: BackendKind,
@@ -267,6 +285,8 @@ fn load(args: &LoadArgs) -> Result<u8, CliError> {
         record_bytes_per_event,
         syncs: stats.syncs,
         records_per_sync: stats.records_per_sync,
+        device_bytes: stats.device_bytes_written,
+        write_amplification: stats.device_bytes_written as f64 / stats.record_bytes.max(1) as f64,
         latency_us: LatencyJson {
             p50: micros(0.5),
             p99: micros(0.99),
@@ -348,6 +368,10 @@ fn wal_config(args: &LoadArgs, dir: &Path, record_bytes_per_event: u64) -> WalCo
         PreallocateArg::Fallocate => Preallocation::Fallocate,
         PreallocateArg::Zerofill => Preallocation::ZeroFill,
         PreallocateArg::None => Preallocation::None,
+    };
+    config.group_start = match args.group_start {
+        GroupStartArg::AfterTail => GroupStart::AfterTail,
+        GroupStartArg::FreshBlock => GroupStart::FreshBlock,
     };
     config
 }

@@ -1,19 +1,32 @@
-//! The simulated backend for fault-injection tests: real files, plus a model of what the
-//! device has made durable.
+//! The simulated backend for fault-injection tests: real files as the page cache, plus a model
+//! of what the device has made durable, file data and directory entries alike.
 //!
-//! Every write lands in the real file at once (so the process sees its own writes), and is also
-//! remembered as *unsynced* until `sync_data` on that file. [`SimDisk::crash`] models power
-//! loss: each file is reset to its last synced image plus, for every unsynced write, an
-//! arbitrary (seeded) subset of its 512-byte sectors — so a multi-sector write may be torn, but
-//! each sector is old or new (the sector-atomicity assumption of `docs/design.md`). Errors can be
-//! injected on the next write or sync, and a byte budget models ENOSPC.
+//! - **File data.** Every write lands in the real file at once, which plays the page cache:
+//!   the process, and a reopen without power loss, sees it. `sync_data` makes the file's
+//!   current content durable (whatever wrote it, as `fdatasync` does).
+//! - **Directory entries.** A created file's name, and a removed file's absence, become durable
+//!   only with `sync_dir` on its directory.
+//! - **Power loss** ([`SimDisk::crash`]): a file whose creation was never made durable
+//!   vanishes; a removed file whose removal was never made durable reappears with its durable
+//!   content; every other file is reset to its durable content plus a seeded subset of the
+//!   512-byte sectors that differ from it (so a multi-sector write may be torn, but each sector
+//!   is old or new: the sector-atomicity assumption of `docs/design.md`).
+//! - **Process death** ([`SimDisk::kill_process`], then [`SimDisk::restart`]): every operation
+//!   fails until the log is reopened; nothing is lost from the page cache.
+//! - **Faults**: EIO on the next write, sync or unlink; a byte budget for ENOSPC; and a stall
+//!   that holds every write and sync until released (to show that queues stay bounded).
+//!
+//! Files the model never saw (created by a test, or before the disk was attached) count as
+//! durable when first opened. Must never: touch files outside what the log opens or creates.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
 
 use super::{AlignedBuf, Backend, BackendKind, Preallocation};
 
@@ -27,32 +40,67 @@ pub enum Fault {
     WriteEio,
     /// Fail the next `fdatasync` with EIO.
     SyncEio,
+    /// Fail the next file removal with EIO (the file stays).
+    RemoveEio,
+}
+
+/// What a power loss keeps of the data that was written but not synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tear {
+    /// A seeded random subset of the differing sectors lands.
+    Seeded(u64),
+    /// Nothing unsynced lands (the harshest case for anything trusted without a sync).
+    DropAll,
 }
 
 #[derive(Debug, Default)]
 struct FileModel {
-    /// The file's content as of its last successful sync.
-    synced: Vec<u8>,
-    /// Writes since then, in order.
-    unsynced: Vec<(u64, Vec<u8>)>,
+    /// The file's content on the device: as of its last sync.
+    durable: Vec<u8>,
+    /// Ranges written through the backend since the last sync.
+    dirty: Vec<(u64, usize)>,
+    /// The whole file may differ from `durable` (it was opened after changes the model did
+    /// not see, such as a torn tail cut at open): the next sync reads all of it.
+    all_dirty: bool,
+}
+
+impl FileModel {
+    fn clean(durable: Vec<u8>) -> FileModel {
+        FileModel {
+            durable,
+            dirty: Vec::new(),
+            all_dirty: false,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct DiskState {
+    /// Every file the model knows, including removed files whose removal is not yet durable.
     files: HashMap<PathBuf, FileModel>,
+    /// Names the device's directories hold.
+    durable_entries: HashSet<PathBuf>,
     faults: Vec<Fault>,
     /// Bytes of new allocation still allowed (None: unlimited); models ENOSPC.
     space_left_bytes: Option<u64>,
     writes: u64,
     syncs: u64,
-    /// After a power cut every write and sync fails until [`SimDisk::crash`].
+    dir_syncs: u64,
+    /// After a power cut or process kill every operation fails until crash/restart.
     powered_off: bool,
+    /// Writes wait while set.
+    writes_stalled: bool,
+    /// Syncs wait while set.
+    syncs_stalled: bool,
+    /// Operations currently waiting on the stall.
+    stalled_ops: u64,
 }
 
 /// A handle to one simulated disk, shared by the backend and the test that drives it.
 #[derive(Debug, Clone, Default)]
 pub struct SimDisk {
     state: Arc<Mutex<DiskState>>,
+    unstalled: Arc<Notify>,
 }
 
 impl PartialEq for SimDisk {
@@ -86,48 +134,139 @@ impl SimDisk {
         self.lock().space_left_bytes = bytes;
     }
 
-    /// Cuts the power: from now on every write and sync fails with EIO and changes nothing,
-    /// so the log poisons itself and stops. Follow with [`SimDisk::crash`] once it is closed.
-    pub fn power_cut(&self) {
-        self.lock().powered_off = true;
+    /// Holds every later write and sync (and those already waiting) until
+    /// [`SimDisk::unstall`]; a stalled operation has not started.
+    pub fn stall(&self) {
+        let mut state = self.lock();
+        state.writes_stalled = true;
+        state.syncs_stalled = true;
     }
 
-    /// Writes and syncs issued so far.
+    /// Holds every later `fdatasync` until [`SimDisk::unstall`]; writes go through, so data
+    /// reaches the page cache but not the device.
+    pub fn stall_syncs(&self) {
+        self.lock().syncs_stalled = true;
+    }
+
+    /// Releases the stall.
+    pub fn unstall(&self) {
+        {
+            let mut state = self.lock();
+            state.writes_stalled = false;
+            state.syncs_stalled = false;
+        }
+        self.unstalled.notify_waiters();
+    }
+
+    /// Writes and syncs waiting on the stall right now.
+    pub fn stalled_ops(&self) -> u64 {
+        self.lock().stalled_ops
+    }
+
+    /// Cuts the power: from now on every write, sync and removal fails with EIO and changes
+    /// nothing, so the log poisons itself and stops. Follow with [`SimDisk::crash`] once it is
+    /// closed. Releases a stall, so what waited on it fails too.
+    pub fn power_cut(&self) {
+        self.lock().powered_off = true;
+        self.unstall();
+    }
+
+    /// Kills the process: like [`SimDisk::power_cut`], but follow it with
+    /// [`SimDisk::restart`] (the page cache survives) rather than a crash.
+    pub fn kill_process(&self) {
+        self.power_cut();
+    }
+
+    /// The process restarts on the same boot: operations work again, and every file keeps its
+    /// page-cache content, durable or not. Call only while no log is open.
+    pub fn restart(&self) {
+        self.lock().powered_off = false;
+    }
+
+    /// Writes, file syncs and directory syncs issued so far.
     pub fn io_counts(&self) -> (u64, u64) {
         let state = self.lock();
         (state.writes, state.syncs)
     }
 
-    /// Power loss: every file known to the disk is rewritten as its synced image plus a
-    /// seeded subset of the sectors of its unsynced writes. Call only while no log is open.
+    /// Directory syncs completed so far.
+    pub fn dir_syncs(&self) -> u64 {
+        self.lock().dir_syncs
+    }
+
+    /// Power loss with a seeded tear of unsynced sectors; see [`SimDisk::crash_with`].
     pub fn crash(&self, seed: u64) -> io::Result<()> {
-        let mut rng = seed ^ 0x9e37_79b9_7f4a_7c15;
+        self.crash_with(Tear::Seeded(seed))
+    }
+
+    /// Power loss: files and directory entries go back to what the device holds, plus what
+    /// `tear` lets land of the unsynced sectors. Call only while no log is open.
+    pub fn crash_with(&self, tear: Tear) -> io::Result<()> {
+        let mut rng = match tear {
+            Tear::Seeded(seed) => seed ^ 0x9e37_79b9_7f4a_7c15,
+            Tear::DropAll => 0,
+        };
         let mut state = self.lock();
         state.powered_off = false;
-        for (path, model) in state.files.iter_mut() {
-            let mut image = model.synced.clone();
-            for (offset, bytes) in model.unsynced.drain(..) {
-                for (index, sector) in bytes.chunks(SECTOR_BYTES).enumerate() {
-                    if next_random(&mut rng).is_multiple_of(2) {
+        state.writes_stalled = false;
+        state.syncs_stalled = false;
+        let DiskState {
+            files,
+            durable_entries,
+            ..
+        } = &mut *state;
+        let mut vanished = Vec::new();
+        let mut paths: Vec<PathBuf> = files.keys().cloned().collect();
+        // A fixed order keeps a seed's tear reproducible.
+        paths.sort();
+        for path in paths {
+            if !durable_entries.contains(&path) {
+                // Its creation never reached the device.
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                    Err(error) => return Err(error),
+                }
+                vanished.push(path);
+                continue;
+            }
+            let Some(model) = files.get_mut(&path) else {
+                continue;
+            };
+            let mut image = model.durable.clone();
+            if let Ok(current) = std::fs::read(&path) {
+                for (index, sector) in current.chunks(SECTOR_BYTES).enumerate() {
+                    let at = index * SECTOR_BYTES;
+                    let old = image.get(at..(at + sector.len()).min(image.len()));
+                    if old == Some(sector) {
                         continue;
                     }
-                    let at = offset as usize + index * SECTOR_BYTES;
+                    let lands = match tear {
+                        Tear::Seeded(_) => !next_random(&mut rng).is_multiple_of(2),
+                        Tear::DropAll => false,
+                    };
+                    if !lands {
+                        continue;
+                    }
                     if image.len() < at + sector.len() {
                         image.resize(at + sector.len(), 0);
                     }
                     image[at..at + sector.len()].copy_from_slice(sector);
                 }
             }
-            if !path.exists() {
-                continue;
-            }
-            let file = OpenOptions::new().write(true).open(path)?;
-            let len = file.metadata()?.len().max(image.len() as u64);
-            file.set_len(0)?;
-            file.set_len(len)?;
+            // Removed but the removal never reached the device: it comes back.
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)?;
             file.write_all_at(&image, 0)?;
             file.sync_all()?;
-            model.synced = image;
+            *model = FileModel::clean(image);
+        }
+        for path in vanished {
+            files.remove(&path);
         }
         Ok(())
     }
@@ -143,6 +282,29 @@ impl SimDisk {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Waits while the disk is stalled (a power cut releases it).
+    async fn pass_stall(&self, sync: bool) {
+        loop {
+            let notified = self.unstalled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = self.lock();
+                let stalled = if sync {
+                    state.syncs_stalled
+                } else {
+                    state.writes_stalled
+                };
+                if !stalled {
+                    return;
+                }
+                state.stalled_ops += 1;
+            }
+            notified.await;
+            self.lock().stalled_ops -= 1;
         }
     }
 }
@@ -177,21 +339,6 @@ impl SimBackend {
                 .collect(),
         }
     }
-
-    fn track(&self, path: &Path, file: &File) -> io::Result<()> {
-        let mut image = Vec::new();
-        let len = file.metadata()?.len() as usize;
-        image.resize(len, 0);
-        file.read_exact_at(&mut image, 0)?;
-        self.disk.lock().files.insert(
-            path.to_path_buf(),
-            FileModel {
-                synced: image,
-                unsynced: Vec::new(),
-            },
-        );
-        Ok(())
-    }
 }
 
 impl Backend for SimBackend {
@@ -214,6 +361,9 @@ impl Backend for SimBackend {
     ) -> io::Result<SimFile> {
         {
             let mut state = self.disk.lock();
+            if state.powered_off {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
             if let Some(left) = state.space_left_bytes.as_mut() {
                 let needed = if preallocation == Preallocation::None {
                     0
@@ -227,7 +377,14 @@ impl Backend for SimBackend {
             }
         }
         let file = super::portable::create_segment_blocking(path, len_bytes, preallocation)?;
-        self.track(path, &file)?;
+        // The file's size and allocation are synced by creation; its name is not.
+        let mut image = vec![0u8; file.metadata()?.len() as usize];
+        file.read_exact_at(&mut image, 0)?;
+        let mut state = self.disk.lock();
+        state
+            .files
+            .insert(path.to_path_buf(), FileModel::clean(image));
+        state.durable_entries.remove(path);
         Ok(SimFile {
             file,
             path: path.to_path_buf(),
@@ -235,12 +392,27 @@ impl Backend for SimBackend {
     }
 
     async fn open_segment(&self, path: &Path) -> io::Result<SimFile> {
+        if self.disk.lock().powered_off {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(0)
             .open(path)?;
-        self.track(path, &file)?;
+        let mut state = self.disk.lock();
+        match state.files.get_mut(path) {
+            Some(model) => model.all_dirty = true,
+            None => {
+                // Never seen: it was on the device before the model started.
+                let mut image = vec![0u8; file.metadata()?.len() as usize];
+                file.read_exact_at(&mut image, 0)?;
+                state
+                    .files
+                    .insert(path.to_path_buf(), FileModel::clean(image));
+                state.durable_entries.insert(path.to_path_buf());
+            }
+        }
         Ok(SimFile {
             file,
             path: path.to_path_buf(),
@@ -254,6 +426,7 @@ impl Backend for SimBackend {
         len: usize,
         offset: u64,
     ) -> (io::Result<()>, AlignedBuf) {
+        self.disk.pass_stall(false).await;
         if self.disk.take_fault(Fault::WriteEio) {
             return (Err(io::Error::from_raw_os_error(libc::EIO)), buf);
         }
@@ -262,39 +435,75 @@ impl Backend for SimBackend {
             let mut state = self.disk.lock();
             state.writes += 1;
             if let Some(model) = state.files.get_mut(&file.path) {
-                model.unsynced.push((offset, buf[..len].to_vec()));
+                model.dirty.push((offset, len));
             }
         }
         (result, buf)
     }
 
     async fn sync_data(&self, file: &SimFile) -> io::Result<()> {
+        self.disk.pass_stall(true).await;
         if self.disk.take_fault(Fault::SyncEio) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        // No real fdatasync: durability is the model's `synced` image, which `crash` restores.
+        // No real fdatasync: durability is the model's image, which `crash` restores. The
+        // file's page-cache content becomes durable, as with fdatasync.
         let mut state = self.disk.lock();
         state.syncs += 1;
-        if let Some(model) = state.files.get_mut(&file.path) {
-            for (offset, bytes) in model.unsynced.drain(..) {
-                let end = offset as usize + bytes.len();
-                if model.synced.len() < end {
-                    model.synced.resize(end, 0);
-                }
-                model.synced[offset as usize..end].copy_from_slice(&bytes);
-            }
+        let Some(model) = state.files.get_mut(&file.path) else {
+            return Ok(());
+        };
+        let len = file.file.metadata()?.len() as usize;
+        if std::mem::take(&mut model.all_dirty) {
+            model.dirty.clear();
+            model.durable = vec![0u8; len];
+            file.file.read_exact_at(&mut model.durable, 0)?;
+            return Ok(());
+        }
+        model.durable.resize(len.max(model.durable.len()), 0);
+        for (offset, bytes) in std::mem::take(&mut model.dirty) {
+            let at = offset as usize;
+            file.file
+                .read_exact_at(&mut model.durable[at..at + bytes], offset)?;
         }
         Ok(())
     }
 
-    async fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
-        // Directory entries are not modelled: creations and deletions are always durable.
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.disk.lock();
+        if state.powered_off {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        state.dir_syncs += 1;
+        let DiskState {
+            files,
+            durable_entries,
+            ..
+        } = &mut *state;
+        let mut gone = Vec::new();
+        for path in files.keys() {
+            if path.parent() != Some(dir) {
+                continue;
+            }
+            if path.exists() {
+                durable_entries.insert(path.clone());
+            } else {
+                durable_entries.remove(path);
+                gone.push(path.clone());
+            }
+        }
+        for path in gone {
+            files.remove(&path);
+        }
         Ok(())
     }
 
     async fn remove_file(&self, path: &Path) -> io::Result<()> {
-        std::fs::remove_file(path)?;
-        self.disk.lock().files.remove(path);
-        Ok(())
+        if self.disk.take_fault(Fault::RemoveEio) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        // The model keeps the file until its directory is synced: a power loss before then
+        // brings it back.
+        std::fs::remove_file(path)
     }
 }

@@ -6,6 +6,10 @@ use super::error::WalError;
 use super::format::{BLOCK_BYTES, MAX_FRAME_BYTES, SEGMENT_HEADER_BYTES};
 use crate::io::Preallocation;
 
+/// Bytes at the end of every segment that only checkpoint and watermark records may use
+/// (at least; the space past the rotation point counts).
+pub const CHECKPOINT_RESERVE_BYTES: u64 = 4 * BLOCK_BYTES as u64;
+
 /// When appends become durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncPolicy {
@@ -19,6 +23,21 @@ pub enum SyncPolicy {
         /// Longest time between a write and its sync.
         sync_interval_ms: u64,
     },
+}
+
+/// Where each group write starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GroupStart {
+    /// At the write head: the next group rewrites the partly filled last block, its
+    /// committed prefix byte for byte. Relies on the device writing each 512-byte sector
+    /// atomically (every sector of a torn rewrite is old or new, and both agree on the
+    /// prefix). The default: no space is lost to padding (docs/benchmarks.md).
+    #[default]
+    AfterTail,
+    /// On the next block boundary: no acknowledged byte is ever written again, at the cost
+    /// of up to one block of zero padding per group (a segment holding small groups fills
+    /// much sooner). Readers report the padding between groups as skipped zero regions.
+    FreshBlock,
 }
 
 /// Which I/O backend to use.
@@ -39,8 +58,8 @@ pub enum BackendChoice {
     Simulated,
 }
 
-/// Configuration of a [`crate::wal::Wal`]. Defaults follow the ticket: 100 MiB segments
-/// rotated at 80%.
+/// Configuration of a [`crate::wal::Wal`]. Defaults: 100 MiB segments rotated at 80%, 1 MiB
+/// groups, a 4 GiB budget, a sync after every group.
 #[derive(Debug, Clone)]
 pub struct WalConfig {
     /// Directory holding the segments (created with mode 0700 if missing).
@@ -61,7 +80,11 @@ pub struct WalConfig {
     pub backend: BackendChoice,
     /// How new segments reserve their space.
     pub preallocation: Preallocation,
-    /// Capacity of the command queue into the ring thread; senders wait when it is full.
+    /// Where each group write starts.
+    pub group_start: GroupStart,
+    /// Commands in flight to the ring thread: the channel holds this many and the writer's
+    /// own queue this many more; senders wait when both are full (a stalled disk holds
+    /// callers back instead of growing memory).
     pub queue_max_commands: usize,
     /// The simulated disk used with [`BackendChoice::Simulated`] (tests only: the `testing`
     /// feature).
@@ -81,15 +104,19 @@ impl WalConfig {
             sync: SyncPolicy::EveryGroup,
             backend: BackendChoice::Auto,
             preallocation: Preallocation::Fallocate,
+            group_start: GroupStart::AfterTail,
             queue_max_commands: 64 * 1024,
             #[cfg(any(test, feature = "testing"))]
             sim_disk: None,
         }
     }
 
-    /// Byte offset past which a segment receives no more groups.
+    /// Byte offset past which a segment receives no more events. At least
+    /// [`CHECKPOINT_RESERVE_BYTES`] below the end: that reserve is for checkpoint and
+    /// watermark records, so a checkpoint can always land without a new segment.
     pub fn segment_rotate_bytes(&self) -> u64 {
-        self.segment_max_bytes / 100 * u64::from(self.segment_rotate_percent)
+        (self.segment_max_bytes / 100 * u64::from(self.segment_rotate_percent))
+            .min(self.segment_max_bytes - CHECKPOINT_RESERVE_BYTES)
     }
 
     /// Bytes of one group buffer: the carried tail block, a full group, one oversized
@@ -141,10 +168,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_valid_and_follow_the_ticket() {
+    fn defaults_are_valid_and_rotate_at_80_percent() {
         let config = WalConfig::new("/tmp/x");
         config.validate().unwrap();
         assert_eq!(config.segment_rotate_bytes(), 80 * 1024 * 1024);
+    }
+
+    #[test]
+    fn every_segment_keeps_a_checkpoint_reserve() {
+        let mut config = WalConfig::new("/tmp/x");
+        config.segment_max_bytes = 64 * 1024;
+        config.segment_rotate_percent = 100;
+        config.validate().unwrap();
+        assert_eq!(
+            config.segment_rotate_bytes(),
+            64 * 1024 - CHECKPOINT_RESERVE_BYTES
+        );
     }
 
     #[test]

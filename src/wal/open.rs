@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::fs;
 use std::future::Future;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use super::config::{BackendChoice, WalConfig};
 use super::error::WalError;
 use super::format::{self, BLOCK_BYTES, HeaderError, SEGMENT_HEADER_BYTES};
 use super::lock::DirLock;
+use super::naming;
 use super::recovery::{self, OpenReport};
 use super::stats::Shared;
 use super::writer::{Command, Plan, Resume, Sealed, Writer};
@@ -56,6 +58,11 @@ pub(crate) fn open(config: WalConfig, ring_task: Option<RingTask>) -> Result<Ope
             .mode(0o700)
             .create(&dir)
             .map_err(|e| WalError::io("create WAL directory", &dir, e))?;
+        // The new directory's name must be durable before anything in it is acknowledged.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            wal_io::sync_dir_blocking(parent)
+                .map_err(|e| WalError::io("fsync parent of WAL directory", parent, e))?;
+        }
     }
     let lock = DirLock::acquire(&dir)?;
     let report = recovery::read_dir(&dir)?;
@@ -266,6 +273,10 @@ async fn serve<B: wal_io::Backend>(
     commands: mpsc::Receiver<Command>,
     ready: std::sync::mpsc::Sender<Result<(), WalError>>,
 ) {
+    if let Err(error) = sync_at_open(&backend, &plan).await {
+        let _ = ready.send(Err(error));
+        return;
+    }
     match Writer::start(backend, plan, shared).await {
         Ok(writer) => {
             let _ = ready.send(Ok(()));
@@ -275,6 +286,42 @@ async fn serve<B: wal_io::Backend>(
             let _ = ready.send(Err(error));
         }
     }
+}
+
+/// Makes durable everything recovery trusts, before the writer acknowledges anything or
+/// deletes a segment: every segment kept (a process that died between a group's write and
+/// its sync left that group in the page cache only, and recovery read it from there), the
+/// reused blank segment, and the directory (entries created or removed by the previous run
+/// or by [`plan`]).
+///
+/// After a failed `fdatasync` in the previous run of this boot, this is not enough: the
+/// kernel may have marked the failed pages clean, so the page cache shows bytes the device
+/// does not hold and a new sync has nothing to write. Only a reboot, or reading the segments
+/// back from the device (O_DIRECT), tells the truth then (docs/design.md, "Recovery").
+async fn sync_at_open<B: wal_io::Backend>(backend: &B, plan: &Plan) -> Result<(), WalError> {
+    let dir = &plan.config.dir;
+    let mut paths: Vec<PathBuf> = plan.sealed.iter().map(|s| s.path.clone()).collect();
+    paths.extend(
+        plan.resume
+            .iter()
+            .map(|resume| resume.number)
+            .chain(plan.prepared_blank)
+            .map(|number| naming::segment_path(dir, number)),
+    );
+    for path in &paths {
+        let file = backend
+            .open_segment(path)
+            .await
+            .map_err(|e| WalError::io("open segment at open", path, e))?;
+        backend
+            .sync_data(&file)
+            .await
+            .map_err(|e| WalError::io("fdatasync segment at open", path, e))?;
+    }
+    backend
+        .sync_dir(dir)
+        .await
+        .map_err(|e| WalError::io("fsync WAL directory at open", dir, e))
 }
 
 /// Turns recovery's report into the writer's starting state, cutting a torn tail and removing
@@ -291,6 +338,11 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
                 fs::remove_file(&segment.path)
                     .map_err(|e| WalError::io("remove surplus blank segment", &segment.path, e))?;
             }
+        }
+    }
+    if let Some(salt) = report.salt {
+        for segment in &report.segments {
+            repair_blank_header(segment, salt, report.next_sequence)?;
         }
     }
     let mut sealed: VecDeque<Sealed> = VecDeque::new();
@@ -371,8 +423,57 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
         acked_through: report.acked_through,
         checkpoint_segment: report.checkpoint_segment.unwrap_or(0),
         next_segment_number: max_number + 1,
+        // One value per log: kept from the segments found, new for an empty directory.
         salt: report.salt.unwrap_or_else(format::new_wal_salt),
     })
+}
+
+/// Gives a segment whose header block never reached the disk, but whose records recovery
+/// verified with the log's salt, its header back. Without it, the salt is known only from
+/// other segments; once those are deleted (a checkpoint in this segment covers them), its
+/// records, and the checkpoint keeping sequences from being reused, could no longer be
+/// verified. Only a block that is zero apart from the salt's copy is rewritten: nothing that
+/// is not this log's own header is ever overwritten.
+fn repair_blank_header(
+    segment: &recovery::SegmentReport,
+    salt: u64,
+    next_sequence: u64,
+) -> Result<(), WalError> {
+    let has_records = segment.events > 0 || segment.checkpoints > 0;
+    if segment.header_problem != Some(format::HeaderError::Blank) || !has_records {
+        return Ok(());
+    }
+    let path = &segment.path;
+    let io_error = |e| WalError::io("repair blank segment header", path, e);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_error)?;
+    let mut block = vec![0u8; SEGMENT_HEADER_BYTES];
+    read_available_at(&file, &mut block, 0).map_err(io_error)?;
+    let copy = format::SALT_COPY_OFFSET..format::SALT_COPY_OFFSET + 8;
+    let only_salt_copy = block.iter().enumerate().all(|(at, &byte)| {
+        byte == 0 || (copy.contains(&at) && block[copy.clone()] == salt.to_le_bytes())
+    });
+    if !only_salt_copy {
+        return Ok(());
+    }
+    let header = format::SegmentHeader {
+        version: format::FORMAT_VERSION,
+        segment_number: segment.number,
+        first_sequence: segment.first_sequence.unwrap_or(next_sequence),
+        created_unix_ns: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
+        salt,
+    };
+    tracing::info!(
+        segment = segment.number,
+        first_sequence = header.first_sequence,
+        "rewriting the blank header of a WAL segment whose records are valid"
+    );
+    file.write_all_at(&header.encode_block(), 0)
+        .map_err(io_error)?;
+    file.sync_data().map_err(io_error)
 }
 
 /// Reads as much of `buf` as the file holds from `offset` (the rest stays as it is).

@@ -63,6 +63,8 @@ pub(crate) struct Shared {
     pub acked_through: AtomicU64,
     pub segments: AtomicU64,
     pub segments_deleted: AtomicU64,
+    pub queued_commands: AtomicU64,
+    pub queued_commands_max: AtomicU64,
     pub sync_latency: LatencyHistogram,
     pub poisoned: AtomicBool,
     pub poison: Mutex<Option<WalError>>,
@@ -110,6 +112,11 @@ pub struct WalStats {
     pub segments: u64,
     /// Segment files deleted since open.
     pub segments_deleted: u64,
+    /// Commands the ring thread holds that are not yet in a group (appends, checkpoints,
+    /// syncs); it stops taking commands from the channel while this is `queue_max_commands`.
+    pub queued_commands: u64,
+    /// The highest `queued_commands` since open.
+    pub queued_commands_max: u64,
     /// Corrupt regions skipped when the log was opened.
     pub skipped_corrupt_at_open: u64,
     /// Whether the log is poisoned.
@@ -140,6 +147,8 @@ impl Shared {
             acked_through: self.acked_through.load(Relaxed),
             segments: self.segments.load(Relaxed),
             segments_deleted: self.segments_deleted.load(Relaxed),
+            queued_commands: self.queued_commands.load(Relaxed),
+            queued_commands_max: self.queued_commands_max.load(Relaxed),
             skipped_corrupt_at_open,
             poisoned: self.poisoned.load(Relaxed),
         }

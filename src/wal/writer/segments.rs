@@ -1,0 +1,287 @@
+//! Segment lifecycle: the active segment, preparing the next one in the background, rotating
+//! to it, and deleting sealed segments a durable checkpoint covers (retrying failed unlinks).
+//!
+//! Must never: rotate while a written group is not durable (a sync of the new file would not
+//! cover the old one), delete a segment before a durable checkpoint record covers every event
+//! in it, or delete the segment holding the newest durable checkpoint (or anything after it):
+//! that record keeps sequence numbers from being reused once everything else is gone.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use chrono::Utc;
+
+use super::super::config::WalConfig;
+use super::super::error::WalError;
+use super::super::format::{FORMAT_VERSION, SegmentHeader};
+use super::super::naming::segment_path;
+use super::Writer;
+use super::group::{FrameSeed, Pending};
+use crate::io::Backend;
+
+/// A segment with no more writes coming.
+#[derive(Debug, Clone)]
+pub(crate) struct Sealed {
+    pub number: u64,
+    pub path: PathBuf,
+    /// Highest event sequence in it (None: no events).
+    pub last_sequence: Option<u64>,
+}
+
+/// The segment receiving groups.
+pub(super) struct Active<F> {
+    pub number: u64,
+    pub path: PathBuf,
+    pub file: Rc<F>,
+    /// How this segment's frames are sealed.
+    pub frame_seed: FrameSeed,
+    /// File offset of the first byte of `tail` (block-aligned).
+    pub tail_offset: u64,
+    /// Bytes from `tail_offset` to the write head: rewritten at the start of the next group.
+    /// Shorter than a block, except the header block of a segment nothing is written to yet.
+    pub tail: Vec<u8>,
+    pub has_records: bool,
+    pub last_sequence: Option<u64>,
+}
+
+/// Why a rotation did not happen.
+pub(super) enum RotateError {
+    /// No space in the budget: fail the waiting appends, keep going.
+    Full(WalError),
+    /// The next segment could not be created: fail the waiting appends, keep going.
+    Failed(WalError),
+}
+
+/// A fresh active segment whose header block is the tail of its first group.
+pub(super) fn new_active<F>(
+    dir: &Path,
+    number: u64,
+    file: Rc<F>,
+    first_sequence: u64,
+    salt: u64,
+) -> Active<F> {
+    let header = SegmentHeader {
+        version: FORMAT_VERSION,
+        segment_number: number,
+        first_sequence,
+        created_unix_ns: Utc::now().timestamp_nanos_opt().unwrap_or(0),
+        salt,
+    };
+    Active {
+        number,
+        path: segment_path(dir, number),
+        file,
+        frame_seed: header.frame_seed(),
+        tail_offset: 0,
+        tail: header.encode_block().to_vec(),
+        has_records: false,
+        last_sequence: None,
+    }
+}
+
+impl<B: Backend> Writer<B> {
+    /// Starts creating the next segment in the background if none is ready and the budget
+    /// allows one more file.
+    pub(super) fn maybe_prepare(&mut self) {
+        if self.prepared.is_some() || self.preparing.is_some() || !self.budget.allows_one_more() {
+            return;
+        }
+        let number = self.next_segment_number;
+        self.next_segment_number += 1;
+        self.budget.add();
+        self.shared.segments.store(self.budget.segments(), Relaxed);
+        let backend = Rc::clone(&self.backend);
+        let config = self.config.clone();
+        let path = segment_path(&config.dir, number);
+        let handle = tokio::task::spawn_local(async move {
+            let result = create_raw(&*backend, &config, &path).await;
+            if result.is_err() {
+                let _ = backend.remove_file(&path).await;
+            }
+            result
+        });
+        self.preparing = Some((number, handle));
+    }
+
+    pub(super) fn prepared_done(
+        &mut self,
+        result: Result<io::Result<B::File>, tokio::task::JoinError>,
+    ) {
+        let Some((number, _)) = self.preparing.take() else {
+            return;
+        };
+        match flatten_join(result) {
+            Ok(file) => self.prepared = Some((number, Rc::new(file))),
+            Err(error) => {
+                let error = self.preparation_failed(number, error);
+                tracing::warn!(%error, "preparing the next WAL segment failed; will retry at rotation");
+            }
+        }
+    }
+
+    /// Gives back the number and budget share of a segment whose preparation failed (its
+    /// file was removed), so numbering stays contiguous.
+    fn preparation_failed(&mut self, number: u64, error: io::Error) -> WalError {
+        self.next_segment_number = number;
+        self.budget.release(1);
+        self.shared.segments.store(self.budget.segments(), Relaxed);
+        WalError::io(
+            "create segment",
+            segment_path(&self.config.dir, number),
+            error,
+        )
+    }
+
+    /// Switches to the next segment. Called only when no I/O is in flight and everything
+    /// written is durable.
+    pub(super) async fn rotate(&mut self) -> Result<(), RotateError> {
+        assert!(
+            self.unsynced.is_empty() && self.written_sequence == self.durable_sequence,
+            "rotation with groups not durable"
+        );
+        let (number, file) = match self.prepared.take() {
+            Some(prepared) => prepared,
+            None => {
+                if self.preparing.is_none() {
+                    self.maybe_prepare();
+                }
+                let Some((number, handle)) = self.preparing.take() else {
+                    return Err(RotateError::Full(self.budget.full_error()));
+                };
+                match flatten_join(handle.await) {
+                    Ok(file) => (number, Rc::new(file)),
+                    Err(error) => {
+                        return Err(RotateError::Failed(self.preparation_failed(number, error)));
+                    }
+                }
+            }
+        };
+        let next = new_active(
+            &self.config.dir,
+            number,
+            file,
+            self.next_sequence,
+            self.salt,
+        );
+        let old = std::mem::replace(&mut self.active, next);
+        tracing::debug!(sealed = old.number, active = number, "WAL segment rotated");
+        self.sealed.push_back(Sealed {
+            number: old.number,
+            path: old.path,
+            last_sequence: old.last_sequence,
+        });
+        self.maybe_prepare();
+        self.start_deletions();
+        Ok(())
+    }
+
+    /// After a rotation was refused (budget or ENOSPC): every queued append fails with that
+    /// error. Checkpoints and sync barriers stay queued: they fit the active segment's reserve,
+    /// and a durable checkpoint is what frees space.
+    pub(super) fn fail_events_after_rotation_error(&mut self, error: &WalError) {
+        let mut kept = std::collections::VecDeque::new();
+        for pending in std::mem::take(&mut self.queue) {
+            match pending {
+                Pending::Events { .. } => pending.fail(error),
+                other => kept.push_back(other),
+            }
+        }
+        self.queue = kept;
+        self.note_queue_len();
+    }
+
+    /// Deletes (in the background) the oldest sealed segments whose events a durable
+    /// checkpoint covers, and retries unlinks that failed before.
+    pub(super) fn start_deletions(&mut self) {
+        if self.deleting.is_some() {
+            self.deletion_wanted = true;
+            return;
+        }
+        let mut doomed: Vec<Sealed> = std::mem::take(&mut self.unlink_retry);
+        while let Some(front) = self.sealed.front() {
+            let acked = front
+                .last_sequence
+                .is_none_or(|last| last <= self.acked_through);
+            if !acked || front.number >= self.checkpoint_segment {
+                break;
+            }
+            if let Some(sealed) = self.sealed.pop_front() {
+                doomed.push(sealed);
+            }
+        }
+        if doomed.is_empty() {
+            return;
+        }
+        let backend = Rc::clone(&self.backend);
+        let dir = self.config.dir.clone();
+        self.deleting = Some(tokio::task::spawn_local(async move {
+            let mut failed = Vec::new();
+            let mut removed = 0;
+            for sealed in doomed {
+                match backend.remove_file(&sealed.path).await {
+                    Ok(()) => removed += 1,
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => removed += 1,
+                    Err(error) => {
+                        tracing::warn!(path = %sealed.path.display(), %error, "deleting an acknowledged WAL segment failed; will retry");
+                        failed.push(sealed);
+                    }
+                }
+            }
+            if removed > 0
+                && let Err(error) = backend.sync_dir(&dir).await
+            {
+                tracing::warn!(dir = %dir.display(), %error, "fsync of the WAL directory after deletion failed");
+            }
+            Deleted { removed, failed }
+        }));
+    }
+
+    /// Gives back the budget of removed files.
+    pub(super) fn count_deletions(&mut self, deleted: &Deleted) {
+        let removed = deleted.removed as u64;
+        self.budget.release(removed);
+        self.shared.segments.store(self.budget.segments(), Relaxed);
+        self.shared.segments_deleted.fetch_add(removed, Relaxed);
+    }
+
+    pub(super) fn deletions_done(&mut self, deleted: Deleted) {
+        self.count_deletions(&deleted);
+        if std::mem::take(&mut self.deletion_wanted) {
+            self.start_deletions();
+        }
+        // Retried at the next durable sync or rotation, not at once: a persistent error
+        // would otherwise spin.
+        self.unlink_retry.extend(deleted.failed);
+        self.maybe_prepare();
+    }
+}
+
+/// What a deletion task did.
+pub(super) struct Deleted {
+    removed: usize,
+    pub failed: Vec<Sealed>,
+}
+
+/// Creates a segment file and makes its name durable.
+pub(super) async fn create_raw<B: Backend>(
+    backend: &B,
+    config: &WalConfig,
+    path: &Path,
+) -> io::Result<B::File> {
+    let file = backend
+        .create_segment(path, config.segment_max_bytes, config.preallocation)
+        .await?;
+    backend.sync_dir(&config.dir).await?;
+    Ok(file)
+}
+
+pub(super) fn flatten_join<T>(
+    result: Result<io::Result<T>, tokio::task::JoinError>,
+) -> io::Result<T> {
+    match result {
+        Ok(inner) => inner,
+        Err(join) => Err(io::Error::other(format!("background task failed: {join}"))),
+    }
+}
