@@ -248,7 +248,7 @@ impl Connection {
         let one_frame_per_write = self.phase == Phase::Legacy;
         while self.sending()
             && bytes.len() < WRITE_BATCH_BYTES
-            && !(one_frame_per_write && !bytes.is_empty())
+            && (!one_frame_per_write || bytes.is_empty())
         {
             self.cursor = self.cursor.max(core.buffer.acked() + 1);
             let frame = match core.buffer.next(self.cursor) {
