@@ -1,6 +1,8 @@
 //! A file named like a segment that is not provably one of the log's own (bad magic, or a
 //! blank header over non-zero bytes, with no valid record) makes `Wal::open` refuse with an
-//! error naming the file, and its bytes stay exactly as they were. A segment whose header is
+//! error naming the file, and its bytes stay exactly as they were; the one exception is what
+//! a crash leaves after a new segment's torn first write (the newest file, header block zero),
+//! which is renamed aside intact so the log can go on. A segment whose header is
 //! damaged but whose records are valid is still the log's own and opens.
 
 mod common;
@@ -87,15 +89,51 @@ fn a_bad_magic_segment_file_is_refused_and_left_unchanged() {
 }
 
 #[test]
-fn a_blank_header_over_non_zero_bytes_is_refused_and_left_unchanged() {
+fn a_torn_first_write_of_the_newest_segment_is_moved_aside_intact() {
+    // A crash during a new segment's first write: its header sector never landed, later
+    // sectors of the group did. Nothing in it was acknowledged; the log must go on, and the
+    // bytes are kept (renamed), never overwritten.
     let dir = tempfile::tempdir().unwrap();
-    let foreign = segment_path(dir.path(), 1);
+    write_events(dir.path(), 20);
+    let newest = procmond_wal::wal::recovery::list_segments(dir.path())
+        .unwrap()
+        .last()
+        .unwrap()
+        .0;
+    let torn = segment_path(dir.path(), newest + 1);
     let mut bytes = vec![0u8; 4096];
     bytes.extend(arbitrary_bytes(8192, 0xfeed));
-    fs::write(&foreign, &bytes).unwrap();
-    assert_refused(dir.path(), &foreign, BackendChoice::Portable);
+    fs::write(&torn, &bytes).unwrap();
+    let (wal, report) = Wal::open(small_config(dir.path(), BackendChoice::Portable)).unwrap();
+    assert_eq!(report.events, 20);
+    assert_eq!(report.next_sequence, 21);
+    let aside = dir.path().join(format!(
+        "{}.torn",
+        torn.file_name().unwrap().to_str().unwrap()
+    ));
+    assert_eq!(
+        fs::read(&aside).unwrap(),
+        bytes,
+        "moved aside byte for byte"
+    );
+    let appended = runtime().block_on(async {
+        let sequence = wal.append(event(21), kind(21)).await.unwrap();
+        wal.close().await.unwrap();
+        sequence
+    });
+    assert_eq!(appended, 21);
+    assert_eq!(
+        fs::read(&aside).unwrap(),
+        bytes,
+        "still intact after appends"
+    );
+}
 
-    // Zero header fields but junk in the rest of the header block: not provably blank either.
+#[test]
+fn junk_in_a_blank_headers_block_is_refused_and_left_unchanged() {
+    // Junk in a header block's unused bytes is never what a torn write leaves.
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = segment_path(dir.path(), 1);
     let mut bytes = vec![0u8; 64 * 1024];
     bytes[100..200].copy_from_slice(&arbitrary_bytes(100, 0xbeef));
     fs::write(&foreign, &bytes).unwrap();

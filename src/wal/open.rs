@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::fs;
 use std::future::Future;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -65,7 +65,10 @@ pub(crate) fn open(config: WalConfig, ring_task: Option<RingTask>) -> Result<Ope
         }
     }
     let lock = DirLock::acquire(&dir)?;
-    let report = recovery::read_dir(&dir)?;
+    let mut report = recovery::read_dir(&dir)?;
+    if move_aside_torn_first_writes(&dir, &report)? {
+        report = recovery::read_dir(&dir)?;
+    }
     refuse_foreign_files(&report)?;
     let plan = plan(&config, &report)?;
     let backend_kind = choose_backend(&config)?;
@@ -155,6 +158,70 @@ fn refuse_foreign_files(report: &OpenReport) -> Result<(), WalError> {
         });
     }
     Ok(())
+}
+
+/// A crash during the first write to a new segment (its header goes out with its first group)
+/// can leave a file whose header sector never landed while later sectors of that group did.
+/// Nothing in it was acknowledged (an acknowledgement follows the sync of the whole write),
+/// but the bytes cannot be proven to be ours either (without a header there is no salt to
+/// check records against). Such a file, newer than every segment that holds a header or a
+/// record, is renamed aside (`<name>.torn`, never overwritten or deleted) so the log can go on;
+/// anything else unprovable is refused by [`refuse_foreign_files`]. Returns whether a file
+/// was moved.
+fn move_aside_torn_first_writes(dir: &Path, report: &OpenReport) -> Result<bool, WalError> {
+    let newest_proven = report
+        .segments
+        .iter()
+        .filter(|s| s.header.is_some() || s.events > 0 || s.checkpoints > 0)
+        .map(|s| s.number)
+        .max()
+        .unwrap_or(0);
+    let mut moved = false;
+    for segment in &report.segments {
+        let torn_first_write = segment.number > newest_proven
+            && segment.header_problem == Some(HeaderError::Blank)
+            && !segment.is_blank()
+            && header_block_is_zero_but_salt_copy(&segment.path)?;
+        if !torn_first_write {
+            continue;
+        }
+        let mut aside = segment.path.with_extension("wal.torn");
+        let mut attempt = 1;
+        while aside.exists() {
+            attempt += 1;
+            aside = segment.path.with_extension(format!("wal.torn.{attempt}"));
+        }
+        fs::rename(&segment.path, &aside)
+            .map_err(|e| WalError::io("move a torn first write aside", &segment.path, e))?;
+        tracing::warn!(
+            path = %segment.path.display(),
+            moved_to = %aside.display(),
+            bytes = segment.file_bytes,
+            "a segment's first write was torn by a crash (header missing, nothing in it was \
+             acknowledged); moved aside, not deleted"
+        );
+        moved = true;
+    }
+    if moved {
+        wal_io::sync_dir_blocking(dir)
+            .map_err(|e| WalError::io("fsync WAL directory after moving aside", dir, e))?;
+    }
+    Ok(moved)
+}
+
+/// Whether the header block is zero apart from the salt copy, as after a torn first write in
+/// which the sector holding the salt copy landed and the one holding the header did not.
+fn header_block_is_zero_but_salt_copy(path: &Path) -> Result<bool, WalError> {
+    let file =
+        wal_io::open_for_read(path).map_err(|e| WalError::io("read segment header", path, e))?;
+    let mut block = vec![0u8; SEGMENT_HEADER_BYTES];
+    read_available_at(&file, &mut block, 0)
+        .map_err(|e| WalError::io("read segment header", path, e))?;
+    let salt_copy = format::SALT_COPY_OFFSET..format::SALT_COPY_OFFSET + 8;
+    Ok(block
+        .iter()
+        .enumerate()
+        .all(|(at, &byte)| byte == 0 || salt_copy.contains(&at)))
 }
 
 /// Whether the whole header block (or as much of it as the file has) is zero: recovery only
