@@ -168,7 +168,8 @@ fn simulate(seed: u64) {
         // report's loss counts are not asserted here: acknowledged events are.
         // Read before opening: the writer deletes what its newest checkpoint covers.
         let entries = replayed(dir.path());
-        let (wal, opened) = Wal::open(config.clone()).unwrap();
+        let (wal, opened) = Wal::open(config.clone())
+            .unwrap_or_else(|error| panic!("seed {seed} cycle {cycle}: open: {error}"));
         // The writer may be deleting segments its newest checkpoint covers while this reads:
         // a segment that vanishes between listing and reading means another try.
         let after_open = loop {
