@@ -1,5 +1,5 @@
-//! Wire codec tests: golden vectors from daemoneye-eventbus's own decoder (design brief
-//! §6.1), the lossless `ProcessEvent` mapping, the 1 MiB budget, and decoders that refuse
+//! Wire codec tests: golden vectors from daemoneye-eventbus's own decoder (docs/protocol.md
+//! §2–§4), the lossless `ProcessEvent` mapping, the 1 MiB budget, and decoders that refuse
 //! truncated, oversized and garbage input without panicking.
 
 use std::collections::BTreeMap;
