@@ -190,7 +190,7 @@ struct Machine {
     commit: String,
 }
 
-/// One target of the issue with its same-run ratio.
+/// One benchmark target (docs/benchmarks.md) with its same-run ratio.
 #[derive(Debug, Serialize)]
 struct TargetRow {
     target: String,

@@ -28,7 +28,7 @@ fn hex(text: &str) -> Vec<u8> {
         .collect()
 }
 
-/// The brief's reference `Message` bytes: `10 aa×16 14 "events.process.start" 01 63 00 01 63
+/// The reference `Message` bytes: `10 aa×16 14 "events.process.start" 01 63 00 01 63
 /// 00 00 00 80 e2 cf aa 06 05 03 01 02 03 07 80 e2 cf aa 06 05 00`.
 fn golden_message_bytes() -> Vec<u8> {
     let mut bytes = hex("10");
