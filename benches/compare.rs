@@ -1,4 +1,4 @@
-//! The same-run comparison harness (issue 3, "Prove the WAL"): runs this WAL and its
+//! The same-run comparison harness (docs/benchmarks.md): runs this WAL and its
 //! references — the disk's own limit, a naive mutex+fdatasync WAL, and okaywal — back to back
 //! in one process with the same event bytes and publisher counts, then prints every result,
 //! the target ratios, and writes it all as JSON for `docs/benchmarks.md` and
@@ -190,7 +190,7 @@ struct Machine {
     commit: String,
 }
 
-/// One target of the issue with its same-run ratio.
+/// One benchmark target (docs/benchmarks.md) with its same-run ratio.
 #[derive(Debug, Serialize)]
 struct TargetRow {
     target: String,

@@ -1,4 +1,4 @@
-//! The reference broker (design brief §6.3): a real Unix-socket broker that speaks the
+//! The reference broker (docs/protocol.md §8): a real Unix-socket broker that speaks the
 //! daemoneye-eventbus wire protocol plus our hello/welcome/ack extension, for tests, demos
 //! and benchmarks.
 //!

@@ -1,4 +1,4 @@
-//! The process event model shared by the WAL and the broker link (design brief §5).
+//! The process event model shared by the WAL and the broker link (docs/design.md §8).
 //!
 //! Owns `ProcessEvent`, `EventKind` and their topics, and the deterministic truncation that
 //! keeps any event (argv is attacker-controlled) inside the wire's 1 MiB frame limit.
@@ -46,7 +46,7 @@ impl EventKind {
         }
     }
 
-    /// The kind for a topic; unknown topics are an error, never defaulted (§5: turning a
+    /// The kind for a topic; unknown topics are an error, never defaulted (turning a
     /// stop into a start would keep a dead process alive).
     pub fn from_topic(topic: &str) -> Result<EventKind, UnknownEventKind> {
         EventKind::ALL

@@ -1,4 +1,4 @@
-//! The narrow I/O layer (design brief §3): the only place that makes syscalls on WAL segment
+//! The narrow I/O layer (docs/design.md §2): the only place that makes syscalls on WAL segment
 //! files. Two backends implement [`Backend`]: [`uring`] (tokio-uring, O_DIRECT, registered
 //! buffers) and [`portable`] (positional writes + `fdatasync` on a blocking thread).
 //!

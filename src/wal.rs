@@ -1,10 +1,11 @@
-//! The write-ahead log (design brief §4): every event is on stable storage before `append`
+//! The write-ahead log (docs/design.md §3–§7): every event is on stable storage before `append`
 //! returns its sequence.
 //!
 //! [`Wal`] is a `Send + Sync + Clone` handle; the log itself lives on one ring thread that
-//! owns the segment files (see `docs/design.md`). Submodules: [`format`](mod@format) (bytes), [`naming`]
-//! (file names), [`scan`] and [`recovery`] (reading), [`reader`] (replay), [`config`],
-//! [`error`], [`stats`], [`lock`]; the writer and open logic are private.
+//! owns the segment files (see `docs/design.md`). Submodules: [`format`](mod@format)
+//! (bytes), [`naming`] (file names), [`scan`] and [`recovery`] (reading), [`reader`]
+//! (replay), [`config`], [`error`], [`stats`], [`lock`]; the writer and open logic are
+//! private.
 
 use std::future::Future;
 use std::ops::RangeInclusive;

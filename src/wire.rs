@@ -1,5 +1,5 @@
-//! The daemoneye-eventbus wire codec (design brief §6): frames, the postcard envelope, the
-//! process payload, health frames, topics and our hello/welcome/ack extension.
+//! The daemoneye-eventbus wire codec (docs/protocol.md §1–§7): frames, the postcard
+//! envelope, the process payload, health frames, topics and our hello/welcome/ack extension.
 //!
 //! Pure: this module and its children never do I/O, never block and never panic on bytes
 //! from a peer. The byte-level specification is `docs/protocol.md`.

@@ -1,5 +1,5 @@
-//! Wire codec tests: golden vectors from daemoneye-eventbus's own decoder (design brief
-//! §6.1), the lossless `ProcessEvent` mapping, the 1 MiB budget, and decoders that refuse
+//! Wire codec tests: golden vectors from daemoneye-eventbus's own decoder (docs/protocol.md
+//! §2–§4), the lossless `ProcessEvent` mapping, the 1 MiB budget, and decoders that refuse
 //! truncated, oversized and garbage input without panicking.
 
 use std::collections::BTreeMap;
@@ -28,7 +28,7 @@ fn hex(text: &str) -> Vec<u8> {
         .collect()
 }
 
-/// The brief's reference `Message` bytes: `10 aa×16 14 "events.process.start" 01 63 00 01 63
+/// The reference `Message` bytes: `10 aa×16 14 "events.process.start" 01 63 00 01 63
 /// 00 00 00 80 e2 cf aa 06 05 03 01 02 03 07 80 e2 cf aa 06 05 00`.
 fn golden_message_bytes() -> Vec<u8> {
     let mut bytes = hex("10");

@@ -12,7 +12,7 @@ use procmond_wal::{EventKind, ProcessEvent};
 
 use super::{BenchError, BenchResult};
 
-/// The event sizes the issue asks about: ~256 B, ~1 KiB, ~4 KiB.
+/// The event sizes measured (docs/benchmarks.md): ~256 B, ~1 KiB, ~4 KiB.
 pub const EVENT_SIZES_BYTES: [usize; 3] = [256, 1024, 4096];
 
 /// bincode's legacy configuration prefixes each string with a u64 length.

@@ -1,6 +1,6 @@
 //! Reference (a): the naive WAL — one file behind a mutex, a buffered `write` of a small
 //! length+CRC frame and an `fdatasync` per event. This is what "just fsync every record"
-//! costs; the target is a multiple of it.
+//! costs; the throughput targets of docs/benchmarks.md are multiples of it.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

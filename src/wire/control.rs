@@ -1,4 +1,4 @@
-//! Our extension to daemoneye-eventbus (design brief §6.2): hello, welcome, cumulative ack,
+//! Our extension to daemoneye-eventbus (docs/protocol.md §7): hello, welcome, cumulative ack,
 //! subscribe and its confirmation, all as `Control` envelopes with postcard payloads.
 //!
 //! Owns the control topics and payload layouts. Upstream peers never send these and can skip

@@ -1,4 +1,4 @@
-//! The postcard envelope `Message` of daemoneye-eventbus (design brief §6.1).
+//! The postcard envelope `Message` of daemoneye-eventbus (docs/protocol.md §3).
 //!
 //! Owns the envelope's field and enum order, the 16-byte message id encoding and the
 //! `SystemTime`-compatible timestamp. Field order here *is* the wire format: never reorder.

@@ -1,4 +1,4 @@
-//! Frames: a u32 little-endian body length followed by the body (design brief §6.1).
+//! Frames: a u32 little-endian body length followed by the body (docs/protocol.md §2).
 //!
 //! Owns the length prefix, the 1 MiB body cap and the classification of a body as a raw
 //! health frame (`PING`/`PONG`) or a postcard [`Message`]. A length is always checked against

@@ -1,4 +1,4 @@
-//! The event payload: postcard `CollectionEvent::Process` (design brief §6.1) and the
+//! The event payload: postcard `CollectionEvent::Process` (docs/protocol.md §4) and the
 //! lossless mapping between it and our [`ProcessEvent`].
 //!
 //! Owns the payload's field order, the `procmond.*` / `platform.*` metadata keys that carry

@@ -1,4 +1,4 @@
-//! Topic validation and subscription pattern matching (design brief §6.1).
+//! Topic validation and subscription pattern matching (docs/protocol.md §6).
 //!
 //! Owns the topic rules (at most five dot-separated segments of `a-z 0-9 - _`, first segment
 //! `events` or `control`) and the pattern language (`+` one segment, `#` the rest, last
