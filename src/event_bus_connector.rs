@@ -206,7 +206,11 @@ impl EventBusConnector {
 
     /// Publishes several events with consecutive sequences; returns them (in order) once
     /// all are durable. One WAL command and one hand-over for the whole batch. Not atomic:
-    /// on an error, a prefix of the batch may be durable (and is delivered).
+    /// when the WAL runs out of room part-way, the error is
+    /// [`WalError::BatchPartlyDurable`] (inside [`EventBusConnectorError::Wal`]) naming the
+    /// durable prefix; that prefix is delivered like any published event, the rest of the
+    /// batch was not written and may be published again. Any other error means none of the
+    /// batch was written.
     pub async fn publish_batch(
         &self,
         events: Vec<(ProcessEvent, ProcessEventType)>,

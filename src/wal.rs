@@ -81,7 +81,8 @@ impl Future for AppendReceipt {
 }
 
 /// Resolves to a batch's sequence range once all of it is durable; see
-/// [`Wal::enqueue_batch`].
+/// [`Wal::enqueue_batch`]. A batch that fails part-way resolves to
+/// [`WalError::BatchPartlyDurable`] naming its durable prefix.
 #[must_use = "the batch is only known to be durable when the receipt resolves"]
 pub struct BatchReceipt {
     receiver: oneshot::Receiver<Result<RangeInclusive<u64>, WalError>>,
@@ -186,7 +187,13 @@ impl Wal {
     }
 
     /// Appends events with consecutive sequences; returns their range once all are durable.
-    /// A batch is not atomic: if it fails, a prefix of it may be durable.
+    ///
+    /// A batch is not atomic: it may span groups and segments. If a segment cannot be
+    /// created part-way (disk budget or ENOSPC), the error is
+    /// [`WalError::BatchPartlyDurable`], naming the durable prefix (those events keep their
+    /// sequences; [`WalError::durable_batch_prefix`] gives the range) and why the rest
+    /// failed. On any other error none of the batch is durable, except after
+    /// [`WalError::Poisoned`], when reopening the log shows what is.
     pub async fn append_batch(
         &self,
         events: Vec<(ProcessEvent, EventKind)>,

@@ -23,9 +23,9 @@ use procmond_wal::{EventBusConnector, EventBusConnectorError, ProcessEvent};
 const STEP_MIB: u64 = 3;
 /// Segment size: a few segments fill the filesystem.
 const SEGMENT_MAX_BYTES: u64 = 1024 * 1024;
-/// Single-event publishes in flight at once (they share group commits). Single publishes
-/// keep the outcome per event exact: a refused append takes no sequence.
-const CONCURRENT_PUBLISHES: u64 = 16;
+/// Events per publish call. A batch may fail part-way; the error then names the durable
+/// prefix, which is delivered like the rest.
+const BATCH_EVENTS: u64 = 16;
 /// Most events published while waiting for the disk to fill (a filesystem that never
 /// fills is a failure, not a hang).
 const FILL_LIMIT_EVENTS: u64 = 200_000;
@@ -78,28 +78,27 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Publishes events `first..first + CONCURRENT_PUBLISHES` one per task; returns the highest
-/// durable sequence among them and the first error, if any.
-async fn publish_concurrently(
+/// Publishes events `first..first + BATCH_EVENTS` as one batch; returns the highest durable
+/// sequence among them (0: none) and the error, if any.
+async fn publish_batch(
     connector: &EventBusConnector,
     first: u64,
 ) -> (u64, Option<EventBusConnectorError>) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for index in first..first + CONCURRENT_PUBLISHES {
-        let connector = connector.clone();
-        tasks.spawn(async move { connector.publish(sized_event(index), kind(index)).await });
-    }
-    let mut highest = 0;
-    let mut first_error = None;
-    while let Some(joined) = tasks.join_next().await {
-        match joined.expect("publish task") {
-            Ok(sequence) => highest = highest.max(sequence),
-            Err(error) => {
-                first_error.get_or_insert(error);
-            }
+    let batch = (first..first + BATCH_EVENTS)
+        .map(|index| (sized_event(index), kind(index)))
+        .collect();
+    match connector.publish_batch(batch).await {
+        Ok(sequences) => (*sequences.last().expect("a batch"), None),
+        Err(error) => {
+            let durable = match &error {
+                EventBusConnectorError::Wal(wal_error) => wal_error
+                    .durable_batch_prefix()
+                    .map_or(0, |prefix| *prefix.end()),
+                _ => 0,
+            };
+            (durable, Some(error))
         }
     }
-    (highest, first_error)
 }
 
 fn sized_event(index: u64) -> ProcessEvent {
@@ -145,8 +144,8 @@ async fn wal_disk_full_then_space_returns() {
                 next < FILL_LIMIT_EVENTS * fills,
                 "the filesystem never filled"
             );
-            let (highest, error) = publish_concurrently(&connector, next).await;
-            next += CONCURRENT_PUBLISHES;
+            let (highest, error) = publish_batch(&connector, next).await;
+            next += BATCH_EVENTS;
             last_durable = last_durable.max(highest);
             if let Some(error) = error {
                 break error;
@@ -166,8 +165,8 @@ async fn wal_disk_full_then_space_returns() {
         // Room again: the same process carries on.
         size_mib += STEP_MIB;
         tmpfs.resize(size_mib);
-        let (highest, error) = publish_concurrently(&connector, next).await;
-        next += CONCURRENT_PUBLISHES;
+        let (highest, error) = publish_batch(&connector, next).await;
+        next += BATCH_EVENTS;
         assert!(
             error.is_none(),
             "publishing works again once there is room: {error:?}"

@@ -100,13 +100,27 @@ fn finish(core: &Rc<RefCell<Core>>, entry: Ingest, result: Result<RangeInclusive
             let _ = reply.send(result);
         }
         Ingest::Batch { items, reply, .. } => {
-            if let Ok(range) = &result {
-                debug_assert_eq!(
-                    range.clone().count(),
-                    items.len(),
-                    "a batch gets one sequence per event"
+            // Whatever of the batch is durable is handed over, also when the batch failed
+            // part-way: the link delivers sequences in order, so a durable sequence that is
+            // never handed over would stop delivery for good.
+            let durable = match &result {
+                Ok(range) => {
+                    debug_assert_eq!(
+                        range.clone().count(),
+                        items.len(),
+                        "a batch gets one sequence per event"
+                    );
+                    Some(range.clone())
+                }
+                Err(error) => error.durable_batch_prefix(),
+            };
+            if let Some(range) = durable {
+                assert!(
+                    range.clone().count() <= items.len(),
+                    "durable range {range:?} longer than the batch of {}",
+                    items.len()
                 );
-                for (sequence, (kind, payload, timestamp)) in range.clone().zip(items) {
+                for (sequence, (kind, payload, timestamp)) in range.zip(items) {
                     hand_over(core, sequence, kind, payload, timestamp);
                 }
                 core.borrow_mut().handed_over();

@@ -1,6 +1,7 @@
 //! The WAL layer's error type.
 
 use std::io;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -97,9 +98,42 @@ pub enum WalError {
     /// The log was closed (or its thread has exited).
     #[error("WAL is closed")]
     Closed,
+    /// A batch failed part-way (a segment could not be created: disk budget or ENOSPC). Its
+    /// first events, `durable_first..=durable_last`, are durable and keep those sequences
+    /// (they are delivered like any other); the remaining `failed_events` were not written
+    /// and took no sequence. `source` says why.
+    #[error(
+        "batch only partly durable: events {durable_first}..={durable_last} are durable, \
+         the remaining {failed_events} were not written: {source}"
+    )]
+    BatchPartlyDurable {
+        /// Sequence of the batch's first event.
+        durable_first: u64,
+        /// Sequence of the batch's last durable event.
+        durable_last: u64,
+        /// Events of the batch that were not written.
+        failed_events: usize,
+        /// Why the rest of the batch failed.
+        #[source]
+        source: Box<WalError>,
+    },
 }
 
 impl WalError {
+    /// For a batch that failed part-way ([`WalError::BatchPartlyDurable`]): the sequences
+    /// of its events that are durable nevertheless. `None` for every other error (then none
+    /// of the batch was written).
+    pub fn durable_batch_prefix(&self) -> Option<RangeInclusive<u64>> {
+        match self {
+            WalError::BatchPartlyDurable {
+                durable_first,
+                durable_last,
+                ..
+            } => Some(*durable_first..=*durable_last),
+            _ => None,
+        }
+    }
+
     /// An `Io` error.
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> WalError {
         WalError::Io {

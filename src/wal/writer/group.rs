@@ -75,6 +75,14 @@ impl Items {
         }
     }
 
+    /// Events not yet put into a group.
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Items::One(item) => usize::from(item.is_some()),
+            Items::Many(items) => items.len(),
+        }
+    }
+
     fn pop_front(&mut self) {
         match self {
             Items::One(item) => *item = None,

@@ -98,6 +98,28 @@ pub(super) fn fail(completions: Vec<Completion>, error: &WalError) {
     }
 }
 
+/// Fails a batch of which `durable_first..=durable_last` is already durable: the caller
+/// learns that prefix (so it can deliver it) and why the other `failed_events` failed.
+pub(super) fn fail_events_partly(
+    reply: EventsReply,
+    durable_first: u64,
+    durable_last: u64,
+    failed_events: usize,
+    error: &WalError,
+) {
+    assert!(durable_first <= durable_last, "an empty durable prefix");
+    match reply {
+        EventsReply::Batch(reply) => drop(reply.send(Err(WalError::BatchPartlyDurable {
+            durable_first,
+            durable_last,
+            failed_events,
+            source: Box::new(error.clone()),
+        }))),
+        // A single event is written whole or not at all; it has no prefix.
+        EventsReply::One(_) => unreachable!("a single append cannot be partly durable"),
+    }
+}
+
 /// Fails one append or batch.
 pub(super) fn fail_events(reply: EventsReply, error: &WalError) {
     match reply {

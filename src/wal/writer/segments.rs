@@ -19,6 +19,7 @@ use super::super::format::{FORMAT_VERSION, SegmentHeader};
 use super::super::naming::segment_path;
 use super::Writer;
 use super::group::{FrameSeed, Pending};
+use super::replies;
 use crate::io::Backend;
 
 /// A segment with no more writes coming.
@@ -179,11 +180,28 @@ impl<B: Backend> Writer<B> {
 
     /// After a rotation was refused (budget or ENOSPC): every queued append fails with that
     /// error. Checkpoints and sync barriers stay queued: they fit the active segment's reserve,
-    /// and a durable checkpoint is what frees space.
+    /// and a durable checkpoint is what frees space. A batch already partly written (only
+    /// the front one can be) fails naming its durable prefix, so that prefix is delivered.
     pub(super) fn fail_events_after_rotation_error(&mut self, error: &WalError) {
         let mut kept = std::collections::VecDeque::new();
         for pending in std::mem::take(&mut self.queue) {
             match pending {
+                Pending::Events {
+                    first_sequence: Some(first),
+                    reply,
+                    items,
+                    ..
+                } => {
+                    // Rotation runs only with everything formed written and durable.
+                    let last = self.next_sequence - 1;
+                    assert!(
+                        first <= last && last == self.durable_sequence,
+                        "a partly written batch's prefix {first}..={last} is not durable \
+                         (durable {})",
+                        self.durable_sequence
+                    );
+                    replies::fail_events_partly(reply, first, last, items.len(), error);
+                }
                 Pending::Events { .. } => pending.fail(error),
                 other => kept.push_back(other),
             }
