@@ -343,7 +343,9 @@ fn seeded_power_loss_simulation_never_loses_an_acknowledged_event() {
     // the new active segment had nothing durable, so sequence numbers restarted at 1; 9 and 53
     // reopened after a process death and trusted records that were only in the page cache;
     // 1788 lost the only readable copy of the salt for a segment whose header was torn.
-    for seed in [9, 53, 242, 325, 1788]
+    // 1614 tore a new segment's first write so that only the salt copy of its header block
+    // landed: open must move it aside, not refuse.
+    for seed in [9, 53, 242, 325, 1614, 1788]
         .into_iter()
         .filter(|_| std::env::var("PROCMOND_WAL_SIM_ONLY").is_err())
     {

@@ -180,7 +180,7 @@ fn move_aside_torn_first_writes(dir: &Path, report: &OpenReport) -> Result<bool,
     for segment in &report.segments {
         let torn_first_write = segment.number > newest_proven
             && segment.header_problem == Some(HeaderError::Blank)
-            && !segment.is_blank()
+            && !(segment.is_blank() && header_block_is_zero(&segment.path)?)
             && header_block_is_zero_but_salt_copy(&segment.path)?;
         if !torn_first_write {
             continue;
