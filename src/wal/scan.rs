@@ -8,12 +8,18 @@
 //! damaged region, and if no valid frame follows, they are the tail. It never trusts a length
 //! word it has not verified, so memory stays within one read chunk plus one maximal frame.
 //! Blocks that cannot be read are reported and scanned as zeros.
+//!
+//! Group padding rule (docs/format.md, "Group padding"): zeros running from the end of a
+//! valid frame exactly up to the next 4096-byte boundary, where a decodable frame starts, are
+//! the padding a fresh-block group leaves, not damage, unless that frame is an event whose
+//! sequence skips past the segment's previous event (then the zeros hid a frame and are
+//! reported as a damaged region, as they always were).
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
 
 use super::format::{
-    self, FRAME_ALIGN_BYTES, FrameLayout, FrameProbe, Record, SEGMENT_HEADER_BYTES,
+    self, BLOCK_BYTES, FRAME_ALIGN_BYTES, FrameLayout, FrameProbe, Record, SEGMENT_HEADER_BYTES,
 };
 use crate::io::read::{ReadAt, read_resilient};
 
@@ -129,6 +135,10 @@ pub struct SegmentScan<S> {
     buf_offset: u64,
     eof: bool,
     done: bool,
+    /// Whether `pos` is the end of a valid frame (only there can group padding start).
+    after_frame: bool,
+    /// Sequence of the last event record of this segment, to tell padding from a zeroed frame.
+    last_event_sequence: Option<u64>,
 }
 
 impl<R: Read> SegmentScan<Sequential<R>> {
@@ -161,6 +171,8 @@ impl<S: ScanSource> SegmentScan<S> {
             buf_offset: SEGMENT_HEADER_BYTES as u64,
             eof: false,
             done: false,
+            after_frame: false,
+            last_event_sequence: None,
         }
     }
 
@@ -249,17 +261,56 @@ impl<S: ScanSource> SegmentScan<S> {
         if self.done {
             return Ok(None);
         }
-        let start = self.pos;
-        match self.probe()? {
+        let after_frame = std::mem::replace(&mut self.after_frame, false);
+        // Absolute, because reading more may move the buffer's contents.
+        let start_offset = self.abs(self.pos);
+        let mut probe = self.probe()?;
+        if matches!(probe, Probe::NotAFrame)
+            && after_frame
+            && let Some(padding_bytes) = self.zeros_to_block_boundary()?
+        {
+            self.pos += padding_bytes;
+            probe = self.probe()?;
+            let padding_hides_a_frame = match &probe {
+                Probe::Valid {
+                    record: Record::Event(entry),
+                    ..
+                } => self
+                    .last_event_sequence
+                    .is_some_and(|last| entry.sequence > last.saturating_add(1)),
+                Probe::Valid { .. } => false,
+                Probe::NotAFrame | Probe::Undecodable { .. } => true,
+            };
+            if padding_hides_a_frame && !matches!(probe, Probe::NotAFrame) {
+                // A frame follows at the boundary, but the zeros before it hid something:
+                // report them as a damaged region; the next call reads the frame.
+                return Ok(Some(ScanItem::Damage {
+                    offset: start_offset,
+                    len_bytes: padding_bytes as u64,
+                    undecodable: false,
+                }));
+            }
+            if matches!(probe, Probe::NotAFrame) {
+                // Not padding after all. The zeros stepped over are what the search below
+                // would step over; it resumes after the word at the boundary.
+                return self.search_after_damage(start_offset);
+            }
+        }
+        match probe {
             Probe::Valid {
                 record,
                 frame_bytes,
                 durable_watermark,
                 padding_is_zero,
             } => {
+                let offset = self.abs(self.pos);
                 self.pos += frame_bytes;
+                self.after_frame = true;
+                if let Record::Event(entry) = &record {
+                    self.last_event_sequence = Some(entry.sequence);
+                }
                 return Ok(Some(ScanItem::Record {
-                    offset: self.abs(start),
+                    offset,
                     frame_bytes: frame_bytes as u64,
                     record,
                     durable_watermark,
@@ -267,8 +318,9 @@ impl<S: ScanSource> SegmentScan<S> {
                 }));
             }
             Probe::Undecodable { frame_bytes } => {
-                let offset = self.abs(start);
+                let offset = self.abs(self.pos);
                 self.pos += frame_bytes;
+                self.after_frame = true;
                 return Ok(Some(ScanItem::Damage {
                     offset,
                     len_bytes: frame_bytes as u64,
@@ -277,12 +329,36 @@ impl<S: ScanSource> SegmentScan<S> {
             }
             Probe::NotAFrame => {}
         }
-        // Step over the gap one aligned word at a time until a valid frame or the end. The
-        // position is unaligned only when the file ends inside the last frame's padding; the
-        // records then end at that frame's aligned end, where the next frame must go.
-        let gap_start = self
-            .abs(self.pos)
-            .next_multiple_of(FRAME_ALIGN_BYTES as u64);
+        debug_assert_eq!(start_offset, self.abs(self.pos));
+        self.search_after_damage(start_offset)
+    }
+
+    /// When `pos` is not block-aligned and the bytes from it to the next 4096-byte boundary
+    /// of the file are all present and zero, how many they are (the candidate padding).
+    fn zeros_to_block_boundary(&mut self) -> io::Result<Option<usize>> {
+        let offset = self.abs(self.pos);
+        let padding_bytes = (offset.next_multiple_of(BLOCK_BYTES as u64) - offset) as usize;
+        if padding_bytes == 0 {
+            return Ok(None);
+        }
+        self.fill(padding_bytes + self.layout.header_bytes())?;
+        let present = self.end - self.pos;
+        if present <= padding_bytes {
+            return Ok(None);
+        }
+        let zeros = self.buf[self.pos..self.pos + padding_bytes]
+            .iter()
+            .all(|&b| b == 0);
+        Ok(zeros.then_some(padding_bytes))
+    }
+
+    /// Steps over a damaged stretch that starts at file offset `start_offset` (`pos` is there,
+    /// or further on past bytes known to be zero) one aligned word at a time, until a valid
+    /// frame or the end.
+    fn search_after_damage(&mut self, start_offset: u64) -> io::Result<Option<ScanItem>> {
+        // The position is unaligned only when the file ends inside the last frame's padding;
+        // the records then end at that frame's aligned end, where the next frame must go.
+        let gap_start = start_offset.next_multiple_of(FRAME_ALIGN_BYTES as u64);
         let mut nonzero_end = gap_start;
         loop {
             self.fill(FRAME_ALIGN_BYTES)?;
