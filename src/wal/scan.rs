@@ -424,7 +424,8 @@ mod tests {
     use super::*;
     use crate::event::{EventKind, ProcessEvent};
     use crate::wal::format::{
-        CheckpointEntry, FRAME_HEADER_BYTES, FrameSeed, push_checkpoint_frame, push_event_frame,
+        CheckpointEntry, FRAME_HEADER_BYTES, FrameSeed, align_up, push_checkpoint_frame,
+        push_event_frame,
     };
     use chrono::DateTime;
 
@@ -553,6 +554,59 @@ mod tests {
             .filter(|&(&s, &e)| s < 8192 && e > 4096)
             .count();
         assert_eq!(recovered.len(), 200 - touched);
+    }
+
+    /// Records of `count` events in groups of `group_size`, each group after the first on
+    /// the next block boundary of the file (records start at file offset 4096).
+    fn fresh_block_records(count: u64, group_size: u64) -> (Vec<u8>, Vec<usize>) {
+        let (plain, starts) = records(count);
+        let mut out = Vec::new();
+        let mut fresh_starts = Vec::new();
+        for (index, &start) in starts.iter().enumerate() {
+            if index > 0 && (index as u64).is_multiple_of(group_size) {
+                out.resize(align_up(out.len(), BLOCK_BYTES), 0);
+            }
+            let end = starts.get(index + 1).copied().unwrap_or(plain.len());
+            fresh_starts.push(out.len());
+            out.extend_from_slice(&plain[start..end]);
+        }
+        (out, fresh_starts)
+    }
+
+    #[test]
+    fn zeros_to_the_next_block_before_a_frame_are_group_padding() {
+        let (bytes, starts) = fresh_block_records(12, 4);
+        assert_eq!(starts[4] % BLOCK_BYTES, 0);
+        let items = scan(&bytes);
+        assert_eq!(sequences(&items), (1..=12).collect::<Vec<_>>());
+        assert!(!items.iter().any(|i| matches!(i, ScanItem::Damage { .. })));
+    }
+
+    #[test]
+    fn padding_that_hides_a_frame_is_damage_and_padding_cut_by_the_end_is_the_tail() {
+        let (mut bytes, starts) = fresh_block_records(12, 4);
+        // The last frame of the second group zeroed: zeros from the end of event 7 to the
+        // block of event 9, whose sequence skips 8.
+        bytes[starts[7]..starts[8]].fill(0);
+        let items = scan(&bytes);
+        assert_eq!(sequences(&items), vec![1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12]);
+        let damage: Vec<_> = items
+            .iter()
+            .filter(|i| matches!(i, ScanItem::Damage { .. }))
+            .collect();
+        assert_eq!(
+            damage,
+            vec![&ScanItem::Damage {
+                offset: (SEGMENT_HEADER_BYTES + starts[7]) as u64,
+                len_bytes: (starts[8] - starts[7]) as u64,
+                undecodable: false,
+            }]
+        );
+        // Zeros up to a boundary where the file ends: the end of the records, as before.
+        let (bytes, starts) = fresh_block_records(8, 4);
+        let items = scan(&bytes[..starts[4]]);
+        assert_eq!(sequences(&items), vec![1, 2, 3, 4]);
+        assert!(matches!(items.last(), Some(ScanItem::Tail { .. })));
     }
 
     #[test]
