@@ -73,7 +73,7 @@ fn padded_group_starts(dir: &Path) -> usize {
         .iter()
         .filter(|&&(segment, offset)| {
             let bytes = fs::read(segment_path(dir, segment)).unwrap();
-            offset % BLOCK == 0
+            offset.is_multiple_of(BLOCK)
                 && offset > SEGMENT_HEADER_BYTES as u64
                 && bytes[offset as usize - 8..offset as usize]
                     .iter()
@@ -191,7 +191,7 @@ fn a_built_fresh_block_segment_is_clean() {
     assert!(
         frames
             .iter()
-            .filter(|f| f.offset as u64 % BLOCK == 0)
+            .filter(|f| (f.offset as u64).is_multiple_of(BLOCK))
             .count()
             >= 9
     );
@@ -262,7 +262,7 @@ fn zeroed_frames_in_an_after_tail_log_stay_damage() {
             let dir = tempfile::tempdir().unwrap();
             let mut bytes = clean.clone();
             bytes[frames[first].offset..frames[last].end].fill(0);
-            if frames[last].end as u64 % BLOCK == 0 {
+            if (frames[last].end as u64).is_multiple_of(BLOCK) {
                 on_boundary += 1;
             }
             write_segment(dir.path(), &bytes);
