@@ -36,7 +36,8 @@ pub enum GroupStart {
     AfterTail,
     /// On the next block boundary: no acknowledged byte is ever written again, at the cost
     /// of up to one block of zero padding per group (a segment holding small groups fills
-    /// much sooner). Readers report the padding between groups as skipped zero regions.
+    /// much sooner). Readers recognise the zeros between groups as group padding
+    /// (docs/format.md §7.2), not damage.
     FreshBlock,
 }
 

@@ -8,12 +8,18 @@
 //! damaged region, and if no valid frame follows, they are the tail. It never trusts a length
 //! word it has not verified, so memory stays within one read chunk plus one maximal frame.
 //! Blocks that cannot be read are reported and scanned as zeros.
+//!
+//! Group padding rule (docs/format.md, "Group padding"): zeros running from the end of a
+//! valid frame exactly up to the next 4096-byte boundary, where a decodable frame starts, are
+//! the padding a fresh-block group leaves, not damage, unless that frame is an event whose
+//! sequence skips past the segment's previous event (then the zeros hid a frame and are
+//! reported as a damaged region, as they always were).
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
 
 use super::format::{
-    self, FRAME_ALIGN_BYTES, FrameLayout, FrameProbe, Record, SEGMENT_HEADER_BYTES,
+    self, BLOCK_BYTES, FRAME_ALIGN_BYTES, FrameLayout, FrameProbe, Record, SEGMENT_HEADER_BYTES,
 };
 use crate::io::read::{ReadAt, read_resilient};
 
@@ -129,6 +135,10 @@ pub struct SegmentScan<S> {
     buf_offset: u64,
     eof: bool,
     done: bool,
+    /// Whether `pos` is the end of a valid frame (only there can group padding start).
+    after_frame: bool,
+    /// Sequence of the last event record of this segment, to tell padding from a zeroed frame.
+    last_event_sequence: Option<u64>,
 }
 
 impl<R: Read> SegmentScan<Sequential<R>> {
@@ -161,6 +171,8 @@ impl<S: ScanSource> SegmentScan<S> {
             buf_offset: SEGMENT_HEADER_BYTES as u64,
             eof: false,
             done: false,
+            after_frame: false,
+            last_event_sequence: None,
         }
     }
 
@@ -249,17 +261,56 @@ impl<S: ScanSource> SegmentScan<S> {
         if self.done {
             return Ok(None);
         }
-        let start = self.pos;
-        match self.probe()? {
+        let after_frame = std::mem::replace(&mut self.after_frame, false);
+        // Absolute, because reading more may move the buffer's contents.
+        let start_offset = self.abs(self.pos);
+        let mut probe = self.probe()?;
+        if matches!(probe, Probe::NotAFrame)
+            && after_frame
+            && let Some(padding_bytes) = self.zeros_to_block_boundary()?
+        {
+            self.pos += padding_bytes;
+            probe = self.probe()?;
+            let padding_hides_a_frame = match &probe {
+                Probe::Valid {
+                    record: Record::Event(entry),
+                    ..
+                } => self
+                    .last_event_sequence
+                    .is_some_and(|last| entry.sequence > last.saturating_add(1)),
+                Probe::Valid { .. } => false,
+                Probe::NotAFrame | Probe::Undecodable { .. } => true,
+            };
+            if padding_hides_a_frame && !matches!(probe, Probe::NotAFrame) {
+                // A frame follows at the boundary, but the zeros before it hid something:
+                // report them as a damaged region; the next call reads the frame.
+                return Ok(Some(ScanItem::Damage {
+                    offset: start_offset,
+                    len_bytes: padding_bytes as u64,
+                    undecodable: false,
+                }));
+            }
+            if matches!(probe, Probe::NotAFrame) {
+                // Not padding after all. The zeros stepped over are what the search below
+                // would step over; it resumes after the word at the boundary.
+                return self.search_after_damage(start_offset);
+            }
+        }
+        match probe {
             Probe::Valid {
                 record,
                 frame_bytes,
                 durable_watermark,
                 padding_is_zero,
             } => {
+                let offset = self.abs(self.pos);
                 self.pos += frame_bytes;
+                self.after_frame = true;
+                if let Record::Event(entry) = &record {
+                    self.last_event_sequence = Some(entry.sequence);
+                }
                 return Ok(Some(ScanItem::Record {
-                    offset: self.abs(start),
+                    offset,
                     frame_bytes: frame_bytes as u64,
                     record,
                     durable_watermark,
@@ -267,8 +318,9 @@ impl<S: ScanSource> SegmentScan<S> {
                 }));
             }
             Probe::Undecodable { frame_bytes } => {
-                let offset = self.abs(start);
+                let offset = self.abs(self.pos);
                 self.pos += frame_bytes;
+                self.after_frame = true;
                 return Ok(Some(ScanItem::Damage {
                     offset,
                     len_bytes: frame_bytes as u64,
@@ -277,12 +329,36 @@ impl<S: ScanSource> SegmentScan<S> {
             }
             Probe::NotAFrame => {}
         }
-        // Step over the gap one aligned word at a time until a valid frame or the end. The
-        // position is unaligned only when the file ends inside the last frame's padding; the
-        // records then end at that frame's aligned end, where the next frame must go.
-        let gap_start = self
-            .abs(self.pos)
-            .next_multiple_of(FRAME_ALIGN_BYTES as u64);
+        debug_assert_eq!(start_offset, self.abs(self.pos));
+        self.search_after_damage(start_offset)
+    }
+
+    /// When `pos` is not block-aligned and the bytes from it to the next 4096-byte boundary
+    /// of the file are all present and zero, how many they are (the candidate padding).
+    fn zeros_to_block_boundary(&mut self) -> io::Result<Option<usize>> {
+        let offset = self.abs(self.pos);
+        let padding_bytes = (offset.next_multiple_of(BLOCK_BYTES as u64) - offset) as usize;
+        if padding_bytes == 0 {
+            return Ok(None);
+        }
+        self.fill(padding_bytes + self.layout.header_bytes())?;
+        let present = self.end - self.pos;
+        if present <= padding_bytes {
+            return Ok(None);
+        }
+        let zeros = self.buf[self.pos..self.pos + padding_bytes]
+            .iter()
+            .all(|&b| b == 0);
+        Ok(zeros.then_some(padding_bytes))
+    }
+
+    /// Steps over a damaged stretch that starts at file offset `start_offset` (`pos` is there,
+    /// or further on past bytes known to be zero) one aligned word at a time, until a valid
+    /// frame or the end.
+    fn search_after_damage(&mut self, start_offset: u64) -> io::Result<Option<ScanItem>> {
+        // The position is unaligned only when the file ends inside the last frame's padding;
+        // the records then end at that frame's aligned end, where the next frame must go.
+        let gap_start = start_offset.next_multiple_of(FRAME_ALIGN_BYTES as u64);
         let mut nonzero_end = gap_start;
         loop {
             self.fill(FRAME_ALIGN_BYTES)?;
@@ -348,7 +424,8 @@ mod tests {
     use super::*;
     use crate::event::{EventKind, ProcessEvent};
     use crate::wal::format::{
-        CheckpointEntry, FRAME_HEADER_BYTES, FrameSeed, push_checkpoint_frame, push_event_frame,
+        CheckpointEntry, FRAME_HEADER_BYTES, FrameSeed, align_up, push_checkpoint_frame,
+        push_event_frame,
     };
     use chrono::DateTime;
 
@@ -477,6 +554,59 @@ mod tests {
             .filter(|&(&s, &e)| s < 8192 && e > 4096)
             .count();
         assert_eq!(recovered.len(), 200 - touched);
+    }
+
+    /// Records of `count` events in groups of `group_size`, each group after the first on
+    /// the next block boundary of the file (records start at file offset 4096).
+    fn fresh_block_records(count: u64, group_size: u64) -> (Vec<u8>, Vec<usize>) {
+        let (plain, starts) = records(count);
+        let mut out = Vec::new();
+        let mut fresh_starts = Vec::new();
+        for (index, &start) in starts.iter().enumerate() {
+            if index > 0 && (index as u64).is_multiple_of(group_size) {
+                out.resize(align_up(out.len(), BLOCK_BYTES), 0);
+            }
+            let end = starts.get(index + 1).copied().unwrap_or(plain.len());
+            fresh_starts.push(out.len());
+            out.extend_from_slice(&plain[start..end]);
+        }
+        (out, fresh_starts)
+    }
+
+    #[test]
+    fn zeros_to_the_next_block_before_a_frame_are_group_padding() {
+        let (bytes, starts) = fresh_block_records(12, 4);
+        assert_eq!(starts[4] % BLOCK_BYTES, 0);
+        let items = scan(&bytes);
+        assert_eq!(sequences(&items), (1..=12).collect::<Vec<_>>());
+        assert!(!items.iter().any(|i| matches!(i, ScanItem::Damage { .. })));
+    }
+
+    #[test]
+    fn padding_that_hides_a_frame_is_damage_and_padding_cut_by_the_end_is_the_tail() {
+        let (mut bytes, starts) = fresh_block_records(12, 4);
+        // The last frame of the second group zeroed: zeros from the end of event 7 to the
+        // block of event 9, whose sequence skips 8.
+        bytes[starts[7]..starts[8]].fill(0);
+        let items = scan(&bytes);
+        assert_eq!(sequences(&items), vec![1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12]);
+        let damage: Vec<_> = items
+            .iter()
+            .filter(|i| matches!(i, ScanItem::Damage { .. }))
+            .collect();
+        assert_eq!(
+            damage,
+            vec![&ScanItem::Damage {
+                offset: (SEGMENT_HEADER_BYTES + starts[7]) as u64,
+                len_bytes: (starts[8] - starts[7]) as u64,
+                undecodable: false,
+            }]
+        );
+        // Zeros up to a boundary where the file ends: the end of the records, as before.
+        let (bytes, starts) = fresh_block_records(8, 4);
+        let items = scan(&bytes[..starts[4]]);
+        assert_eq!(sequences(&items), vec![1, 2, 3, 4]);
+        assert!(matches!(items.last(), Some(ScanItem::Tail { .. })));
     }
 
     #[test]
