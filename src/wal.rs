@@ -29,7 +29,7 @@ pub mod scan;
 pub mod stats;
 mod writer;
 
-pub use config::{BackendChoice, SyncPolicy, WalConfig};
+pub use config::{BackendChoice, GroupStart, SyncPolicy, WalConfig};
 pub use error::WalError;
 pub use reader::{ReplayItem, WalReader};
 pub use recovery::OpenReport;
