@@ -18,7 +18,35 @@ use procmond_wal::{EventKind, ProcessEvent};
 pub const GUARD: Duration = Duration::from_secs(60);
 
 /// The backends whose sockets the link runs on (io_uring: tokio-uring; portable: tokio).
-pub const BACKENDS: [BackendChoice; 2] = [BackendChoice::Uring, BackendChoice::Portable];
+/// `for backend in BACKENDS` yields io_uring only where it can run here (otherwise it prints
+/// why it is skipped), and always the portable backend.
+pub const BACKENDS: Backends = Backends;
+
+/// See [`BACKENDS`].
+#[derive(Debug, Clone, Copy)]
+pub struct Backends;
+
+impl IntoIterator for Backends {
+    type Item = BackendChoice;
+    type IntoIter = std::vec::IntoIter<BackendChoice>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        static URING_PROBLEM: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        let problem = URING_PROBLEM.get_or_init(|| {
+            let scratch = tempfile::tempdir().expect("a temporary directory to probe");
+            procmond_wal::io::probe::probe_uring(scratch.path())
+                .err()
+                .map(|problem| problem.to_string())
+        });
+        let mut backends = Vec::with_capacity(2);
+        match problem {
+            None => backends.push(BackendChoice::Uring),
+            Some(reason) => eprintln!("skipping the io_uring backend: {reason}"),
+        }
+        backends.push(BackendChoice::Portable);
+        backends.into_iter()
+    }
+}
 
 /// A connector configuration with its WAL in `dir`, talking to `socket`, with small
 /// segments and quick reconnects.
