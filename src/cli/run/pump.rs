@@ -50,7 +50,8 @@ pub struct PumpCounters {
 
 impl PumpCounters {
     fn record_failure(&self, events: u64, error: &EventBusConnectorError, console: &Console) {
-        let first = self.failed.fetch_add(events, Relaxed) == 0;
+        let failed = events.saturating_sub(durable_prefix_events(error));
+        let first = self.failed.fetch_add(failed, Relaxed) == 0;
         if first && let Ok(mut slot) = self.first_error.lock() {
             *slot = Some(error.to_string());
         }
@@ -69,6 +70,17 @@ impl PumpCounters {
     /// The /proc figures, if the source is /proc.
     pub fn proc_figures(&self) -> Option<ProcFigures> {
         self.proc.lock().ok().and_then(|slot| *slot)
+    }
+}
+
+/// How many events of a failed batch became durable all the same (the connector delivers
+/// them; they are not failures).
+fn durable_prefix_events(error: &EventBusConnectorError) -> u64 {
+    match error {
+        EventBusConnectorError::Wal(wal) => wal
+            .durable_batch_prefix()
+            .map_or(0, |range| range.end() - range.start() + 1),
+        _ => 0,
     }
 }
 
@@ -240,5 +252,26 @@ fn settle(
             ));
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use procmond_wal::wal::WalError;
+
+    #[test]
+    fn the_durable_prefix_of_a_failed_batch_is_not_counted_as_failed() {
+        let partly = EventBusConnectorError::Wal(WalError::BatchPartlyDurable {
+            durable_first: 11,
+            durable_last: 14,
+            failed_events: 6,
+            source: Box::new(WalError::Closed),
+        });
+        assert_eq!(durable_prefix_events(&partly), 4);
+        assert_eq!(
+            durable_prefix_events(&EventBusConnectorError::Wal(WalError::Closed)),
+            0
+        );
     }
 }
