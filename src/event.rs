@@ -330,6 +330,38 @@ fn truncate_metadata(metadata: &mut BTreeMap<String, String>) -> bool {
     cut
 }
 
+/// Test support: the largest event [`ProcessEvent::truncate_to_limits`] can leave, every
+/// field at its stored limit, `arg_bytes` per argument (each starting with a space and a
+/// two-byte character, so argv travels beside the joined command line and cuts land inside
+/// characters) and `value_bytes` per metadata value (two-byte characters).
+#[cfg(any(test, feature = "testing"))]
+pub fn largest_event(arg_bytes: usize, value_bytes: usize) -> ProcessEvent {
+    let mut event = ProcessEvent::new(
+        u32::MAX,
+        "n".repeat(limits::NAME_BYTES * 2),
+        DateTime::<Utc>::MAX_UTC,
+    );
+    event.ppid = Some(u32::MAX);
+    event.executable_path = Some("p".repeat(limits::SHORT_FIELD_BYTES * 2));
+    event.executable_hash = Some("h".repeat(limits::SHORT_FIELD_BYTES * 2));
+    event.hash_algorithm = Some("a".repeat(limits::SHORT_FIELD_BYTES * 2));
+    event.user_id = Some("u".repeat(limits::SHORT_FIELD_BYTES * 2));
+    event.start_time = Some(DateTime::<Utc>::MIN_UTC);
+    event.cpu_usage_percent = Some(-f64::MIN_POSITIVE);
+    event.memory_usage_bytes = Some(u64::MAX);
+    event.command_line = (0..limits::ARGV_ENTRIES * 2)
+        .map(|_| format!(" é{}", "x".repeat(arg_bytes)))
+        .collect();
+    for index in 0..limits::METADATA_ENTRIES * 2 {
+        event.platform_metadata.insert(
+            format!("{index:0>width$}", width = limits::METADATA_KEY_BYTES * 2),
+            "é".repeat(value_bytes),
+        );
+    }
+    event.truncate_to_limits();
+    event
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

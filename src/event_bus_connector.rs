@@ -496,6 +496,10 @@ fn open(config: ConnectorConfig) -> EventBusConnectorResult<EventBusConnector> {
         );
     }
     let shared = Arc::new(Shared::new(acked_at_open));
+    // Unbounded in type only. Every hand-over follows a WAL enqueue, and it leaves the queue
+    // when that enqueue's receipt resolves, so the WAL's bounded queue (`queue_max_commands`,
+    // plus the replies it holds for groups awaiting a sync) bounds it. Link commands are
+    // connect, nudge and shutdown: a handful per connector.
     let (ingest, ingest_receiver) = mpsc::unbounded_channel();
     let (commands, command_receiver) = mpsc::unbounded_channel();
     let (backpressure_sender, backpressure_receiver) =

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use uuid::Uuid;
 
-use procmond_wal::event::limits;
+use procmond_wal::event::{largest_event, limits};
 use procmond_wal::wire::frame::{self, decode_frame, split_frame};
 use procmond_wal::wire::payload::{event_message, keys};
 use procmond_wal::wire::{
@@ -173,35 +173,6 @@ fn oversized_frames_are_refused_on_both_sides() {
     ));
     let exact = frame::encode_frame(&vec![7; MAX_FRAME_BODY_BYTES]).expect("exactly 1 MiB");
     assert_eq!(exact.len(), MAX_FRAME_BODY_BYTES + 4);
-}
-
-/// The largest event `truncate_to_limits` can leave, with spaces in every argument so the
-/// exact argv travels next to the joined command line.
-fn largest_event(arg_bytes: usize, metadata_value_bytes: usize) -> ProcessEvent {
-    let mut event = ProcessEvent::new(
-        u32::MAX,
-        "n".repeat(limits::NAME_BYTES * 2),
-        DateTime::<Utc>::MAX_UTC,
-    );
-    event.ppid = Some(u32::MAX);
-    event.executable_path = Some("p".repeat(limits::SHORT_FIELD_BYTES * 2));
-    event.executable_hash = Some("h".repeat(limits::SHORT_FIELD_BYTES * 2));
-    event.hash_algorithm = Some("a".repeat(limits::SHORT_FIELD_BYTES * 2));
-    event.user_id = Some("u".repeat(limits::SHORT_FIELD_BYTES * 2));
-    event.start_time = Some(DateTime::<Utc>::MIN_UTC);
-    event.cpu_usage_percent = Some(-f64::MIN_POSITIVE);
-    event.memory_usage_bytes = Some(u64::MAX);
-    event.command_line = (0..limits::ARGV_ENTRIES * 2)
-        .map(|_| format!(" {}", "x".repeat(arg_bytes)))
-        .collect();
-    for index in 0..limits::METADATA_ENTRIES * 2 {
-        event.platform_metadata.insert(
-            format!("{index:0>width$}", width = limits::METADATA_KEY_BYTES * 2),
-            "v".repeat(metadata_value_bytes),
-        );
-    }
-    event.truncate_to_limits();
-    event
 }
 
 #[test]

@@ -221,42 +221,13 @@ fn cut_at_char_boundary(text: &mut String, max_bytes: usize) {
 
 #[cfg(test)]
 mod tests {
-    use chrono::{DateTime, Utc};
+    use chrono::DateTime;
 
     use super::*;
-    use crate::event::limits;
+    use crate::event::largest_event;
     use crate::wire::control::MAX_PUBLISHER_ID_BYTES;
     use crate::wire::frame::decode_frame;
     use crate::wire::{Body, CollectionEvent};
-
-    /// The largest event the WAL keeps: every field at its stored limit, a space in every
-    /// argument (argv then travels twice), multi-byte characters at the cut points.
-    fn largest_event(arg_bytes: usize, value_bytes: usize) -> ProcessEvent {
-        let mut event = ProcessEvent::new(
-            u32::MAX,
-            "n".repeat(limits::NAME_BYTES * 2),
-            DateTime::<Utc>::MAX_UTC,
-        );
-        event.ppid = Some(u32::MAX);
-        event.executable_path = Some("p".repeat(limits::SHORT_FIELD_BYTES * 2));
-        event.executable_hash = Some("h".repeat(limits::SHORT_FIELD_BYTES * 2));
-        event.hash_algorithm = Some("a".repeat(limits::SHORT_FIELD_BYTES * 2));
-        event.user_id = Some("u".repeat(limits::SHORT_FIELD_BYTES * 2));
-        event.start_time = Some(DateTime::<Utc>::MIN_UTC);
-        event.cpu_usage_percent = Some(-f64::MIN_POSITIVE);
-        event.memory_usage_bytes = Some(u64::MAX);
-        event.command_line = (0..limits::ARGV_ENTRIES * 2)
-            .map(|_| format!(" é{}", "x".repeat(arg_bytes)))
-            .collect();
-        for index in 0..limits::METADATA_ENTRIES * 2 {
-            event.platform_metadata.insert(
-                format!("{index:0>width$}", width = limits::METADATA_KEY_BYTES * 2),
-                "é".repeat(value_bytes),
-            );
-        }
-        event.truncate_to_limits();
-        event
-    }
 
     #[test]
     fn the_largest_event_stays_under_the_connector_budget_and_decodes() {
