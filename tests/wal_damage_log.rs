@@ -6,37 +6,12 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
+use common::log_capture::warnings_during;
 use common::{event, kind, runtime, small_config};
 use procmond_wal::wal::format::Record;
 use procmond_wal::wal::naming::segment_path;
 use procmond_wal::wal::recovery::{read_dir, read_dir_with};
 use procmond_wal::wal::{BackendChoice, Wal};
-
-/// A `tracing` writer that keeps what was logged.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
 
 #[test]
 fn a_skipped_corrupt_record_is_logged_as_a_warning_with_its_position() {
@@ -62,15 +37,8 @@ fn a_skipped_corrupt_record_is_logged_as_a_warning_with_its_position() {
     bytes[offsets[2] as usize + 40] ^= 0x10;
     std::fs::write(&path, &bytes).unwrap();
 
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(captured.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::WARN)
-        .finish();
-    let report = tracing::subscriber::with_default(subscriber, || read_dir(dir.path()).unwrap());
+    let (report, log) = warnings_during(|| read_dir(dir.path()).unwrap());
     assert_eq!(report.events, 5);
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
     assert_eq!(warnings.len(), 1, "log: {log:?}");
     assert!(warnings[0].contains("skipping corrupt WAL bytes"), "{log}");

@@ -7,37 +7,13 @@
 
 mod common;
 
-use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
 
+use common::log_capture::warnings_during;
 use common::{event, kind, runtime, small_config};
 use procmond_wal::wal::naming::segment_path;
 use procmond_wal::wal::recovery::read_dir;
 use procmond_wal::wal::{BackendChoice, Wal};
-
-/// A `tracing` writer that keeps what was logged.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
 
 #[test]
 fn cutting_a_torn_tail_is_logged_with_segment_offset_and_bytes() {
@@ -60,17 +36,9 @@ fn cutting_a_torn_tail_is_logged_with_segment_offset_and_bytes() {
     let torn = read_dir(dir.path()).unwrap().torn_tail_bytes;
     assert!(torn > 0);
 
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(captured.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::WARN)
-        .finish();
-    let (wal, report) =
-        tracing::subscriber::with_default(subscriber, || Wal::open(config.clone()).unwrap());
+    let ((wal, report), log) = warnings_during(|| Wal::open(config.clone()).unwrap());
     runtime().block_on(wal.close()).unwrap();
     assert_eq!(report.events, 5);
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let cuts: Vec<&str> = log
         .lines()
         .filter(|line| line.contains("cutting the torn tail"))

@@ -3,6 +3,8 @@
 //! io_uring backend (with a printed reason) where it cannot run.
 #![allow(dead_code)]
 
+pub mod log_capture;
+
 use std::path::Path;
 use std::sync::OnceLock;
 
