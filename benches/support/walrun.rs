@@ -85,10 +85,7 @@ pub async fn publish(
                     wal.append_batch(batch)
                         .await
                         .map_err(|e| BenchError::wal("append_batch", e))?;
-                    let latency = began.elapsed();
-                    for _ in 0..count {
-                        recorder.record(latency);
-                    }
+                    recorder.record_n(began.elapsed(), count);
                     done += count;
                 }
                 return Ok((done, recorder));
