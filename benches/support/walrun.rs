@@ -173,7 +173,7 @@ pub fn run(
 /// full size, so a run measures the steady state (next segment ready) rather than the
 /// one-off preparation at open competing with the first appends. The signal is the file
 /// itself: a second segment file at `segment_max_bytes` long.
-fn wait_for_prepared_segment(dir: &Path, segment_max_bytes: u64) -> BenchResult<()> {
+pub fn wait_for_prepared_segment(dir: &Path, segment_max_bytes: u64) -> BenchResult<()> {
     let give_up = Instant::now() + Duration::from_secs(60);
     loop {
         let segments = procmond_wal::wal::recovery::list_segments(dir)
