@@ -3,12 +3,15 @@
 //!
 //! On a terminal (stderr) it is an `indicatif` spinner line redrawn in place, and event lines
 //! printed meanwhile go above it; otherwise it is a plain log line on stderr every few
-//! seconds. Owns only presentation: the figures come from the caller.
+//! seconds. Log output (`tracing`) goes to stderr through [`StderrLogs`], which also puts each
+//! log line above the live line while there is one, so the two never tear each other. Owns
+//! only presentation: the figures come from the caller.
 
 use std::io::Write;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, WeakProgressBar};
 use procmond_wal::event_bus_connector::LinkState;
 
 /// How often the terminal line is redrawn.
@@ -82,6 +85,54 @@ pub fn plain_line(sample: &StatusSample) -> String {
     )
 }
 
+/// The live line being drawn, if any: log output is written above it. Weak, so a console
+/// dropped without `finish` does not keep its line (and its ticker) alive.
+static LIVE_LINE: Mutex<Option<WeakProgressBar>> = Mutex::new(None);
+
+fn live_line() -> Option<ProgressBar> {
+    LIVE_LINE
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .and_then(WeakProgressBar::upgrade)
+}
+
+fn set_live_line(bar: Option<&ProgressBar>) {
+    *LIVE_LINE.lock().unwrap_or_else(PoisonError::into_inner) = bar.map(ProgressBar::downgrade);
+}
+
+/// The log writer for `tracing_subscriber` (`.with_writer(StderrLogs)`): stderr, with the
+/// live status line (when one is drawn) cleared before each log line and redrawn after it.
+/// The formatter hands over each log line in one `write` call, so a line is never split.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StderrLogs;
+
+impl Write for StderrLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let write = || {
+            let mut err = std::io::stderr().lock();
+            err.write_all(buf).and_then(|()| err.flush())
+        };
+        match live_line() {
+            Some(bar) => bar.suspend(write)?,
+            None => write()?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for StderrLogs {
+    type Writer = StderrLogs;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        StderrLogs
+    }
+}
+
 /// Shows status samples and prints event lines without tearing the status line.
 #[derive(Debug, Clone)]
 pub struct Console {
@@ -97,6 +148,7 @@ impl Console {
                 .unwrap_or_else(|_| ProgressStyle::default_spinner());
             bar.set_style(style);
             bar.enable_steady_tick(TERMINAL_REFRESH);
+            set_live_line(Some(&bar));
             bar
         });
         Console { bar }
@@ -136,9 +188,10 @@ impl Console {
         }
     }
 
-    /// Removes the live line.
+    /// Removes the live line; log output goes straight to stderr again.
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
+            set_live_line(None);
             bar.finish_and_clear();
         }
     }
