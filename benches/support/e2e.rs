@@ -163,7 +163,9 @@ impl Drop for BrokerThread {
     }
 }
 
-fn connector_error(op: &'static str) -> impl Fn(procmond_wal::EventBusConnectorError) -> BenchError {
+fn connector_error(
+    op: &'static str,
+) -> impl Fn(procmond_wal::EventBusConnectorError) -> BenchError {
     move |e| BenchError::Runtime {
         op,
         detail: e.to_string(),

@@ -36,9 +36,9 @@ use tokio::task::JoinSet;
 mod progress;
 
 use super::histogram::Histogram;
-use progress::LoadProgress;
 use super::output::write_json_pretty;
 use super::{CliError, EXIT_OK, EXIT_PROBLEM, finish};
+use progress::LoadProgress;
 
 /// Arguments of `procmond-wal load`.
 #[derive(Debug, clap::Args)]

@@ -2,8 +2,8 @@
 //! snapshot type `stats()` returns. Relaxed atomics: each figure is individually exact; a
 //! snapshot is not a single instant across figures.
 
-use std::sync::{Mutex, PoisonError, TryLockError};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, PoisonError, TryLockError};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -251,7 +251,10 @@ mod tests {
                 "q {q}: {actual} µs, expected {expected}"
             );
         }
-        assert_eq!(latency_quantile_us(&LatencyHistogram::default().snapshot(), 0.5), 0);
+        assert_eq!(
+            latency_quantile_us(&LatencyHistogram::default().snapshot(), 0.5),
+            0
+        );
     }
 
     #[test]
@@ -259,7 +262,9 @@ mod tests {
         let histogram = LatencyHistogram::default();
         {
             // A reader holding the first half: the recorder uses the second.
-            let _held = histogram.halves[0].lock().unwrap_or_else(PoisonError::into_inner);
+            let _held = histogram.halves[0]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             histogram.record_us(100);
         }
         histogram.record_us(200);
@@ -267,8 +272,14 @@ mod tests {
         let snapshot = histogram.snapshot();
         assert_eq!(snapshot.len(), 3);
         assert_eq!(histogram.halves[1].lock().map(|h| h.len()).unwrap_or(0), 1);
-        assert!(within_one_percent(latency_quantile_us(&snapshot, 0.33), 100));
-        assert!(within_one_percent(latency_quantile_us(&snapshot, 0.66), 200));
+        assert!(within_one_percent(
+            latency_quantile_us(&snapshot, 0.33),
+            100
+        ));
+        assert!(within_one_percent(
+            latency_quantile_us(&snapshot, 0.66),
+            200
+        ));
         let top = latency_quantile_us(&snapshot, 1.0);
         assert!(within_one_percent(top, LATENCY_MAX_US), "{top}");
     }
