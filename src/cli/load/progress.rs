@@ -1,7 +1,8 @@
 //! The progress output of `load`, on stderr only (stdout carries the report or the `--json`
 //! object): on a terminal an `indicatif` bar redrawn in place, as `run`'s status line is;
-//! otherwise a plain line every [`PLAIN_INTERVAL`]. Owns only presentation: the count comes
-//! from the publishers.
+//! otherwise a plain line every [`PLAIN_INTERVAL`]. The bar is registered with
+//! [`crate::cli::logs`] while drawn, so log lines go above it. Owns only presentation: the
+//! count comes from the publishers.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -9,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::oneshot;
+
+use crate::cli::logs::set_live_line;
 
 /// How often the terminal bar is updated.
 pub const TERMINAL_REFRESH: Duration = Duration::from_millis(100);
@@ -50,6 +53,7 @@ impl LoadProgress {
                 .map(|style| style.progress_chars("## "))
                 .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style);
+            set_live_line(Some(&bar));
             bar
         });
         LoadProgress { bar, total }
@@ -88,6 +92,7 @@ impl LoadProgress {
             }
         }
         if let Some(bar) = &self.bar {
+            set_live_line(None);
             bar.finish_and_clear();
         }
     }

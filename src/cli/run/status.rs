@@ -3,16 +3,16 @@
 //!
 //! On a terminal (stderr) it is an `indicatif` spinner line redrawn in place, and event lines
 //! printed meanwhile go above it; otherwise it is a plain log line on stderr every few
-//! seconds. Log output (`tracing`) goes to stderr through [`StderrLogs`], which also puts each
-//! log line above the live line while there is one, so the two never tear each other. Owns
-//! only presentation: the figures come from the caller.
+//! seconds. The live line is registered with [`crate::cli::logs`], so log output goes above
+//! it instead of through it. Owns only presentation: the figures come from the caller.
 
 use std::io::Write;
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, WeakProgressBar};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use procmond_wal::event_bus_connector::LinkState;
+
+use crate::cli::logs::set_live_line;
 
 /// How often the terminal line is redrawn.
 pub const TERMINAL_REFRESH: Duration = Duration::from_millis(250);
@@ -83,54 +83,6 @@ pub fn plain_line(sample: &StatusSample) -> String {
         link_name(sample.link),
         sample.events_per_s
     )
-}
-
-/// The live line being drawn, if any: log output is written above it. Weak, so a console
-/// dropped without `finish` does not keep its line (and its ticker) alive.
-static LIVE_LINE: Mutex<Option<WeakProgressBar>> = Mutex::new(None);
-
-fn live_line() -> Option<ProgressBar> {
-    LIVE_LINE
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .as_ref()
-        .and_then(WeakProgressBar::upgrade)
-}
-
-fn set_live_line(bar: Option<&ProgressBar>) {
-    *LIVE_LINE.lock().unwrap_or_else(PoisonError::into_inner) = bar.map(ProgressBar::downgrade);
-}
-
-/// The log writer for `tracing_subscriber` (`.with_writer(StderrLogs)`): stderr, with the
-/// live status line (when one is drawn) cleared before each log line and redrawn after it.
-/// The formatter hands over each log line in one `write` call, so a line is never split.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StderrLogs;
-
-impl Write for StderrLogs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let write = || {
-            let mut err = std::io::stderr().lock();
-            err.write_all(buf).and_then(|()| err.flush())
-        };
-        match live_line() {
-            Some(bar) => bar.suspend(write)?,
-            None => write()?,
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for StderrLogs {
-    type Writer = StderrLogs;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        StderrLogs
-    }
 }
 
 /// Shows status samples and prints event lines without tearing the status line.
@@ -230,6 +182,7 @@ impl RateMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::logs::live_line;
 
     fn sample() -> StatusSample {
         StatusSample {
@@ -265,6 +218,24 @@ mod tests {
         });
         assert!(plain.contains("delivered=- "), "{plain}");
         assert!(plain.contains("backpressure=false link=backoff"), "{plain}");
+    }
+
+    #[test]
+    fn a_terminal_console_registers_its_line_until_finished() {
+        let _serial = crate::cli::logs::LIVE_LINE_TESTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        set_live_line(None);
+        let plain = Console::new(false);
+        assert!(live_line().is_none());
+        plain.finish();
+        let console = Console::new(true);
+        assert!(live_line().is_some());
+        console.finish();
+        assert!(live_line().is_none());
+        // Dropped without `finish` (an early return): the registration does not keep it.
+        drop(Console::new(true));
+        assert!(live_line().is_none());
     }
 
     #[test]
