@@ -31,7 +31,7 @@ const LATENCY_SIGNIFICANT_DIGITS: u8 = 2;
 /// of the two always succeeds. A snapshot adds both halves. Each half is allocated once, at
 /// its full size, so recording never allocates either.
 #[derive(Debug)]
-pub struct LatencyHistogram {
+pub(crate) struct LatencyHistogram {
     halves: [Mutex<Histogram<u64>>; 2],
     readers: Mutex<()>,
 }
@@ -92,7 +92,7 @@ impl LatencyHistogram {
 
 /// Latency quantile `q` (0..=1) of a snapshot in µs, within 1 % (the top of the value's
 /// bucket); 0 when empty.
-pub fn latency_quantile_us(histogram: &Histogram<u64>, q: f64) -> u64 {
+pub(crate) fn latency_quantile_us(histogram: &Histogram<u64>, q: f64) -> u64 {
     if histogram.is_empty() {
         return 0;
     }
@@ -100,7 +100,7 @@ pub fn latency_quantile_us(histogram: &Histogram<u64>, q: f64) -> u64 {
 }
 
 /// A snapshot folded into log2 buckets: bucket i counts [2^i, 2^(i+1)) µs.
-pub fn log2_buckets(histogram: &Histogram<u64>) -> [u64; LATENCY_BUCKETS] {
+pub(crate) fn log2_buckets(histogram: &Histogram<u64>) -> [u64; LATENCY_BUCKETS] {
     let mut buckets = [0u64; LATENCY_BUCKETS];
     for value in histogram.iter_recorded() {
         // Every value in an hdrhistogram bucket has the same log2 once the bucket is narrower
