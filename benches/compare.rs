@@ -10,7 +10,13 @@
 //! - `PROCMOND_WAL_BENCH_BACKEND`: `uring` (default), `portable` or `both`.
 //! - `PROCMOND_WAL_BENCH_SIZES`, `PROCMOND_WAL_BENCH_PUBLISHERS`: comma lists.
 //! - `PROCMOND_WAL_BENCH_WINDOW`: appends in flight per pipelined publisher (default 64).
-//! - `PROCMOND_WAL_BENCH_SECTIONS`: any of `targets,disk,matrix,replay,sweep` (default all).
+//! - `PROCMOND_WAL_BENCH_SECTIONS`: any of `targets,disk,matrix,replay,sweep,e2e` (default
+//!   all). `e2e`: publish → broker acknowledgement through the event bus connector against
+//!   the reference broker (on its own thread and runtime in this process), each run right
+//!   after the same workload on the WAL alone; `PROCMOND_WAL_BENCH_E2E_SIZES` (default
+//!   `256,4096`), `PROCMOND_WAL_BENCH_E2E_PUBLISHERS` (default `1,16`) and
+//!   `PROCMOND_WAL_BENCH_E2E_MODES` (`await,batch`; `batch` = WINDOW events per call).
+//!   Quick end-to-end only: `PROCMOND_WAL_BENCH_SECTIONS=e2e cargo bench --bench compare`.
 //! - `PROCMOND_WAL_BENCH_SYSTEMS`: matrix systems, any of `wal,naive,okaywal` (default all);
 //!   `PROCMOND_WAL_BENCH_MODES`: WAL publisher modes, any of `await,pipelined,batch` (default
 //!   all; `batch` = `append_batch` of WINDOW events, awaited).
@@ -32,6 +38,7 @@ use procmond_wal::wal::BackendChoice;
 use serde::Serialize;
 
 use support::disk::{DiskResult, FileState, human_bytes, write_sync_loop};
+use support::e2e::EndToEndResult;
 use support::events::{EVENT_SIZES_BYTES, event_of_size};
 use support::walrun::{ReplayResult, base_config, preallocation_name};
 use support::{
@@ -40,6 +47,12 @@ use support::{
 };
 
 const PUBLISHER_COUNTS: [usize; 4] = [1, 4, 16, 64];
+const SECTIONS: [&str; 6] = ["targets", "disk", "matrix", "replay", "sweep", "e2e"];
+/// End to end: the sizes and publisher counts the connector is measured at by default.
+const E2E_SIZES: [usize; 2] = [256, 4096];
+const E2E_PUBLISHERS: [usize; 2] = [1, 16];
+/// End-to-end events/s must reach this share of the WAL alone at 16 publishers.
+const E2E_REQUIRED_RATIO: f64 = 0.7;
 const MIB: u64 = 1024 * 1024;
 
 struct Settings {
@@ -56,6 +69,10 @@ struct Settings {
     systems: Vec<String>,
     /// The WAL's publisher modes in the matrix: `await`, `pipelined`, `batch`.
     modes: Vec<String>,
+    /// End to end: event sizes, publisher counts and publisher modes (`await`, `batch`).
+    e2e_sizes: Vec<usize>,
+    e2e_publishers: Vec<usize>,
+    e2e_modes: Vec<String>,
     /// Byte budget of one throughput run (bounds disk use on fast systems).
     run_max_bytes: u64,
     /// Log bytes replayed per measurement.
@@ -74,20 +91,16 @@ impl Settings {
             Ok(value) => {
                 let sections: Vec<String> =
                     value.split(',').map(|s| s.trim().to_string()).collect();
-                if let Some(bad) = sections.iter().find(|s| {
-                    !["targets", "disk", "matrix", "replay", "sweep"].contains(&s.as_str())
-                }) {
+                if let Some(bad) = sections.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
                     return Err(BenchError::Setting {
                         name: "PROCMOND_WAL_BENCH_SECTIONS",
                         value: bad.clone(),
-                        expected: "a comma list of targets, disk, matrix, replay, sweep",
+                        expected: "a comma list of targets, disk, matrix, replay, sweep, e2e",
                     });
                 }
                 sections
             }
-            Err(_) => ["targets", "disk", "matrix", "replay", "sweep"]
-                .map(String::from)
-                .to_vec(),
+            Err(_) => SECTIONS.map(String::from).to_vec(),
         };
         let window = list_from_env("PROCMOND_WAL_BENCH_WINDOW", &[64])?[0];
         let systems = names_from_env("PROCMOND_WAL_BENCH_SYSTEMS", &["wal", "naive", "okaywal"])?;
@@ -103,6 +116,9 @@ impl Settings {
             sections,
             systems,
             modes,
+            e2e_sizes: list_from_env("PROCMOND_WAL_BENCH_E2E_SIZES", &E2E_SIZES)?,
+            e2e_publishers: list_from_env("PROCMOND_WAL_BENCH_E2E_PUBLISHERS", &E2E_PUBLISHERS)?,
+            e2e_modes: names_from_env("PROCMOND_WAL_BENCH_E2E_MODES", &["await", "batch"])?,
             run_max_bytes: if full { 4096 * MIB } else { 512 * MIB },
             replay_max_bytes: if full { 1024 * MIB } else { 256 * MIB },
             label: label_from_env()?,
@@ -216,6 +232,10 @@ struct Report {
     sweeps: Vec<RunResult>,
     sweep_summary: Vec<SweepSummary>,
     target_rounds: Vec<TargetRound>,
+    /// End to end: each connector run with the WAL-only run right before it.
+    e2e_rounds: Vec<EndToEndRound>,
+    /// End to end: medians over rounds per cell.
+    e2e: Vec<EndToEndSummary>,
     targets: Vec<TargetRow>,
 }
 
@@ -244,6 +264,8 @@ fn run() -> BenchResult<()> {
         sweeps: Vec::new(),
         sweep_summary: Vec::new(),
         target_rounds: Vec::new(),
+        e2e_rounds: Vec::new(),
+        e2e: Vec::new(),
         targets: Vec::new(),
     };
     println!(
@@ -268,6 +290,11 @@ fn run() -> BenchResult<()> {
     }
     if settings.wants("sweep") {
         (report.sweeps, report.sweep_summary) = sweeps(&settings)?;
+    }
+    if settings.wants("e2e") {
+        report.e2e_rounds = end_to_end_rounds(&settings)?;
+        report.e2e = end_to_end_summaries(&report.e2e_rounds);
+        print_end_to_end(&report.e2e);
     }
     report.targets = targets(&report, &settings);
     print_targets(&report.targets);
@@ -838,6 +865,46 @@ fn targets(report: &Report, settings: &Settings) -> Vec<TargetRow> {
                 });
             }
         }
+        for summary in report
+            .e2e
+            .iter()
+            .filter(|s| s.backend == backend && s.publishers == 16)
+        {
+            let measured = report
+                .e2e_rounds
+                .iter()
+                .filter(|r| {
+                    r.backend == summary.backend
+                        && r.mode == summary.mode
+                        && r.event_bytes == summary.event_bytes
+                        && r.publishers == summary.publishers
+                })
+                .map(|r| {
+                    format!(
+                        "{:.0}/{:.0}",
+                        r.end_to_end.acked_events_per_s, r.wal_only.events_per_s
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            rows.push(TargetRow {
+                target: format!(
+                    "end to end, {} B × 16 {} pubs: acked events/s ÷ WAL-only events/s",
+                    summary.event_bytes,
+                    if summary.mode == "batch" {
+                        "batching"
+                    } else {
+                        "awaiting"
+                    }
+                ),
+                backend: backend.clone(),
+                measured,
+                ratio: summary.acked_vs_wal_only,
+                required: E2E_REQUIRED_RATIO,
+                at_most: false,
+                met: summary.acked_vs_wal_only >= E2E_REQUIRED_RATIO,
+            });
+        }
         for replay in report.replay.iter().filter(|r| r.backend == backend) {
             rows.push(TargetRow {
                 target: format!(
@@ -854,6 +921,251 @@ fn targets(report: &Report, settings: &Settings) -> Vec<TargetRow> {
         }
     }
     rows
+}
+
+/// One end-to-end measurement: the WAL alone, then the connector to the broker, with the
+/// same workload, back to back.
+#[derive(Debug, Serialize)]
+struct EndToEndRound {
+    backend: String,
+    round: usize,
+    mode: String,
+    event_bytes: usize,
+    publishers: usize,
+    wal_only: RunResult,
+    end_to_end: EndToEndResult,
+    /// Acknowledged events/s ÷ the WAL alone's durable events/s.
+    acked_vs_wal_only: f64,
+    /// CPU time of this process (every thread: publishers, ring, broker) per event, in µs,
+    /// over the whole run including open and close: the WAL alone, and end to end.
+    wal_only_cpu_us_per_event: f64,
+    end_to_end_cpu_us_per_event: f64,
+}
+
+/// Medians over the rounds of one end-to-end cell.
+#[derive(Debug, Serialize)]
+struct EndToEndSummary {
+    backend: String,
+    mode: String,
+    event_bytes: usize,
+    publishers: usize,
+    batch_events: usize,
+    rounds: usize,
+    wal_only_events_per_s: f64,
+    durable_events_per_s: f64,
+    acked_events_per_s: f64,
+    /// Median of the per-round ratios.
+    acked_vs_wal_only: f64,
+    wal_only_p50_us: f64,
+    wal_only_p99_us: f64,
+    durable_p50_us: f64,
+    durable_p99_us: f64,
+    ack_p50_us: f64,
+    ack_p99_us: f64,
+    ack_p999_us: f64,
+    wal_only_cpu_us_per_event: f64,
+    end_to_end_cpu_us_per_event: f64,
+    spilled_total: u64,
+}
+
+fn end_to_end_rounds(settings: &Settings) -> BenchResult<Vec<EndToEndRound>> {
+    println!(
+        "\n## End to end: publish → broker acknowledgement vs the WAL alone ({} interleaved rounds)",
+        settings.rounds
+    );
+    println!(
+        "{:<9} {:>5} {:<6} {:>6} {:>4} {:>12} {:>12} {:>12} {:>7} {:>9} {:>9} {:>9}",
+        "backend",
+        "round",
+        "mode",
+        "bytes",
+        "pubs",
+        "WAL ev/s",
+        "durable ev/s",
+        "acked ev/s",
+        "ratio",
+        "WAL p50",
+        "ack p50",
+        "ack p99"
+    );
+    let mut rounds = Vec::new();
+    let mut events = Vec::new();
+    for &bytes in &settings.e2e_sizes {
+        events.push((bytes, event_of_size(bytes)?));
+    }
+    for &backend in &settings.backends {
+        for round in 0..settings.rounds {
+            for (event_bytes, event) in &events {
+                for &publishers in &settings.e2e_publishers {
+                    for mode in &settings.e2e_modes {
+                        let workload = settings.mode_workload(*event_bytes, publishers, mode);
+                        let wal_dir = scratch_dir("e2e-wal-")?;
+                        let cpu_before = process_cpu_s();
+                        let mut wal_only = support::walrun::run(
+                            base_config(wal_dir.path(), backend),
+                            "",
+                            &workload,
+                            event,
+                        )?;
+                        let wal_only_cpu_s = process_cpu_s() - cpu_before;
+                        drop(wal_dir);
+                        wal_only.round = round + 1;
+                        let connector_dir = scratch_dir("e2e-connector-")?;
+                        // Socket paths are limited to 107 bytes: keep the socket in /tmp.
+                        let socket_dir = tempfile::Builder::new()
+                            .prefix("pwb")
+                            .tempdir_in("/tmp")
+                            .map_err(|e| {
+                                BenchError::io("create socket directory", "/tmp".as_ref(), e)
+                            })?;
+                        let cpu_before = process_cpu_s();
+                        let mut end_to_end = support::e2e::run(
+                            base_config(connector_dir.path(), backend),
+                            socket_dir.path(),
+                            &workload,
+                            event,
+                        )?;
+                        let end_to_end_cpu_s = process_cpu_s() - cpu_before;
+                        end_to_end.round = round + 1;
+                        let ratio = end_to_end.acked_events_per_s / wal_only.events_per_s;
+                        let wal_only_cpu_us_per_event =
+                            wal_only_cpu_s * 1e6 / wal_only.events.max(1) as f64;
+                        let end_to_end_cpu_us_per_event =
+                            end_to_end_cpu_s * 1e6 / end_to_end.events.max(1) as f64;
+                        println!(
+                            "{:<9} {:>5} {:<6} {:>6} {:>4} {:>12.0} {:>12.0} {:>12.0} {:>7.2} {:>9.0} {:>9.0} {:>9.0}",
+                            backend_name(backend),
+                            round + 1,
+                            mode,
+                            event_bytes,
+                            publishers,
+                            wal_only.events_per_s,
+                            end_to_end.durable_events_per_s,
+                            end_to_end.acked_events_per_s,
+                            ratio,
+                            wal_only.latency.p50_us,
+                            end_to_end.ack_latency.p50_us,
+                            end_to_end.ack_latency.p99_us,
+                        );
+                        rounds.push(EndToEndRound {
+                            backend: backend_name(backend),
+                            round: round + 1,
+                            mode: mode.clone(),
+                            event_bytes: *event_bytes,
+                            publishers,
+                            wal_only,
+                            end_to_end,
+                            acked_vs_wal_only: ratio,
+                            wal_only_cpu_us_per_event,
+                            end_to_end_cpu_us_per_event,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(rounds)
+}
+
+/// User + system CPU seconds of this process so far (all threads); 0 if unavailable.
+fn process_cpu_s() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a complete `rusage` into the pointer on success; on failure
+    // it writes nothing and the zeroed value (all fields integers) is still valid.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+fn end_to_end_summaries(rounds: &[EndToEndRound]) -> Vec<EndToEndSummary> {
+    let mut summaries: Vec<EndToEndSummary> = Vec::new();
+    for first in rounds {
+        let same_cell = |r: &&EndToEndRound| {
+            r.backend == first.backend
+                && r.mode == first.mode
+                && r.event_bytes == first.event_bytes
+                && r.publishers == first.publishers
+        };
+        if summaries.iter().any(|s| {
+            s.backend == first.backend
+                && s.mode == first.mode
+                && s.event_bytes == first.event_bytes
+                && s.publishers == first.publishers
+        }) {
+            continue;
+        }
+        let cell: Vec<&EndToEndRound> = rounds.iter().filter(same_cell).collect();
+        let pick = |f: fn(&EndToEndRound) -> f64| median(cell.iter().map(|r| f(r)).collect());
+        summaries.push(EndToEndSummary {
+            backend: first.backend.clone(),
+            mode: first.mode.clone(),
+            event_bytes: first.event_bytes,
+            publishers: first.publishers,
+            batch_events: first.end_to_end.batch_events,
+            rounds: cell.len(),
+            wal_only_events_per_s: pick(|r| r.wal_only.events_per_s),
+            durable_events_per_s: pick(|r| r.end_to_end.durable_events_per_s),
+            acked_events_per_s: pick(|r| r.end_to_end.acked_events_per_s),
+            acked_vs_wal_only: pick(|r| r.acked_vs_wal_only),
+            wal_only_p50_us: pick(|r| r.wal_only.latency.p50_us),
+            wal_only_p99_us: pick(|r| r.wal_only.latency.p99_us),
+            durable_p50_us: pick(|r| r.end_to_end.durable_latency.p50_us),
+            durable_p99_us: pick(|r| r.end_to_end.durable_latency.p99_us),
+            ack_p50_us: pick(|r| r.end_to_end.ack_latency.p50_us),
+            ack_p99_us: pick(|r| r.end_to_end.ack_latency.p99_us),
+            ack_p999_us: pick(|r| r.end_to_end.ack_latency.p999_us),
+            wal_only_cpu_us_per_event: pick(|r| r.wal_only_cpu_us_per_event),
+            end_to_end_cpu_us_per_event: pick(|r| r.end_to_end_cpu_us_per_event),
+            spilled_total: cell.iter().map(|r| r.end_to_end.spilled_total).sum(),
+        });
+    }
+    summaries
+}
+
+fn print_end_to_end(summaries: &[EndToEndSummary]) {
+    if summaries.is_empty() {
+        return;
+    }
+    println!(
+        "\n## End-to-end summary (medians over rounds; ratio = median of per-round ratios; latencies µs; CPU µs per event, whole process)"
+    );
+    println!(
+        "{:<9} {:<6} {:>6} {:>4} {:>12} {:>12} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "backend",
+        "mode",
+        "bytes",
+        "pubs",
+        "WAL ev/s",
+        "acked ev/s",
+        "ratio",
+        "WAL p50",
+        "dur. p50",
+        "ack p50",
+        "ack p99",
+        "WAL cpu",
+        "e2e cpu"
+    );
+    for s in summaries {
+        println!(
+            "{:<9} {:<6} {:>6} {:>4} {:>12.0} {:>12.0} {:>7.2} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.2} {:>9.2}",
+            s.backend,
+            s.mode,
+            s.event_bytes,
+            s.publishers,
+            s.wal_only_events_per_s,
+            s.acked_events_per_s,
+            s.acked_vs_wal_only,
+            s.wal_only_p50_us,
+            s.durable_p50_us,
+            s.ack_p50_us,
+            s.ack_p99_us,
+            s.wal_only_cpu_us_per_event,
+            s.end_to_end_cpu_us_per_event
+        );
+    }
 }
 
 fn print_targets(rows: &[TargetRow]) {

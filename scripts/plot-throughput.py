@@ -5,11 +5,16 @@
   per event size, for this WAL (each backend and mode) and the references (naive WAL,
   okaywal, and the disk's 1 MiB write+fdatasync limit converted to events of that size).
 - With --markdown, the tables of docs/benchmarks.md (machine, targets, matrix, disk, replay,
-  sweeps) generated from the same report, so the prose and the numbers cannot drift apart.
+  sweeps, end to end) generated from the same report, so the prose and the numbers cannot
+  drift apart.
+- With --e2e-svg, a plot of the end-to-end section: per event size, for each publisher mode
+  and count, the WAL alone's durable events/s next to the connector's broker-acknowledged
+  events/s (medians over rounds as bars, every round as a dot), with the median ratio.
 
 Standard library only (no matplotlib): the SVG is written by hand.
 
 Usage: scripts/plot-throughput.py REPORT.json [--svg OUT.svg] [--markdown OUT.md]
+                                   [--e2e-svg OUT.svg]
 """
 
 import argparse
@@ -170,6 +175,133 @@ def render_svg(report):
     return "\n".join(out) + "\n"
 
 
+E2E_COLOURS = {"wal_only": "#1f77b4", "end_to_end": "#d62728"}
+
+
+def render_e2e_svg(report):
+    """Bars of WAL-only vs end-to-end events/s per cell (log scale), one panel per size."""
+    summaries = report.get("e2e") or []
+    rounds = report.get("e2e_rounds") or []
+    if not summaries:
+        sys.exit("the report has no end-to-end runs (section 'e2e')")
+    backends = sorted({s["backend"] for s in summaries})
+    sizes = sorted({s["event_bytes"] for s in summaries})
+    cells = sorted(
+        {(s["mode"], s["publishers"]) for s in summaries},
+        key=lambda c: (c[0] != "await", c[1]),
+    )
+    panel_w = max(PANEL_W, 90 * len(cells) + MARGIN_L + MARGIN_R)
+    panels = [(b, size) for b in backends for size in sizes]
+    width = panel_w * len(panels)
+    height = PANEL_H + 90
+    values = [s["wal_only_events_per_s"] for s in summaries]
+    values += [s["acked_events_per_s"] for s in summaries]
+    values += [r["wal_only"]["events_per_s"] for r in rounds]
+    values += [r["end_to_end"]["acked_events_per_s"] for r in rounds]
+    values = [v for v in values if v > 0]
+    y_lo = 10 ** math.floor(math.log10(min(values)))
+    y_hi = 10 ** math.ceil(math.log10(max(values)))
+    m = report["machine"]
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13" font-weight="bold">'
+        f"End to end (publish → broker ack) vs the WAL alone: events/s, median of "
+        f"{max((s['rounds'] for s in summaries), default=0)} rounds "
+        f"({escape(m['filesystem'])}, {m['cpus']} CPUs, commit {escape(m['commit'])})</text>",
+    ]
+    for index, (backend, size) in enumerate(panels):
+        x0 = index * panel_w + MARGIN_L
+        y0 = 20 + MARGIN_T
+        plot_w = panel_w - MARGIN_L - MARGIN_R
+        plot_h = PANEL_H - MARGIN_T - MARGIN_B
+
+        def py(v):
+            frac = (math.log10(max(v, y_lo)) - math.log10(y_lo)) / (math.log10(y_hi) - math.log10(y_lo))
+            return y0 + plot_h - frac * plot_h
+
+        out.append(
+            f'<text x="{x0 + plot_w / 2}" y="{y0 - 8}" text-anchor="middle" font-weight="bold">'
+            f"{size} B events, {escape(backend)}</text>"
+        )
+        out.append(f'<rect x="{x0}" y="{y0}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#888"/>')
+        decade = y_lo
+        while decade <= y_hi * 1.001:
+            y = py(decade)
+            out.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + plot_w}" y2="{y:.1f}" stroke="#eee"/>')
+            out.append(f'<text x="{x0 - 4}" y="{y + 4:.1f}" text-anchor="end">{human(decade)}</text>')
+            decade *= 10
+        if index == 0:
+            out.append(
+                f'<text transform="translate({x0 - 48},{y0 + plot_h / 2}) rotate(-90)" '
+                f'text-anchor="middle">events/s</text>'
+            )
+        slot = plot_w / len(cells)
+        bar_w = min(28, slot / 3)
+        for c, (mode, publishers) in enumerate(cells):
+            summary = next(
+                (
+                    s
+                    for s in summaries
+                    if s["backend"] == backend
+                    and s["event_bytes"] == size
+                    and s["mode"] == mode
+                    and s["publishers"] == publishers
+                ),
+                None,
+            )
+            centre = x0 + slot * (c + 0.5)
+            label = f"{publishers} {'awaiting' if mode == 'await' else 'batching'}"
+            out.append(f'<text x="{centre:.1f}" y="{y0 + plot_h + 14}" text-anchor="middle">{label}</text>')
+            if summary is None:
+                continue
+            cell_rounds = [
+                r
+                for r in rounds
+                if r["backend"] == backend
+                and r["event_bytes"] == size
+                and r["mode"] == mode
+                and r["publishers"] == publishers
+            ]
+            for offset, key, median, per_round in (
+                (-1, "wal_only", summary["wal_only_events_per_s"], [r["wal_only"]["events_per_s"] for r in cell_rounds]),
+                (0, "end_to_end", summary["acked_events_per_s"], [r["end_to_end"]["acked_events_per_s"] for r in cell_rounds]),
+            ):
+                x = centre + offset * (bar_w + 2) + 1
+                top = py(median)
+                colour = E2E_COLOURS[key]
+                out.append(
+                    f'<rect x="{x:.1f}" y="{top:.1f}" width="{bar_w:.1f}" height="{y0 + plot_h - top:.1f}" '
+                    f'fill="{colour}" fill-opacity="0.55" stroke="{colour}"/>'
+                )
+                for v in per_round:
+                    out.append(f'<circle cx="{x + bar_w / 2:.1f}" cy="{py(v):.1f}" r="2.2" fill="{colour}"/>')
+            tops = [summary["wal_only_events_per_s"], summary["acked_events_per_s"]]
+            tops += [r["wal_only"]["events_per_s"] for r in cell_rounds]
+            tops += [r["end_to_end"]["acked_events_per_s"] for r in cell_rounds]
+            ratio_y = min(py(v) for v in tops if v > 0) - 6
+            out.append(
+                f'<text x="{centre:.1f}" y="{max(ratio_y, y0 + 10):.1f}" text-anchor="middle" '
+                f'font-weight="bold">{summary["acked_vs_wal_only"]:.2f}×</text>'
+            )
+    legend_y = 20 + PANEL_H + 14
+    entries = [
+        (E2E_COLOURS["wal_only"], "WAL alone: durable events/s (same workload, run just before)"),
+        (E2E_COLOURS["end_to_end"], "connector → reference broker: acknowledged events/s"),
+    ]
+    for i, (colour, label) in enumerate(entries):
+        y = legend_y + i * 18
+        out.append(f'<rect x="20" y="{y - 8}" width="22" height="10" fill="{colour}" fill-opacity="0.55" stroke="{colour}"/>')
+        out.append(f'<text x="48" y="{y + 1}">{escape(label)}</text>')
+    out.append(
+        f'<text x="20" y="{legend_y + 2 * 18 + 1}">bars: medians; dots: each round; '
+        f"label: median of the per-round ratios (acknowledged ÷ WAL alone)</text>"
+    )
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
 def human(value):
     for unit, scale in (("M", 1e6), ("k", 1e3)):
         if value >= scale:
@@ -238,6 +370,21 @@ def markdown(report):
                 f"{lat['p50_us']:.0f} | {lat['p99_us']:.0f} | {lat['p999_us']:.0f} | {rps} |"
             )
         lines.append("")
+    if report.get("e2e"):
+        lines += [
+            "| backend | mode | event B | publishers | WAL alone events/s | end-to-end acked events/s | ratio (median) | WAL p50 µs | durable p50 µs | ack p50 µs | ack p99 µs | ack p99.9 µs | CPU µs/event WAL alone | CPU µs/event end to end | spilled |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for s in report["e2e"]:
+            mode = "awaiting" if s["mode"] == "await" else f"batches of {s['batch_events']}"
+            lines.append(
+                f"| {s['backend']} | {mode} | {s['event_bytes']} | {s['publishers']} | "
+                f"{s['wal_only_events_per_s']:.0f} | {s['acked_events_per_s']:.0f} | {s['acked_vs_wal_only']:.2f} | "
+                f"{s['wal_only_p50_us']:.0f} | {s['durable_p50_us']:.0f} | {s['ack_p50_us']:.0f} | "
+                f"{s['ack_p99_us']:.0f} | {s['ack_p999_us']:.0f} | {s['wal_only_cpu_us_per_event']:.2f} | "
+                f"{s['end_to_end_cpu_us_per_event']:.2f} | {s['spilled_total']} |"
+            )
+        lines.append("")
     if report["replay"]:
         lines += [
             "| replay | event B | events | events/s | log MB/s | event MB/s | whole-dir log MB/s |",
@@ -257,6 +404,7 @@ def main():
     parser.add_argument("report", help="compare-*.json written by `cargo bench --bench compare`")
     parser.add_argument("--svg", help="write the throughput plot here")
     parser.add_argument("--markdown", help="write the markdown tables here")
+    parser.add_argument("--e2e-svg", help="write the end-to-end plot here")
     args = parser.parse_args()
     try:
         with open(args.report) as handle:
@@ -271,7 +419,11 @@ def main():
         with open(args.markdown, "w") as handle:
             handle.write(markdown(report))
         print(f"wrote {args.markdown}")
-    if not args.svg and not args.markdown:
+    if args.e2e_svg:
+        with open(args.e2e_svg, "w") as handle:
+            handle.write(render_e2e_svg(report))
+        print(f"wrote {args.e2e_svg}")
+    if not args.svg and not args.markdown and not args.e2e_svg:
         print(markdown(report))
 
 

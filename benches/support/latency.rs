@@ -1,52 +1,82 @@
-//! Per-operation latency samples and their exact percentiles (criterion reports means and
-//! confidence intervals, not p99.9). Each publisher records into its own bounded buffer;
-//! the buffers are merged and sorted once after the run.
+//! Per-operation latencies and their percentiles (criterion reports means and confidence
+//! intervals, not p99.9). Each publisher records into its own `hdrhistogram` (not `Sync`, so
+//! one per publisher, nothing shared while measuring); the histograms are merged once after
+//! the run. Every sample counts, however long the run: memory depends on the range of values,
+//! not on their number.
 
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
-/// Samples kept per recorder: enough for p99.9 to rest on 1000+ samples, small enough that a
-/// long run cannot grow memory without bound (later samples are dropped, not the run).
-pub const MAX_SAMPLES_PER_RECORDER: usize = 1 << 20;
+/// Significant decimal digits kept: any recorded value is known within 0.1 %.
+const SIGNIFICANT_DIGITS: u8 = 3;
 
-/// A bounded buffer of latencies in nanoseconds.
-#[derive(Debug, Default)]
+/// Latencies in nanoseconds.
+#[derive(Debug, Clone)]
 pub struct LatencyRecorder {
-    samples_ns: Vec<u64>,
+    histogram_ns: Histogram<u64>,
+    /// The largest sample, exactly (the histogram knows it only within its precision).
+    max_ns: u64,
+}
+
+impl Default for LatencyRecorder {
+    fn default() -> Self {
+        // Auto-resizing from 1 ns: it grows to cover whatever is recorded and never saturates.
+        let histogram_ns = Histogram::new(SIGNIFICANT_DIGITS)
+            .expect("3 significant digits is within hdrhistogram's 0..=5");
+        LatencyRecorder {
+            histogram_ns,
+            max_ns: 0,
+        }
+    }
 }
 
 impl LatencyRecorder {
-    /// Records one latency (dropped once the buffer is full).
+    /// Records one latency.
     pub fn record(&mut self, latency: Duration) {
-        if self.samples_ns.len() < MAX_SAMPLES_PER_RECORDER {
-            self.samples_ns
-                .push(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
+        self.record_n(latency, 1);
+    }
+
+    /// Records `count` operations that each took `latency` (a batch's events).
+    pub fn record_n(&mut self, latency: Duration, count: u64) {
+        let value_ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        // Auto-resize makes every value up to 2^63 recordable; only larger ones saturate.
+        // (`saturating_record_n` would clamp to the current size instead of growing.)
+        if self.histogram_ns.record_n(value_ns, count).is_err() {
+            self.histogram_ns.saturating_record_n(value_ns, count);
         }
+        self.max_ns = self.max_ns.max(value_ns);
     }
 
-    /// Moves another recorder's samples into this one.
+    /// Adds another recorder's samples to this one.
     pub fn merge(&mut self, other: LatencyRecorder) {
-        self.samples_ns.extend(other.samples_ns);
+        // Both auto-resize, so adding cannot run out of range.
+        let _ = self.histogram_ns.add(&other.histogram_ns);
+        self.max_ns = self.max_ns.max(other.max_ns);
     }
 
-    /// Exact percentiles of everything recorded.
-    pub fn summary(mut self) -> LatencySummary {
-        self.samples_ns.sort_unstable();
-        let samples = &self.samples_ns;
+    /// Samples recorded.
+    pub fn samples(&self) -> u64 {
+        self.histogram_ns.len()
+    }
+
+    /// Percentiles of everything recorded (0 when nothing was).
+    pub fn summary(self) -> LatencySummary {
+        let histogram = &self.histogram_ns;
         let at = |q: f64| -> f64 {
-            if samples.is_empty() {
+            if histogram.is_empty() {
                 return 0.0;
             }
-            let rank = ((samples.len() as f64) * q).ceil() as usize;
-            samples[rank.clamp(1, samples.len()) - 1] as f64 / 1000.0
+            // The upper end of the sample's bucket, never above the largest sample seen.
+            histogram.value_at_quantile(q).min(self.max_ns) as f64 / 1000.0
         };
         LatencySummary {
-            samples: samples.len() as u64,
+            samples: histogram.len(),
             p50_us: at(0.50),
             p99_us: at(0.99),
             p999_us: at(0.999),
-            max_us: at(1.0),
+            max_us: self.max_ns as f64 / 1000.0,
         }
     }
 }

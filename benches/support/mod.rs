@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod disk;
+pub mod e2e;
 pub mod events;
 pub mod latency;
 pub mod naive;

@@ -85,10 +85,7 @@ pub async fn publish(
                     wal.append_batch(batch)
                         .await
                         .map_err(|e| BenchError::wal("append_batch", e))?;
-                    let latency = began.elapsed();
-                    for _ in 0..count {
-                        recorder.record(latency);
-                    }
+                    recorder.record_n(began.elapsed(), count);
                     done += count;
                 }
                 return Ok((done, recorder));
@@ -176,7 +173,7 @@ pub fn run(
 /// full size, so a run measures the steady state (next segment ready) rather than the
 /// one-off preparation at open competing with the first appends. The signal is the file
 /// itself: a second segment file at `segment_max_bytes` long.
-fn wait_for_prepared_segment(dir: &Path, segment_max_bytes: u64) -> BenchResult<()> {
+pub fn wait_for_prepared_segment(dir: &Path, segment_max_bytes: u64) -> BenchResult<()> {
     let give_up = Instant::now() + Duration::from_secs(60);
     loop {
         let segments = procmond_wal::wal::recovery::list_segments(dir)

@@ -33,9 +33,12 @@ use serde::Serialize;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::JoinSet;
 
+mod progress;
+
 use super::histogram::Histogram;
 use super::output::write_json_pretty;
 use super::{CliError, EXIT_OK, EXIT_PROBLEM, finish};
+use progress::LoadProgress;
 
 /// Arguments of `procmond-wal load`.
 #[derive(Debug, clap::Args)]
@@ -471,15 +474,14 @@ async fn drive(
 ) -> Result<Measured, CliError> {
     let completed = Arc::new(AtomicU64::new(0));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let progress = std::io::stderr()
-        .is_terminal()
-        .then(|| tokio::spawn(progress_bar(Arc::clone(&completed), args.events, done_rx)));
+    let progress = LoadProgress::new(args.events, std::io::stderr().is_terminal());
+    let progress_task = tokio::spawn(progress.clone().run(Arc::clone(&completed), done_rx));
 
     // Ctrl-C stops new appends; what is in flight still completes and is verified, and the
     // temporary directory is removed. A second Ctrl-C exits at once.
     let stop = Arc::new(AtomicBool::new(false));
-    let interrupt =
-        interrupts.map(|signals| tokio::spawn(watch_interrupt(signals, Arc::clone(&stop))));
+    let interrupt = interrupts
+        .map(|signals| tokio::spawn(watch_interrupt(signals, Arc::clone(&stop), progress)));
     let template = Arc::new(template);
     let inflight = usize::try_from(args.inflight).unwrap_or(usize::MAX);
     let started = Instant::now();
@@ -522,9 +524,7 @@ async fn drive(
     }
     let stats = wal.stats();
     let _ = done_tx.send(());
-    if let Some(progress) = progress {
-        let _ = progress.await;
-    }
+    let _ = progress_task.await;
     let closed = wal.close().await;
     if let Some(failure) = failure {
         return Err(failure);
@@ -577,19 +577,13 @@ async fn publish(
     Ok(histogram)
 }
 
-async fn watch_interrupt(mut interrupts: Signal, stop: Arc<AtomicBool>) {
+async fn watch_interrupt(mut interrupts: Signal, stop: Arc<AtomicBool>, progress: LoadProgress) {
     if interrupts.recv().await.is_none() {
         return;
     }
     stop.store(true, Relaxed);
-    // Start a fresh line when the progress bar is on it.
-    let newline = if std::io::stderr().is_terminal() {
-        "\n"
-    } else {
-        ""
-    };
-    eprintln!(
-        "{newline}procmond-wal load: interrupted; finishing the appends in flight (Ctrl-C again to quit now)"
+    progress.note(
+        "procmond-wal load: interrupted; finishing the appends in flight (Ctrl-C again to quit now)",
     );
     if interrupts.recv().await.is_some() {
         std::process::exit(i32::from(EXIT_INTERRUPTED));
@@ -601,41 +595,6 @@ fn receipt_latency(
 ) -> Result<Duration, WalError> {
     // A receipt task only awaits a channel; if it is gone the log is gone.
     joined.unwrap_or(Err(WalError::Closed))
-}
-
-/// Redraws `[#####     ]  45%  123456 events/s` on stderr about ten times a second.
-async fn progress_bar(
-    completed: Arc<AtomicU64>,
-    total: u64,
-    mut done: tokio::sync::oneshot::Receiver<()>,
-) {
-    const WIDTH: u64 = 30;
-    let started = Instant::now();
-    let mut ticker = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        let finished = tokio::select! {
-            _ = ticker.tick() => false,
-            _ = &mut done => true,
-        };
-        let count = completed.load(Relaxed).min(total);
-        let filled = count * WIDTH / total.max(1);
-        let rate = count as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        let mut stderr = std::io::stderr().lock();
-        // Progress is best effort: a failed write to the terminal is not worth stopping for.
-        let _ = write!(
-            stderr,
-            "\r[{}{}] {:>3}%  {:>10.0} events/s",
-            "#".repeat(filled as usize),
-            " ".repeat((WIDTH - filled) as usize),
-            count * 100 / total.max(1),
-            rate
-        );
-        if finished {
-            let _ = writeln!(stderr);
-            return;
-        }
-        let _ = stderr.flush();
-    }
 }
 
 fn write_report(

@@ -15,6 +15,7 @@ pub mod connector;
 pub mod dump;
 pub mod histogram;
 pub mod load;
+pub mod logs;
 pub mod output;
 pub mod run;
 pub mod stats;

@@ -2,51 +2,114 @@
 //! snapshot type `stats()` returns. Relaxed atomics: each figure is individually exact; a
 //! snapshot is not a single instant across figures.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, PoisonError, TryLockError};
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::error::WalError;
 use crate::io::BackendKind;
 
-/// Number of log2 latency buckets: bucket i counts latencies in [2^i, 2^(i+1)) µs.
+/// Log2 buckets in [`WalStats::sync_latency_buckets`]: bucket i counts latencies in
+/// [2^i, 2^(i+1)) µs (bucket 0 also counts 0 µs; the last one everything above).
 pub const LATENCY_BUCKETS: usize = 32;
 
-/// A log2-bucketed latency histogram in microseconds.
-#[derive(Debug, Default)]
-pub struct LatencyHistogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS],
+/// Largest latency the histogram tells apart (µs): one hour. Longer ones count as one hour.
+pub const LATENCY_MAX_US: u64 = 3_600_000_000;
+
+/// Significant decimal digits kept: a recorded latency is known within 1 %.
+const LATENCY_SIGNIFICANT_DIGITS: u8 = 2;
+
+/// A latency histogram in microseconds (`hdrhistogram`, 1 % precision up to
+/// [`LATENCY_MAX_US`]) that one thread records into and any thread reads.
+///
+/// `hdrhistogram::Histogram` is not `Sync`, so it lives behind a lock; but the recording
+/// thread is the WAL's ring thread, which must never wait for a reader that a busy scheduler
+/// has paused while holding that lock. So there are two halves, and readers go one at a time
+/// (the `readers` lock) and hold at most one half at a time: a recorder's `try_lock` on one
+/// of the two always succeeds. A snapshot adds both halves. Each half is allocated once, at
+/// its full size, so recording never allocates either.
+#[derive(Debug)]
+pub(crate) struct LatencyHistogram {
+    halves: [Mutex<Histogram<u64>>; 2],
+    readers: Mutex<()>,
+}
+
+fn empty_latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, LATENCY_SIGNIFICANT_DIGITS)
+        .expect("bounds 1..=3.6e9 with 2 significant digits are valid for hdrhistogram")
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            halves: [
+                Mutex::new(empty_latency_histogram()),
+                Mutex::new(empty_latency_histogram()),
+            ],
+            readers: Mutex::new(()),
+        }
+    }
 }
 
 impl LatencyHistogram {
-    /// Records one latency.
+    /// Records one latency (values above [`LATENCY_MAX_US`] count as that). Does not wait
+    /// for readers.
     pub fn record_us(&self, latency_us: u64) {
-        let bucket = (u64::BITS - latency_us.max(1).leading_zeros() - 1) as usize;
-        self.buckets[bucket.min(LATENCY_BUCKETS - 1)].fetch_add(1, Relaxed);
+        for half in &self.halves {
+            let guard = match half.try_lock() {
+                Ok(guard) => Some(guard),
+                // A panic while recording leaves a histogram that is still a valid histogram.
+                Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut histogram) = guard {
+                histogram.saturating_record(latency_us);
+                return;
+            }
+        }
+        // Only reachable with more than one recording thread: then waiting is correct.
+        let mut histogram = self.halves[0]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        histogram.saturating_record(latency_us);
     }
 
-    /// Counts per bucket.
-    pub fn snapshot(&self) -> [u64; LATENCY_BUCKETS] {
-        std::array::from_fn(|i| self.buckets[i].load(Relaxed))
+    /// Everything recorded so far, as one histogram.
+    pub fn snapshot(&self) -> Histogram<u64> {
+        let _one_reader = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut total = empty_latency_histogram();
+        for half in &self.halves {
+            let half = half.lock().unwrap_or_else(PoisonError::into_inner);
+            // Same bounds on both sides: adding cannot fall out of range.
+            let added = total.add(&*half);
+            debug_assert!(added.is_ok(), "halves share the total's bounds");
+        }
+        total
     }
 }
 
-/// The upper bound (µs) of the bucket holding quantile `q` (0..=1) of a bucket snapshot.
-pub fn bucket_quantile_us(buckets: &[u64; LATENCY_BUCKETS], q: f64) -> u64 {
-    let total: u64 = buckets.iter().sum();
-    if total == 0 {
+/// Latency quantile `q` (0..=1) of a snapshot in µs, within 1 % (the top of the value's
+/// bucket); 0 when empty.
+pub(crate) fn latency_quantile_us(histogram: &Histogram<u64>, q: f64) -> u64 {
+    if histogram.is_empty() {
         return 0;
     }
-    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
-    let mut seen = 0;
-    for (index, &count) in buckets.iter().enumerate() {
-        seen += count;
-        if seen >= rank {
-            return 1u64 << (index + 1);
-        }
+    histogram.value_at_quantile(q.clamp(0.0, 1.0))
+}
+
+/// A snapshot folded into log2 buckets: bucket i counts [2^i, 2^(i+1)) µs.
+pub(crate) fn log2_buckets(histogram: &Histogram<u64>) -> [u64; LATENCY_BUCKETS] {
+    let mut buckets = [0u64; LATENCY_BUCKETS];
+    for value in histogram.iter_recorded() {
+        // Every value in an hdrhistogram bucket has the same log2 once the bucket is narrower
+        // than a power of two, which holds from the lowest value on with 2 digits.
+        let us = value.value_iterated_to().max(1);
+        let bucket = (u64::BITS - us.leading_zeros() - 1) as usize;
+        buckets[bucket.min(LATENCY_BUCKETS - 1)] += value.count_at_value();
     }
-    1u64 << LATENCY_BUCKETS
+    buckets
 }
 
 /// Live counters.
@@ -96,10 +159,16 @@ pub struct WalStats {
     pub syncs: u64,
     /// Mean records made durable per sync.
     pub records_per_sync: f64,
-    /// Median sync latency (µs, bucket upper bound).
+    /// Syncs behind the sync latency figures.
+    pub sync_latency_samples: u64,
+    /// Median sync latency (µs, within 1 %).
     pub sync_latency_p50_us: u64,
-    /// 99th percentile sync latency (µs, bucket upper bound).
+    /// 99th percentile sync latency (µs, within 1 %).
     pub sync_latency_p99_us: u64,
+    /// 99.9th percentile sync latency (µs, within 1 %).
+    pub sync_latency_p999_us: u64,
+    /// Longest sync (µs, within 1 %; at most [`LATENCY_MAX_US`]).
+    pub sync_latency_max_us: u64,
     /// Sync latency histogram: bucket i counts [2^i, 2^(i+1)) µs.
     pub sync_latency_buckets: Vec<u64>,
     /// Sequence the next event will get.
@@ -126,7 +195,7 @@ pub struct WalStats {
 impl Shared {
     pub fn snapshot(&self, backend: BackendKind, skipped_corrupt_at_open: u64) -> WalStats {
         let syncs = self.syncs.load(Relaxed);
-        let buckets = self.sync_latency.snapshot();
+        let latency = self.sync_latency.snapshot();
         WalStats {
             backend,
             events_appended: self.events_appended.load(Relaxed),
@@ -139,9 +208,12 @@ impl Shared {
             } else {
                 self.records_synced.load(Relaxed) as f64 / syncs as f64
             },
-            sync_latency_p50_us: bucket_quantile_us(&buckets, 0.5),
-            sync_latency_p99_us: bucket_quantile_us(&buckets, 0.99),
-            sync_latency_buckets: buckets.to_vec(),
+            sync_latency_samples: latency.len(),
+            sync_latency_p50_us: latency_quantile_us(&latency, 0.5),
+            sync_latency_p99_us: latency_quantile_us(&latency, 0.99),
+            sync_latency_p999_us: latency_quantile_us(&latency, 0.999),
+            sync_latency_max_us: if latency.is_empty() { 0 } else { latency.max() },
+            sync_latency_buckets: log2_buckets(&latency).to_vec(),
             next_sequence: self.next_sequence.load(Relaxed),
             durable_sequence: self.durable_sequence.load(Relaxed),
             acked_through: self.acked_through.load(Relaxed),
@@ -159,18 +231,88 @@ impl Shared {
 mod tests {
     use super::*;
 
+    fn within_one_percent(actual: u64, expected: u64) -> bool {
+        actual.abs_diff(expected) as f64 <= expected as f64 * 0.01
+    }
+
     #[test]
-    fn quantiles_come_from_the_right_buckets() {
+    fn quantiles_follow_the_recorded_latencies() {
+        let histogram = LatencyHistogram::default();
+        for us in 1..=1000 {
+            histogram.record_us(us);
+        }
+        histogram.record_us(250_000);
+        let snapshot = histogram.snapshot();
+        assert_eq!(snapshot.len(), 1001);
+        for (q, expected) in [(0.5, 501), (0.99, 991), (0.999, 1000), (1.0, 250_000)] {
+            let actual = latency_quantile_us(&snapshot, q);
+            assert!(
+                within_one_percent(actual, expected),
+                "q {q}: {actual} µs, expected {expected}"
+            );
+        }
+        assert_eq!(
+            latency_quantile_us(&LatencyHistogram::default().snapshot(), 0.5),
+            0
+        );
+    }
+
+    #[test]
+    fn both_halves_count_and_out_of_range_values_saturate() {
+        let histogram = LatencyHistogram::default();
+        {
+            // A reader holding the first half: the recorder uses the second.
+            let _held = histogram.halves[0]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            histogram.record_us(100);
+        }
+        histogram.record_us(200);
+        histogram.record_us(LATENCY_MAX_US * 10);
+        let snapshot = histogram.snapshot();
+        assert_eq!(snapshot.len(), 3);
+        assert_eq!(histogram.halves[1].lock().map(|h| h.len()).unwrap_or(0), 1);
+        assert!(within_one_percent(
+            latency_quantile_us(&snapshot, 0.33),
+            100
+        ));
+        assert!(within_one_percent(
+            latency_quantile_us(&snapshot, 0.66),
+            200
+        ));
+        let top = latency_quantile_us(&snapshot, 1.0);
+        assert!(within_one_percent(top, LATENCY_MAX_US), "{top}");
+    }
+
+    #[test]
+    fn log2_buckets_count_each_power_of_two() {
         let histogram = LatencyHistogram::default();
         for _ in 0..98 {
             histogram.record_us(100); // bucket 6: [64, 128)
         }
-        histogram.record_us(5000); // bucket 12
+        histogram.record_us(5000); // bucket 12: [4096, 8192)
         histogram.record_us(0); // bucket 0
-        let buckets = histogram.snapshot();
-        assert_eq!(buckets[6], 98);
-        assert_eq!(bucket_quantile_us(&buckets, 0.5), 128);
-        assert_eq!(bucket_quantile_us(&buckets, 1.0), 8192);
-        assert_eq!(bucket_quantile_us(&[0; LATENCY_BUCKETS], 0.5), 0);
+        histogram.record_us(127); // still bucket 6
+        histogram.record_us(128); // bucket 7
+        let buckets = log2_buckets(&histogram.snapshot());
+        assert_eq!(buckets[0], 1);
+        assert_eq!(buckets[6], 99);
+        assert_eq!(buckets[7], 1);
+        assert_eq!(buckets[12], 1);
+        assert_eq!(buckets.iter().sum::<u64>(), 102);
+    }
+
+    #[test]
+    fn snapshots_fill_the_stats_fields() {
+        let shared = Shared::default();
+        for us in [100, 200, 300, 400] {
+            shared.sync_latency.record_us(us);
+        }
+        let stats = shared.snapshot(BackendKind::Portable, 0);
+        assert_eq!(stats.sync_latency_samples, 4);
+        assert!(within_one_percent(stats.sync_latency_p50_us, 200));
+        assert!(within_one_percent(stats.sync_latency_max_us, 400));
+        assert_eq!(stats.sync_latency_buckets.len(), LATENCY_BUCKETS);
+        assert_eq!(stats.sync_latency_buckets.iter().sum::<u64>(), 4);
     }
 }

@@ -3,13 +3,16 @@
 //!
 //! On a terminal (stderr) it is an `indicatif` spinner line redrawn in place, and event lines
 //! printed meanwhile go above it; otherwise it is a plain log line on stderr every few
-//! seconds. Owns only presentation: the figures come from the caller.
+//! seconds. The live line is registered with [`crate::cli::logs`], so log output goes above
+//! it instead of through it. Owns only presentation: the figures come from the caller.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use procmond_wal::event_bus_connector::LinkState;
+
+use crate::cli::logs::set_live_line;
 
 /// How often the terminal line is redrawn.
 pub const TERMINAL_REFRESH: Duration = Duration::from_millis(250);
@@ -97,6 +100,7 @@ impl Console {
                 .unwrap_or_else(|_| ProgressStyle::default_spinner());
             bar.set_style(style);
             bar.enable_steady_tick(TERMINAL_REFRESH);
+            set_live_line(Some(&bar));
             bar
         });
         Console { bar }
@@ -136,9 +140,10 @@ impl Console {
         }
     }
 
-    /// Removes the live line.
+    /// Removes the live line; log output goes straight to stderr again.
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
+            set_live_line(None);
             bar.finish_and_clear();
         }
     }
@@ -177,6 +182,7 @@ impl RateMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::logs::live_line;
 
     fn sample() -> StatusSample {
         StatusSample {
@@ -212,6 +218,24 @@ mod tests {
         });
         assert!(plain.contains("delivered=- "), "{plain}");
         assert!(plain.contains("backpressure=false link=backoff"), "{plain}");
+    }
+
+    #[test]
+    fn a_terminal_console_registers_its_line_until_finished() {
+        let _serial = crate::cli::logs::LIVE_LINE_TESTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        set_live_line(None);
+        let plain = Console::new(false);
+        assert!(live_line().is_none());
+        plain.finish();
+        let console = Console::new(true);
+        assert!(live_line().is_some());
+        console.finish();
+        assert!(live_line().is_none());
+        // Dropped without `finish` (an early return): the registration does not keep it.
+        drop(Console::new(true));
+        assert!(live_line().is_none());
     }
 
     #[test]
