@@ -1,24 +1,32 @@
 //! One peer connection: reading frames, answering health checks, hello/welcome, acks,
 //! de-duplication, subscriptions, and routing its events.
 //!
-//! Owns the per-connection protocol state. Every peer is untrusted: a frame's length is
-//! checked before its buffer is allocated, and any protocol error closes this connection
-//! (logged with the reason and counted) without affecting any other.
+//! Owns the per-connection protocol state and the order of a publisher's acknowledgement
+//! (docs/protocol.md §8): route, then wait until every current subscriber's socket holds
+//! the routed events, then persist the high-water mark, then ack. The wait runs beside the
+//! read loop (the acker), so a slow subscriber delays acks but never stalls routing: it is
+//! cut off when its queue overflows, which releases the wait. Every peer is untrusted: a
+//! frame's length is checked before its buffer is allocated, and any protocol error closes
+//! this connection (logged with the reason and counted) without affecting any other.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::broker::Shared;
 use crate::broker::error::BrokerError;
-use crate::broker::router::Outbox;
+use crate::broker::router::{Barrier, Origin, Outbox, Outgoing};
 use crate::broker::state::PublisherEntry;
 use crate::broker::stats::Counters;
-use crate::wire::control::{ControlPayload, HELLO_TOPIC, SUBSCRIBE_TOPIC};
+use crate::wire::control::{
+    ControlPayload, HELLO_TOPIC, ResumePosition, SUBSCRIBE_FROM_TOPIC, SUBSCRIBE_TOPIC,
+    SubscribeFrom,
+};
 use crate::wire::frame::{self, FRAME_LENGTH_BYTES};
 use crate::wire::topic::{Pattern, Topic};
 use crate::wire::{
@@ -46,6 +54,11 @@ enum CloseReason {
     TooManyPatterns {
         patterns: usize,
         max_patterns: usize,
+    },
+    #[error("subscription would have {positions} resume positions (limit {max_positions})")]
+    TooManyPositions {
+        positions: usize,
+        max_positions: usize,
     },
     #[error("cannot persist the high-water mark: {0}")]
     State(#[from] BrokerError),
@@ -76,7 +89,39 @@ struct Connection {
     publisher_id: Option<String>,
     messages_seen: u64,
     ack_pending: bool,
-    reply_sequence: u64,
+    replies: Arc<ReplyNumbers>,
+}
+
+/// Numbers the broker's replies on one connection (message ids derive from them); shared by
+/// the read loop and the acker.
+#[derive(Debug, Default)]
+struct ReplyNumbers(AtomicU64);
+
+impl ReplyNumbers {
+    fn next(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// Acknowledge `entry` through `high_water` once `barrier` is passed. Only the newest
+/// request matters: its barrier covers everything an older one did.
+struct AckRequest {
+    entry: PublisherEntry,
+    high_water: u64,
+    barrier: Barrier,
+}
+
+/// The read loop's side of the acker: the newest request replaces an unserved one.
+type AckRequests = watch::Sender<Option<Arc<AckRequest>>>;
+
+/// Closes the outbox however the connection ends (even if its task is aborted), so no
+/// publisher's acker waits for writes that will never happen.
+struct CloseOnDrop(Arc<Outbox>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// Serves one connection until the peer leaves, breaks the protocol, or is too slow.
@@ -86,26 +131,41 @@ pub(crate) async fn serve(stream: UnixStream, id: u64, shared: Arc<Shared>) {
         shared.config.subscriber_queue_max_messages,
         shared.config.subscriber_queue_max_bytes,
     );
+    let _close_outbox = CloseOnDrop(Arc::clone(&outbox));
     let mut writer = tokio::spawn(write_frames(write_half, queue, Arc::clone(&outbox)));
+    let replies = Arc::new(ReplyNumbers::default());
     let mut connection = Connection {
         id,
-        shared,
-        outbox,
+        shared: Arc::clone(&shared),
+        outbox: Arc::clone(&outbox),
         publisher: None,
         publisher_id: None,
         messages_seen: 0,
         ack_pending: false,
-        reply_sequence: 0,
+        replies: Arc::clone(&replies),
     };
+    let acker = Acker {
+        shared,
+        outbox: Arc::clone(&outbox),
+        replies,
+    };
+    let (ack_requests, ack_receiver) = watch::channel(None);
     let mut reader =
         BufReader::with_capacity(connection.shared.config.read_buffer_bytes, read_half);
-    let outbox = Arc::clone(&connection.outbox);
     let outcome = tokio::select! {
-        outcome = connection.read_loop(&mut reader) => outcome,
+        // The acker ends after the read loop (which drops `ack_requests`) once it has served
+        // the last request, or first with an error.
+        outcome = async {
+            tokio::try_join!(
+                connection.read_loop(&mut reader, ack_requests),
+                acker.run(ack_receiver),
+            )
+        } => outcome.map(|((), ())| ()),
         () = outbox.overflowed() => Err(CloseReason::SlowSubscriber),
         _ = &mut writer => Err(CloseReason::WriterGone),
     };
     connection.shared.router.unsubscribe(id);
+    outbox.close();
     writer.abort();
     match outcome {
         Ok(()) => tracing::debug!(connection_id = id, "peer closed the connection"),
@@ -125,16 +185,19 @@ pub(crate) async fn serve(stream: UnixStream, id: u64, shared: Arc<Shared>) {
 
 async fn write_frames(
     mut writer: OwnedWriteHalf,
-    mut queue: mpsc::Receiver<Bytes>,
+    mut queue: mpsc::Receiver<Outgoing>,
     outbox: Arc<Outbox>,
 ) {
-    while let Some(frame) = queue.recv().await {
+    while let Some(outgoing) = queue.recv().await {
         // One write call per frame: upstream readers assume a frame arrives whole.
-        if let Err(error) = writer.write_all(&frame).await {
+        if let Err(error) = writer.write_all(&outgoing.frame).await {
             tracing::debug!(%error, "write failed");
+            outbox.close();
             return;
         }
-        outbox.written(frame.len());
+        // The socket holds the whole frame now: the peer can read it even if this process
+        // dies the next instant, which is what lets a barrier count it as delivered.
+        outbox.written(&outgoing);
     }
 }
 
@@ -158,9 +221,12 @@ async fn read_frame(
 }
 
 impl Connection {
+    /// Reads and handles frames until the peer leaves; hands ack requests to the acker
+    /// (dropping `acks` at the end lets the acker finish).
     async fn read_loop(
         &mut self,
         reader: &mut BufReader<OwnedReadHalf>,
+        acks: AckRequests,
     ) -> Result<(), CloseReason> {
         let max_frame_bytes = self.shared.config.max_frame_bytes;
         while let Some(frame) = read_frame(reader, max_frame_bytes).await? {
@@ -169,10 +235,11 @@ impl Connection {
             }
             // Acks are coalesced: one per batch of frames that arrived together.
             if reader.buffer().is_empty() {
-                self.flush_ack().await?;
+                self.request_ack(&acks).await;
             }
         }
-        self.flush_ack().await
+        self.request_ack(&acks).await;
+        Ok(())
     }
 
     /// Handles one frame; false when the peer announced shutdown.
@@ -193,7 +260,13 @@ impl Connection {
                 self.handle_hello(&message).await?
             }
             MessageType::Control if message.topic == SUBSCRIBE_TOPIC => {
-                self.handle_subscribe(&message).await?
+                let subscribe = Subscribe::from_message(&message)?;
+                self.subscribe(subscribe.patterns, Vec::new()).await?
+            }
+            MessageType::Control if message.topic == SUBSCRIBE_FROM_TOPIC => {
+                let subscribe = SubscribeFrom::from_message(&message)?;
+                self.subscribe(subscribe.patterns, subscribe.positions)
+                    .await?
             }
             MessageType::Control | MessageType::Heartbeat => {
                 tracing::debug!(connection_id = self.id, topic = %message.topic, "ignoring message");
@@ -214,7 +287,9 @@ impl Connection {
         };
         let entry = Arc::clone(entry);
         // Held while routing: an overlapping old connection of the same publisher cannot
-        // interleave, so order and de-duplication hold across reconnects.
+        // interleave, so order and de-duplication hold across reconnects. Raising the mark
+        // and queueing the deliveries under one lock is also what lets a barrier taken
+        // later cover every event at or below the mark.
         let mut state = entry.lock().await;
         self.ack_pending = true;
         if state.high_water >= Some(message.sequence) {
@@ -222,17 +297,22 @@ impl Connection {
             return Ok(());
         }
         state.high_water = Some(message.sequence);
-        let publisher_id = state.id.clone();
-        self.route(&message, frame, Some(&publisher_id)).await;
+        let origin = Origin {
+            publisher_id: &state.id,
+            sequence: message.sequence,
+        };
+        self.route(&message, frame, Some(origin)).await;
         Ok(())
     }
 
-    async fn route(&self, message: &Message, frame: Bytes, publisher_id: Option<&str>) {
+    async fn route(&self, message: &Message, frame: Bytes, origin: Option<Origin<'_>>) {
         self.shared
             .router
-            .route(&message.topic, &frame, &self.shared.counters);
+            .route(&message.topic, &frame, origin, &self.shared.counters);
         if let Some(printer) = &self.shared.printer {
-            printer.print(message, publisher_id).await;
+            printer
+                .print(message, origin.map(|origin| origin.publisher_id))
+                .await;
         }
     }
 
@@ -262,62 +342,141 @@ impl Connection {
         self.reply_control(&welcome).await
     }
 
-    async fn handle_subscribe(&mut self, message: &Message) -> Result<(), CloseReason> {
-        let subscribe = Subscribe::from_message(message)?;
+    /// Adds patterns and resume positions (from `subscribe` or `subscribe-from`) and confirms.
+    async fn subscribe(
+        &mut self,
+        patterns: Vec<String>,
+        positions: Vec<ResumePosition>,
+    ) -> Result<(), CloseReason> {
+        let (active_patterns, active_positions) = self.shared.router.counts(self.id);
         let max_patterns = self.shared.config.max_patterns_per_connection;
-        let patterns = self.shared.router.pattern_count(self.id) + subscribe.patterns.len();
-        if patterns > max_patterns {
+        let pattern_total = active_patterns + patterns.len();
+        if pattern_total > max_patterns {
             return Err(CloseReason::TooManyPatterns {
-                patterns,
+                patterns: pattern_total,
                 max_patterns,
             });
         }
-        let parsed = subscribe
-            .patterns
+        // The broker never remembers more publishers than this, so more positions are noise.
+        let max_positions = self.shared.config.max_publishers;
+        let position_total = active_positions + positions.len();
+        if position_total > max_positions {
+            return Err(CloseReason::TooManyPositions {
+                positions: position_total,
+                max_positions,
+            });
+        }
+        let parsed = patterns
             .iter()
             .map(|pattern| Pattern::parse(pattern))
             .collect::<Result<Vec<_>, _>>()?;
-        let active = self.shared.router.subscribe(self.id, parsed, &self.outbox);
-        tracing::info!(connection_id = self.id, patterns = ?active, "subscribed");
-        self.reply_control(&Subscribed { patterns: active }).await
+        let resumed = positions.len();
+        let active = self
+            .shared
+            .router
+            .subscribe(self.id, parsed, positions, &self.outbox);
+        tracing::info!(connection_id = self.id, patterns = ?active, resumed, "subscribed");
+        reply_control(
+            &self.outbox,
+            &self.replies,
+            &Subscribed { patterns: active },
+        )
+        .await
     }
 
-    /// Persists the publisher's high-water mark (with a state directory) and then acks it.
-    async fn flush_ack(&mut self) -> Result<(), CloseReason> {
-        if !self.ack_pending {
-            return Ok(());
+    /// Hands the acker a request for the publisher's current mark, behind a barrier over
+    /// everything routed so far (taken under the publisher's lock, so it covers every event
+    /// at or below the mark, whichever connection routed it).
+    async fn request_ack(&mut self, acks: &AckRequests) {
+        if !std::mem::take(&mut self.ack_pending) {
+            return;
         }
-        self.ack_pending = false;
         let Some(entry) = &self.publisher else {
-            return Ok(());
+            return;
         };
-        let entry = Arc::clone(entry);
-        let mut state = entry.lock().await;
-        if let Err(error) = self.shared.publishers.persist(&mut state).await {
-            Counters::bump(&self.shared.counters.state_write_failures);
-            return Err(error.into());
-        }
-        let Some(highest_sequence) = state.high_water else {
-            return Ok(());
+        let state = entry.lock().await;
+        let Some(high_water) = state.high_water else {
+            return;
         };
+        let barrier = self.shared.router.barrier();
         drop(state);
-        self.reply_control(&Ack { highest_sequence }).await?;
-        Counters::bump(&self.shared.counters.acks_sent);
-        Ok(())
+        acks.send_replace(Some(Arc::new(AckRequest {
+            entry: Arc::clone(entry),
+            high_water,
+            barrier,
+        })));
     }
 
     async fn reply_control<T: ControlPayload>(&mut self, payload: &T) -> Result<(), CloseReason> {
-        self.reply_sequence += 1;
-        let frame = payload
-            .to_message(BROKER_ORIGIN, self.reply_sequence, WireTime::now())?
-            .encode_frame()?;
-        self.reply(Bytes::from(frame)).await
+        reply_control(&self.outbox, &self.replies, payload).await
     }
 
     async fn reply(&self, frame: Bytes) -> Result<(), CloseReason> {
-        self.outbox
-            .send_reply(frame)
-            .await
-            .map_err(|_| CloseReason::WriterGone)
+        reply(&self.outbox, frame).await
     }
+}
+
+/// Serves a publisher's ack requests in order: wait for the barrier (the events are in every
+/// current subscriber's socket), persist the mark, then ack it.
+struct Acker {
+    shared: Arc<Shared>,
+    outbox: Arc<Outbox>,
+    replies: Arc<ReplyNumbers>,
+}
+
+impl Acker {
+    /// Runs until the read loop drops its sender and the last request is served.
+    async fn run(
+        self,
+        mut requests: watch::Receiver<Option<Arc<AckRequest>>>,
+    ) -> Result<(), CloseReason> {
+        // A value sent just before the sender was dropped is still seen before the error.
+        while requests.changed().await.is_ok() {
+            let Some(request) = requests.borrow_and_update().clone() else {
+                continue;
+            };
+            self.acknowledge(&request).await?;
+        }
+        Ok(())
+    }
+
+    async fn acknowledge(&self, request: &AckRequest) -> Result<(), CloseReason> {
+        request.barrier.wait().await;
+        {
+            let mut state = request.entry.lock().await;
+            if let Err(error) = self
+                .shared
+                .publishers
+                .persist(&mut state, request.high_water)
+                .await
+            {
+                Counters::bump(&self.shared.counters.state_write_failures);
+                return Err(error.into());
+            }
+        }
+        let ack = Ack {
+            highest_sequence: request.high_water,
+        };
+        reply_control(&self.outbox, &self.replies, &ack).await?;
+        Counters::bump(&self.shared.counters.acks_sent);
+        Ok(())
+    }
+}
+
+async fn reply_control<T: ControlPayload>(
+    outbox: &Outbox,
+    replies: &ReplyNumbers,
+    payload: &T,
+) -> Result<(), CloseReason> {
+    let frame = payload
+        .to_message(BROKER_ORIGIN, replies.next(), WireTime::now())?
+        .encode_frame()?;
+    reply(outbox, Bytes::from(frame)).await
+}
+
+async fn reply(outbox: &Outbox, frame: Bytes) -> Result<(), CloseReason> {
+    outbox
+        .send_reply(frame)
+        .await
+        .map_err(|_| CloseReason::WriterGone)
 }
