@@ -480,3 +480,197 @@ async fn reply(outbox: &Outbox, frame: Bytes) -> Result<(), CloseReason> {
         .await
         .map_err(|_| CloseReason::WriterGone)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+    use crate::broker::BrokerConfig;
+    use crate::broker::router::Router;
+    use crate::broker::state::PublisherTable;
+
+    /// Polls once without a runtime wake-up: `Some(output)` if it finished right now.
+    fn poll_once<T>(future: &mut std::pin::Pin<&mut impl Future<Output = T>>) -> Option<T> {
+        match future
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        {
+            Poll::Ready(output) => Some(output),
+            Poll::Pending => None,
+        }
+    }
+
+    /// Broker state; marks persisted in `state_dir`, or only in memory without one (then
+    /// persisting completes without waiting, so a future that skipped the barrier would
+    /// finish on its first poll: the ordering checks below are deterministic).
+    fn shared(state_dir: Option<&std::path::Path>) -> Arc<Shared> {
+        let config = BrokerConfig::new("/nonexistent/unused.sock");
+        Arc::new(Shared {
+            publishers: PublisherTable::open(state_dir.map(ToOwned::to_owned), 16).expect("open"),
+            config,
+            router: Router::default(),
+            counters: Counters::default(),
+            printer: None,
+        })
+    }
+
+    fn subscriber(shared: &Shared, connection_id: u64) -> (Arc<Outbox>, mpsc::Receiver<Outgoing>) {
+        let (outbox, queue) = Outbox::new(64, 1 << 20);
+        let pattern = Pattern::parse("events.#").expect("valid");
+        shared
+            .router
+            .subscribe(connection_id, vec![pattern], vec![], &outbox);
+        (outbox, queue)
+    }
+
+    /// Accepts `sequences` of publisher `p` as a connection does: mark raised and deliveries
+    /// queued under the publisher's lock.
+    async fn accept(
+        shared: &Shared,
+        entry: &PublisherEntry,
+        sequences: std::ops::RangeInclusive<u64>,
+    ) {
+        let mut state = entry.lock().await;
+        for sequence in sequences {
+            state.high_water = Some(sequence);
+            let origin = Origin {
+                publisher_id: &state.id,
+                sequence,
+            };
+            let frame = Bytes::from(format!("event {sequence}"));
+            shared.router.route(
+                "events.process.start",
+                &frame,
+                Some(origin),
+                &shared.counters,
+            );
+        }
+    }
+
+    fn mark_on_disk(dir: &std::path::Path) -> Option<String> {
+        // "p" is 70 in hex.
+        std::fs::read_to_string(dir.join("70.hwm")).ok()
+    }
+
+    fn acks_in(queue: &mut mpsc::Receiver<Outgoing>) -> Vec<u64> {
+        let mut acks = Vec::new();
+        while let Ok(outgoing) = queue.try_recv() {
+            let Ok(crate::wire::Body::Message(message)) =
+                crate::wire::Body::decode(&outgoing.frame[FRAME_LENGTH_BYTES..])
+            else {
+                panic!("a reply frame");
+            };
+            acks.push(
+                Ack::from_message(&message)
+                    .expect("an ack")
+                    .highest_sequence,
+            );
+        }
+        acks
+    }
+
+    /// The rule: an event is in every current subscriber's socket before the mark covering
+    /// it is persisted, and the publisher is acked only after the mark is persisted.
+    #[tokio::test]
+    async fn the_mark_is_acked_only_once_every_subscriber_holds_the_events() {
+        let shared = shared(None);
+        let (first, mut first_queue) = subscriber(&shared, 1);
+        let (second, mut second_queue) = subscriber(&shared, 2);
+        let entry = shared.publishers.entry("p").expect("room");
+        accept(&shared, &entry, 1..=3).await;
+        let request = AckRequest {
+            entry: Arc::clone(&entry),
+            high_water: 3,
+            barrier: shared.router.barrier(),
+        };
+        let (publisher, mut publisher_queue) = Outbox::new(16, 1 << 20);
+        let acker = Acker {
+            shared: Arc::clone(&shared),
+            outbox: publisher,
+            replies: Arc::default(),
+        };
+        let mut acknowledging = pin!(acker.acknowledge(&request));
+        let write = |outbox: &Outbox, queue: &mut mpsc::Receiver<Outgoing>| {
+            let outgoing = queue.try_recv().expect("a queued delivery");
+            outbox.written(&outgoing);
+        };
+
+        // Nothing written yet: no ack.
+        assert!(poll_once(&mut acknowledging).is_none());
+        assert_eq!(acks_in(&mut publisher_queue), Vec::<u64>::new());
+        for _ in 0..3 {
+            write(&first, &mut first_queue);
+        }
+        write(&second, &mut second_queue);
+        write(&second, &mut second_queue);
+        // The second subscriber's socket still lacks event 3.
+        assert!(poll_once(&mut acknowledging).is_none());
+        assert_eq!(acks_in(&mut publisher_queue), Vec::<u64>::new());
+
+        write(&second, &mut second_queue);
+        assert!(poll_once(&mut acknowledging).is_some_and(|done| done.is_ok()));
+        assert_eq!(acks_in(&mut publisher_queue), vec![3]);
+        assert_eq!(entry.lock().await.persisted_mark(), Some(3));
+        assert_eq!(shared.counters.snapshot().acks_sent, 1);
+    }
+
+    /// Events accepted after the request was made are not waited for, and the mark persisted
+    /// is the request's, not the publisher's newer one (whose events may still be queued).
+    #[tokio::test]
+    async fn only_the_requested_mark_is_persisted_while_newer_events_are_queued() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = shared(Some(dir.path()));
+        let (outbox, mut queue) = subscriber(&shared, 1);
+        let entry = shared.publishers.entry("p").expect("room");
+        accept(&shared, &entry, 1..=2).await;
+        let request = AckRequest {
+            entry: Arc::clone(&entry),
+            high_water: 2,
+            barrier: shared.router.barrier(),
+        };
+        accept(&shared, &entry, 3..=5).await;
+        for _ in 0..2 {
+            let outgoing = queue.try_recv().expect("queued");
+            outbox.written(&outgoing);
+        }
+        let (publisher, mut publisher_queue) = Outbox::new(16, 1 << 20);
+        let acker = Acker {
+            shared: Arc::clone(&shared),
+            outbox: publisher,
+            replies: Arc::default(),
+        };
+        acker.acknowledge(&request).await.expect("acknowledged");
+        assert_eq!(mark_on_disk(dir.path()).as_deref(), Some("2\n"));
+        assert_eq!(acks_in(&mut publisher_queue), vec![2]);
+        assert_eq!(entry.lock().await.high_water, Some(5));
+    }
+
+    /// A subscriber that goes away is not waited for: its connection closes its outbox
+    /// however it ends, so the publisher is still acknowledged.
+    #[tokio::test]
+    async fn a_departed_subscriber_does_not_hold_back_acks() {
+        let shared = shared(None);
+        let (outbox, _queue) = subscriber(&shared, 1);
+        let entry = shared.publishers.entry("p").expect("room");
+        accept(&shared, &entry, 1..=1).await;
+        let request = AckRequest {
+            entry: Arc::clone(&entry),
+            high_water: 1,
+            barrier: shared.router.barrier(),
+        };
+        let (publisher, mut publisher_queue) = Outbox::new(16, 1 << 20);
+        let acker = Acker {
+            shared: Arc::clone(&shared),
+            outbox: publisher,
+            replies: Arc::default(),
+        };
+        let mut acknowledging = pin!(acker.acknowledge(&request));
+        assert!(poll_once(&mut acknowledging).is_none());
+        drop(CloseOnDrop(outbox));
+        assert!(poll_once(&mut acknowledging).is_some_and(|done| done.is_ok()));
+        assert_eq!(acks_in(&mut publisher_queue), vec![1]);
+    }
+}

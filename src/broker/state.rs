@@ -47,6 +47,14 @@ pub(crate) struct PublisherState {
     persisted: Option<u64>,
 }
 
+impl PublisherState {
+    /// The highest mark known to be persisted (with a state directory: on disk).
+    #[cfg(test)]
+    pub(crate) fn persisted_mark(&self) -> Option<u64> {
+        self.persisted
+    }
+}
+
 /// A shared, lockable publisher entry; the lock serialises a publisher's connections (an old
 /// and a new one can overlap during a reconnect) so de-duplication and order hold.
 pub(crate) type PublisherEntry = Arc<tokio::sync::Mutex<PublisherState>>;
