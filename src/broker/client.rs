@@ -108,6 +108,12 @@ impl Positions {
         }
     }
 
+    /// Sets a publisher's position outright (e.g. restored from the subscriber's own
+    /// storage): it holds everything of `publisher_id` up to `sequence`.
+    pub fn insert(&mut self, publisher_id: impl Into<String>, sequence: u64) {
+        self.held.insert(publisher_id.into(), sequence);
+    }
+
     /// The highest sequence held of `publisher_id`.
     pub fn get(&self, publisher_id: &str) -> Option<u64> {
         self.held.get(publisher_id).copied()
@@ -356,5 +362,51 @@ impl TestClient {
         if message.message_type == MessageType::Event {
             self.stashed_events.push_back(message);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event_of(publisher_id: &str, sequence: u64) -> Message {
+        let event = ProcessEvent::new(1, "x", chrono::DateTime::UNIX_EPOCH);
+        event_message(
+            publisher_id,
+            sequence,
+            EventKind::Start,
+            &event,
+            WireTime::EPOCH,
+        )
+        .expect("encode")
+    }
+
+    #[test]
+    fn positions_follow_each_publisher_and_spot_what_is_already_held() {
+        let mut positions = Positions::new();
+        positions.insert("q", 10);
+        assert_eq!(positions.record(&event_of("p", 3)), Received::New);
+        assert_eq!(positions.record(&event_of("p", 5)), Received::New);
+        assert_eq!(positions.record(&event_of("p", 5)), Received::AlreadyHeld);
+        assert_eq!(positions.record(&event_of("p", 4)), Received::AlreadyHeld);
+        assert_eq!(positions.record(&event_of("q", 10)), Received::AlreadyHeld);
+        assert_eq!(positions.record(&event_of("q", 11)), Received::New);
+        let mut untagged = event_of("p", 9);
+        untagged.correlation_metadata.correlation_tags.clear();
+        assert_eq!(positions.record(&untagged), Received::Untracked);
+        assert_eq!(positions.get("p"), Some(5));
+        assert_eq!(
+            positions.to_wire(),
+            [
+                ResumePosition {
+                    publisher_id: "p".into(),
+                    sequence: 5
+                },
+                ResumePosition {
+                    publisher_id: "q".into(),
+                    sequence: 11
+                },
+            ]
+        );
     }
 }

@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
@@ -64,6 +65,8 @@ enum CloseReason {
     State(#[from] BrokerError),
     #[error("outgoing queue overflowed (slow subscriber)")]
     SlowSubscriber,
+    #[error("an event frame waited longer than {timeout_ms} ms for the socket (stuck subscriber)")]
+    StuckSubscriber { timeout_ms: u64 },
     #[error("writer stopped (peer gone)")]
     WriterGone,
 }
@@ -76,6 +79,7 @@ impl CloseReason {
             CloseReason::Io(_)
                 | CloseReason::State(_)
                 | CloseReason::SlowSubscriber
+                | CloseReason::StuckSubscriber { .. }
                 | CloseReason::WriterGone
         )
     }
@@ -132,7 +136,13 @@ pub(crate) async fn serve(stream: UnixStream, id: u64, shared: Arc<Shared>) {
         shared.config.subscriber_queue_max_bytes,
     );
     let _close_outbox = CloseOnDrop(Arc::clone(&outbox));
-    let mut writer = tokio::spawn(write_frames(write_half, queue, Arc::clone(&outbox)));
+    let write_timeout_ms = shared.config.subscriber_write_timeout_ms;
+    let mut writer = tokio::spawn(write_frames(
+        write_half,
+        queue,
+        Arc::clone(&outbox),
+        Duration::from_millis(write_timeout_ms),
+    ));
     let replies = Arc::new(ReplyNumbers::default());
     let mut connection = Connection {
         id,
@@ -162,7 +172,10 @@ pub(crate) async fn serve(stream: UnixStream, id: u64, shared: Arc<Shared>) {
             )
         } => outcome.map(|((), ())| ()),
         () = outbox.overflowed() => Err(CloseReason::SlowSubscriber),
-        _ = &mut writer => Err(CloseReason::WriterGone),
+        ended = &mut writer => match ended {
+            Ok(WriterEnd::Stuck) => Err(CloseReason::StuckSubscriber { timeout_ms: write_timeout_ms }),
+            Ok(WriterEnd::PeerGone) | Err(_) => Err(CloseReason::WriterGone),
+        },
     };
     connection.shared.router.unsubscribe(id);
     outbox.close();
@@ -178,27 +191,56 @@ pub(crate) async fn serve(stream: UnixStream, id: u64, shared: Arc<Shared>) {
                         .connections_closed_for_protocol_errors,
                 );
             }
+            if matches!(reason, CloseReason::StuckSubscriber { .. }) {
+                Counters::bump(&connection.shared.counters.subscribers_disconnected_slow);
+            }
             tracing::warn!(connection_id = id, publisher_id = connection.publisher_id.as_deref(), %reason, "closing connection");
         }
     }
+}
+
+/// Why a connection's writer stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriterEnd {
+    /// A write failed: the peer is gone.
+    PeerGone,
+    /// An event frame waited longer than the write timeout.
+    Stuck,
 }
 
 async fn write_frames(
     mut writer: OwnedWriteHalf,
     mut queue: mpsc::Receiver<Outgoing>,
     outbox: Arc<Outbox>,
-) {
+    delivery_timeout: Duration,
+) -> WriterEnd {
     while let Some(outgoing) = queue.recv().await {
-        // One write call per frame: upstream readers assume a frame arrives whole.
-        if let Err(error) = writer.write_all(&outgoing.frame).await {
+        // One write call per frame: upstream readers assume a frame arrives whole. Only
+        // event frames have a deadline (acks wait for them); a peer that does not read its
+        // own replies only stalls itself.
+        let write = writer.write_all(&outgoing.frame);
+        let written = if outgoing.delivery {
+            match tokio::time::timeout(delivery_timeout, write).await {
+                Ok(written) => written,
+                Err(_) => {
+                    // The connection is closed next; the peer may see a partial last frame.
+                    outbox.close();
+                    return WriterEnd::Stuck;
+                }
+            }
+        } else {
+            write.await
+        };
+        if let Err(error) = written {
             tracing::debug!(%error, "write failed");
             outbox.close();
-            return;
+            return WriterEnd::PeerGone;
         }
         // The socket holds the whole frame now: the peer can read it even if this process
         // dies the next instant, which is what lets a barrier count it as delivered.
         outbox.written(&outgoing);
     }
+    WriterEnd::PeerGone
 }
 
 /// Reads one frame (prefix and body, in one buffer so it can be forwarded as is); `None` at

@@ -65,7 +65,8 @@ pub struct BrokerStats {
     /// Deliveries skipped because the subscriber's resume position showed it already held
     /// the event (it resubscribed after a broker restart).
     pub deliveries_already_held: u64,
-    /// Subscribers disconnected because their queue overflowed.
+    /// Subscribers disconnected as slow: their queue overflowed, or an event frame waited
+    /// longer than `subscriber_write_timeout_ms` for their socket.
     pub subscribers_disconnected_slow: u64,
     /// `PING` frames answered.
     pub pings_answered: u64,
