@@ -5,7 +5,9 @@
 //! Owns the broker's configuration, start-up and shutdown. It accepts many publishers and
 //! subscribers, answers `PING`, sends welcome and cumulative acks, de-duplicates by
 //! (publisher id, sequence) — persistently with a state directory — and routes events to
-//! subscribers by topic pattern. Every peer is untrusted: frames, connections, publishers,
+//! subscribers by topic pattern, from each subscriber's resume positions. A publisher's mark
+//! is persisted and acked only once its events are in every current subscriber's socket, so
+//! a broker crash loses and repeats nothing (docs/protocol.md §8). Every peer is untrusted: frames, connections, publishers,
 //! patterns and outgoing queues are all bounded. The protocol is `docs/protocol.md`.
 //!
 //! - `socket`: the listening socket's path rules and cleanup.
