@@ -11,6 +11,10 @@
 //! duplicates. Above the mark the connector replays, and the subscriber, which resubscribes
 //! with `subscribe-from` and its last sequence, is sent only what it does not hold yet.
 //!
+//! Every third broker is killed while the subscriber has stopped reading for a while, so its
+//! socket is full and events wait inside the broker: a broker that persisted (or acked) a
+//! mark before writing the events to the subscriber would lose them there.
+//!
 //! Each broker starts on a fresh socket path; the subscriber connects and subscribes to it
 //! first; only then is the socket renamed to the path the connector dials, so no event can
 //! reach a broker before the subscriber listens. `DRILL_CYCLES` sets the number of kills
@@ -20,8 +24,6 @@ mod broker_support;
 mod drill_support;
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use broker_support::BrokerProcess;
@@ -38,6 +40,12 @@ use tokio::sync::watch;
 fn events_before_kill(cycle: u64) -> u64 {
     40 + (cycle * 37) % 160
 }
+/// Events published while the subscriber does not read, before a "full socket" kill: more
+/// than a Unix socket buffer holds of these small frames (a few hundred), fewer than the
+/// broker's subscriber queue (1024 frames), so the subscriber is not cut off as slow.
+const PAUSED_EVENTS: u64 = 600;
+/// Every this many cycles, the kill comes with the subscriber paused.
+const PAUSE_EVERY_CYCLES: u64 = 3;
 /// Events per publish call.
 const BATCH_EVENTS: u64 = 16;
 /// Pause between two publish calls: keeps the load moderate (a few thousand events/s) so
@@ -120,11 +128,10 @@ async fn broker_sigkill_and_restart_while_publishing() {
         .expect("open connector");
     connector.connect().await.expect("connect");
 
-    let published = Arc::new(AtomicU64::new(0));
+    let (published_sender, mut published) = watch::channel(0u64);
     let (stop, stopped) = watch::channel(false);
     let publisher = {
         let connector = connector.clone();
-        let published = Arc::clone(&published);
         tokio::spawn(async move {
             let mut next = 0;
             let mut last = 0;
@@ -137,7 +144,7 @@ async fn broker_sigkill_and_restart_while_publishing() {
                 let sequences = connector.publish_batch(batch).await.expect("publish");
                 last = *sequences.last().expect("a batch");
                 next += BATCH_EVENTS;
-                published.store(last, Relaxed);
+                published_sender.send_replace(last);
             }
             last
         })
@@ -161,6 +168,16 @@ async fn broker_sigkill_and_restart_while_publishing() {
             subscriber.receive_through(&mut client, target).await,
             "cycle {cycle}: the subscriber was cut off before any kill"
         );
+        if cycle % PAUSE_EVERY_CYCLES == PAUSE_EVERY_CYCLES - 1 {
+            // Not reading: the socket fills and later events wait in the broker's queue.
+            let until = subscriber.order.highest + PAUSED_EVENTS;
+            guarded(
+                "publishing while paused",
+                published.wait_for(|last| *last >= until),
+            )
+            .await
+            .expect("publisher running");
+        }
         broker.kill();
         subscriber.drain(&mut client).await;
         subscriber.compare_with_mark(persisted_mark(&state_dir));
