@@ -57,9 +57,10 @@ const PUBLISH_PACE: Duration = Duration::from_millis(4);
 struct Subscriber {
     positions: Positions,
     order: Order,
-    /// Events it held above a restarted broker's persisted mark: the broker had to hold
-    /// these back from the connector's replay (without resume positions they would arrive
-    /// twice).
+    /// Summed over restarts: events it held above the persisted mark it restarted from. The
+    /// new broker had to hold these back from the connector's replay (without resume
+    /// positions they would arrive twice). An event counts again at each restart whose mark
+    /// is still below it.
     held_above_mark: u64,
     /// Events at or below a restarted broker's persisted mark that it did not hold: a
     /// broker persisted a mark before writing the events to the subscriber.
