@@ -141,7 +141,7 @@ pub(crate) async fn serve(stream: UnixStream, id: u64, shared: Arc<Shared>) {
         write_half,
         queue,
         Arc::clone(&outbox),
-        Duration::from_millis(write_timeout_ms),
+        Arc::clone(&shared),
     ));
     let replies = Arc::new(ReplyNumbers::default());
     let mut connection = Connection {
@@ -191,9 +191,6 @@ pub(crate) async fn serve(stream: UnixStream, id: u64, shared: Arc<Shared>) {
                         .connections_closed_for_protocol_errors,
                 );
             }
-            if matches!(reason, CloseReason::StuckSubscriber { .. }) {
-                Counters::bump(&connection.shared.counters.subscribers_disconnected_slow);
-            }
             tracing::warn!(connection_id = id, publisher_id = connection.publisher_id.as_deref(), %reason, "closing connection");
         }
     }
@@ -212,8 +209,9 @@ async fn write_frames(
     mut writer: OwnedWriteHalf,
     mut queue: mpsc::Receiver<Outgoing>,
     outbox: Arc<Outbox>,
-    delivery_timeout: Duration,
+    shared: Arc<Shared>,
 ) -> WriterEnd {
+    let delivery_timeout = Duration::from_millis(shared.config.subscriber_write_timeout_ms);
     while let Some(outgoing) = queue.recv().await {
         // One write call per frame: upstream readers assume a frame arrives whole. Only
         // event frames have a deadline (acks wait for them); a peer that does not read its
@@ -223,7 +221,10 @@ async fn write_frames(
             match tokio::time::timeout(delivery_timeout, write).await {
                 Ok(written) => written,
                 Err(_) => {
-                    // The connection is closed next; the peer may see a partial last frame.
+                    // Counted before anything is released or closed, so whoever sees the
+                    // effects also sees the count. The connection is closed next; the peer
+                    // may see a partial last frame.
+                    Counters::bump(&shared.counters.subscribers_disconnected_slow);
                     outbox.close();
                     return WriterEnd::Stuck;
                 }
