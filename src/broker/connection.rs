@@ -374,7 +374,16 @@ impl Connection {
                 max_publishers: self.shared.config.max_publishers,
             },
         )?;
-        let highest_sequence = entry.lock().await.high_water;
+        // The welcome counts as an ack up to its mark (the client stops resending below it),
+        // so it follows the same order: an earlier connection of this publisher may have had
+        // events accepted whose ack it never got.
+        let (highest_sequence, barrier) = {
+            let state = entry.lock().await;
+            (state.high_water, self.shared.router.barrier())
+        };
+        if let Some(high_water) = highest_sequence {
+            hold(&self.shared, &entry, high_water, &barrier).await?;
+        }
         tracing::info!(connection_id = self.id, publisher_id = %hello.publisher_id, ?highest_sequence, "publisher said hello");
         self.publisher = Some(entry);
         self.publisher_id = Some(hello.publisher_id);
@@ -484,19 +493,13 @@ impl Acker {
     }
 
     async fn acknowledge(&self, request: &AckRequest) -> Result<(), CloseReason> {
-        request.barrier.wait().await;
-        {
-            let mut state = request.entry.lock().await;
-            if let Err(error) = self
-                .shared
-                .publishers
-                .persist(&mut state, request.high_water)
-                .await
-            {
-                Counters::bump(&self.shared.counters.state_write_failures);
-                return Err(error.into());
-            }
-        }
+        hold(
+            &self.shared,
+            &request.entry,
+            request.high_water,
+            &request.barrier,
+        )
+        .await?;
         let ack = Ack {
             highest_sequence: request.high_water,
         };
@@ -504,6 +507,24 @@ impl Acker {
         Counters::bump(&self.shared.counters.acks_sent);
         Ok(())
     }
+}
+
+/// Step 2 of the delivery order (docs/protocol.md §8) before a mark may be reported to its
+/// publisher: wait until `barrier` (taken after every event at or below `high_water` was
+/// queued) is passed, then persist `high_water`.
+async fn hold(
+    shared: &Shared,
+    entry: &PublisherEntry,
+    high_water: u64,
+    barrier: &Barrier,
+) -> Result<(), CloseReason> {
+    barrier.wait().await;
+    let mut state = entry.lock().await;
+    if let Err(error) = shared.publishers.persist(&mut state, high_water).await {
+        Counters::bump(&shared.counters.state_write_failures);
+        return Err(error.into());
+    }
+    Ok(())
 }
 
 async fn reply_control<T: ControlPayload>(
@@ -689,6 +710,51 @@ mod tests {
         assert_eq!(mark_on_disk(dir.path()).as_deref(), Some("2\n"));
         assert_eq!(acks_in(&mut publisher_queue), vec![2]);
         assert_eq!(entry.lock().await.high_water, Some(5));
+    }
+
+    /// A welcome reports a mark like an ack does: only once the subscribers hold the events
+    /// and the mark is persisted (an earlier connection may have left events unacked).
+    #[tokio::test]
+    async fn a_welcome_waits_like_an_ack() {
+        let shared = shared(None);
+        let (subscriber_outbox, mut subscriber_queue) = subscriber(&shared, 1);
+        let entry = shared.publishers.entry("p").expect("room");
+        accept(&shared, &entry, 1..=2).await;
+        let (outbox, mut queue) = Outbox::new(16, 1 << 20);
+        let mut connection = Connection {
+            id: 2,
+            shared: Arc::clone(&shared),
+            outbox,
+            publisher: None,
+            publisher_id: None,
+            messages_seen: 1,
+            ack_pending: false,
+            replies: Arc::default(),
+        };
+        let hello = Hello {
+            publisher_id: "p".into(),
+            protocol_version: PROTOCOL_VERSION,
+        }
+        .to_message("p", 1, WireTime::EPOCH)
+        .expect("encode");
+        let mut greeting = pin!(connection.handle_hello(&hello));
+        assert!(poll_once(&mut greeting).is_none());
+        let outgoing = subscriber_queue.try_recv().expect("queued");
+        subscriber_outbox.written(&outgoing);
+        assert!(poll_once(&mut greeting).is_none());
+        assert!(queue.try_recv().is_err(), "no welcome yet");
+        let outgoing = subscriber_queue.try_recv().expect("queued");
+        subscriber_outbox.written(&outgoing);
+        assert!(poll_once(&mut greeting).is_some_and(|done| done.is_ok()));
+        let frame = queue.try_recv().expect("the welcome").frame;
+        let Ok(crate::wire::Body::Message(message)) =
+            crate::wire::Body::decode(&frame[FRAME_LENGTH_BYTES..])
+        else {
+            panic!("a welcome frame");
+        };
+        let welcome = Welcome::from_message(&message).expect("a welcome");
+        assert_eq!(welcome.highest_sequence, Some(2));
+        assert_eq!(entry.lock().await.persisted_mark(), Some(2));
     }
 
     /// A subscriber that goes away is not waited for: its connection closes its outbox
