@@ -5,8 +5,8 @@
 //! Owns the line formats and the counting. The connection is the library's
 //! [`TestClient`] (buffered reads, so it keeps up with the broker at synthetic load; a
 //! subscriber that falls behind by more than the broker's queue is cut off by the broker,
-//! which the summary reports); it subscribes with its resume [`Positions`], so the broker
-//! never sends it an event it already holds. It is a consumer only: it never acknowledges,
+//! which the summary reports). It subscribes with `subscribe-from` and keeps its resume
+//! [`Positions`], so a resubscription would never be sent an event it already holds. It is a consumer only: it never acknowledges,
 //! publishes or touches the WAL.
 
 use std::path::Path;
@@ -161,7 +161,8 @@ pub async fn run(
                 return;
             }
         };
-        // Kept for a resubscription; the order check below is the run's own.
+        // Where this subscriber is, for `subscribe_from`. `run` subscribes once (its broker
+        // lives in this process and never restarts); the order check below is its own.
         client.positions.record(&message);
         state.count(message.sequence);
         if !printing {
