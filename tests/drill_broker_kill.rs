@@ -189,10 +189,12 @@ async fn broker_sigkill_and_restart_while_publishing() {
     std::fs::rename(&stage, &socket).expect("move the socket into place");
     stop.send(true).expect("publisher running");
     let last = publisher.await.expect("publisher task");
+    // Receive first: the broker acks only what its subscribers' sockets hold, so a
+    // subscriber that waited for the ack without reading could be cut off as slow.
+    let complete = subscriber.receive_through(&mut client, last).await;
     guarded("final acknowledgement", connector.acknowledged(last))
         .await
         .expect("acknowledged");
-    let complete = subscriber.receive_through(&mut client, last).await;
     let stats = connector.stats();
     connector.shutdown().await.expect("shutdown");
 
