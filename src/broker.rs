@@ -5,7 +5,9 @@
 //! Owns the broker's configuration, start-up and shutdown. It accepts many publishers and
 //! subscribers, answers `PING`, sends welcome and cumulative acks, de-duplicates by
 //! (publisher id, sequence) — persistently with a state directory — and routes events to
-//! subscribers by topic pattern. Every peer is untrusted: frames, connections, publishers,
+//! subscribers by topic pattern, from each subscriber's resume positions. A publisher's mark
+//! is persisted and acked only once its events are in every current subscriber's socket, so
+//! a broker crash loses and repeats nothing (docs/protocol.md §8). Every peer is untrusted: frames, connections, publishers,
 //! patterns and outgoing queues are all bounded. The protocol is `docs/protocol.md`.
 //!
 //! - `socket`: the listening socket's path rules and cleanup.
@@ -68,6 +70,11 @@ pub struct BrokerConfig {
     pub subscriber_queue_max_messages: usize,
     /// Most bytes of event frames queued for one connection. Default 16 MiB.
     pub subscriber_queue_max_bytes: usize,
+    /// Longest a subscriber's socket may refuse an event frame before the subscriber is
+    /// disconnected as slow. Acks wait until every current subscriber's socket holds the
+    /// events (docs/protocol.md §8), so this bounds how long a stuck subscriber delays
+    /// them when nothing else overflows its queue. Default 10 000 ms.
+    pub subscriber_write_timeout_ms: u64,
     /// Read buffer per connection. Default 64 KiB.
     pub read_buffer_bytes: usize,
 }
@@ -85,6 +92,7 @@ impl BrokerConfig {
             max_patterns_per_connection: 64,
             subscriber_queue_max_messages: 1024,
             subscriber_queue_max_bytes: 16 * 1024 * 1024,
+            subscriber_write_timeout_ms: 10_000,
             read_buffer_bytes: 64 * 1024,
         }
     }
@@ -119,6 +127,12 @@ impl BrokerConfig {
                 1 << 34,
             ),
             ("read_buffer_bytes", self.read_buffer_bytes, 4096, 1 << 24),
+            (
+                "subscriber_write_timeout_ms",
+                usize::try_from(self.subscriber_write_timeout_ms).unwrap_or(usize::MAX),
+                1,
+                3_600_000,
+            ),
         ];
         for (field, value, min, max) in ranges {
             if !(min..=max).contains(&value) {

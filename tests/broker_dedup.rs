@@ -1,12 +1,13 @@
-//! Broker integration tests for our extension: welcome and ack values, and de-duplication by
+//! Broker integration tests for our extension: welcome and ack values, de-duplication by
 //! (publisher id, sequence) across a publisher reconnect and across a broker restart with
-//! `--state-dir`. The broker runs as a child process, so its restart is real.
+//! `--state-dir`, and subscribers resuming from their positions. The broker runs as a child
+//! process, so its restart (and its SIGKILL) is real.
 
 mod broker_support;
 
 use broker_support::{BrokerProcess, GUARD, event, short_tempdir};
 use procmond_wal::EventKind;
-use procmond_wal::broker::client::TestClient;
+use procmond_wal::broker::client::{Positions, TestClient};
 use procmond_wal::wire::PROTOCOL_VERSION;
 
 async fn sequences(client: &mut TestClient, count: usize) -> Vec<u64> {
@@ -236,4 +237,50 @@ async fn without_state_dir_a_restarted_broker_starts_empty() {
     })
     .await
     .expect("second broker finished within the guard");
+}
+
+/// Everything the publisher's ack covers is in the subscribers' sockets, even if the broker
+/// is killed right after acking; a subscriber that resubscribes with its positions is sent
+/// only what it does not hold.
+#[tokio::test]
+async fn acked_events_outlive_a_killed_broker_and_resumed_subscribers_get_only_newer_ones() {
+    let dir = short_tempdir();
+    let state = dir.path().join("state");
+    let state_arg = state.to_str().expect("utf-8");
+    let mut broker = BrokerProcess::start(&dir.path().join("b.sock"), &["--state-dir", state_arg]);
+    tokio::time::timeout(GUARD, async {
+        let mut fresh = TestClient::connect(&broker.socket).await.expect("connect");
+        fresh.subscribe(&["events.#"]).await.expect("subscribe");
+        let mut resumed = TestClient::connect(&broker.socket).await.expect("connect");
+        let mut positions = Positions::new();
+        positions.insert("resume-test", 3);
+        // Another publisher's position does not hold back this one's events.
+        positions.insert("someone-else", 100);
+        resumed
+            .subscribe_from(&["events.#"], &positions)
+            .await
+            .expect("subscribe from positions");
+        let mut publisher = TestClient::connect(&broker.socket).await.expect("connect");
+        publisher.hello("resume-test").await.expect("welcome");
+        for sequence in 1..=6 {
+            publisher
+                .publish(sequence, EventKind::Start, &event(sequence as u32))
+                .await
+                .expect("publish");
+        }
+        publisher.wait_for_ack(6).await.expect("ack");
+        broker.kill();
+        let drain = |client: TestClient| async move {
+            let mut client = client;
+            let mut got = Vec::new();
+            while let Some(message) = client.next_event_or_end().await.expect("read") {
+                got.push(message.sequence);
+            }
+            got
+        };
+        assert_eq!(drain(fresh).await, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(drain(resumed).await, [4, 5, 6]);
+    })
+    .await
+    .expect("test finished within the guard");
 }

@@ -224,16 +224,14 @@ async fn a_frame_of_exactly_one_mebibyte_is_accepted() {
         let frame = message.encode_frame().expect("exactly 1 MiB fits");
         assert_eq!(frame.len(), 4 + MAX_FRAME_BODY_BYTES);
         publisher.send_raw(&frame).await.expect("send");
+        // The ack waits until the subscriber's socket holds the whole frame, which is more
+        // than a socket buffer: the subscriber reads meanwhile.
+        let (ack, delivered) = tokio::join!(publisher.wait_for_ack(1), subscriber.next_event());
+        assert_eq!(ack.expect("ack").highest_sequence, 1);
         assert_eq!(
-            publisher
-                .wait_for_ack(1)
-                .await
-                .expect("ack")
-                .highest_sequence,
-            1
+            delivered.expect("delivered").payload.len(),
+            message.payload.len()
         );
-        let delivered = subscriber.next_event().await.expect("delivered");
-        assert_eq!(delivered.payload.len(), message.payload.len());
     })
     .await
     .expect("test finished within the guard");

@@ -1,6 +1,7 @@
 //! The broker as a library, started in-process with small limits: a slow subscriber is
-//! disconnected (and counted) without stalling publishers, the connection cap closes extra
-//! connections, and shutdown removes the socket.
+//! disconnected (and counted) without stalling publishers, a stuck one without holding back
+//! acks for longer than the write timeout, the connection cap closes extra connections, and
+//! shutdown removes the socket.
 
 mod broker_support;
 
@@ -53,6 +54,53 @@ async fn a_slow_subscriber_is_disconnected_without_stalling_publishers() {
     assert_eq!(stats.subscribers_disconnected_slow, 1);
     assert_eq!(stats.events_received, 200);
     assert!(stats.deliveries < 200, "{stats:?}");
+    broker.shutdown().await;
+}
+
+/// Acks wait until subscribers' sockets hold the events; a subscriber that never reads,
+/// with room left in its queue, is cut off after the write timeout so acks resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_subscriber_is_cut_off_so_acks_resume() {
+    let dir = short_tempdir();
+    let mut config = BrokerConfig::new(dir.path().join("b.sock"));
+    config.subscriber_write_timeout_ms = 200;
+    let broker = Broker::start(config).await.expect("start");
+    tokio::time::timeout(GUARD, async {
+        let mut stuck = TestClient::connect(broker.socket_path())
+            .await
+            .expect("connect");
+        stuck.subscribe(&["events.#"]).await.expect("subscribe");
+        let mut publisher = TestClient::connect(broker.socket_path())
+            .await
+            .expect("connect");
+        publisher.hello("stuck-test").await.expect("welcome");
+        // 2 MiB of events: more than any socket buffer, well inside the 16 MiB queue.
+        let mut big = event(1);
+        big.command_line = vec!["z".repeat(100 * 1024)];
+        for sequence in 1..=20 {
+            publisher
+                .publish(sequence, EventKind::Start, &big)
+                .await
+                .expect("publish");
+        }
+        assert_eq!(
+            publisher
+                .wait_for_ack(20)
+                .await
+                .expect("ack")
+                .highest_sequence,
+            20
+        );
+        stuck
+            .wait_until_closed()
+            .await
+            .expect("stuck subscriber disconnected");
+    })
+    .await
+    .expect("test finished within the guard");
+    let stats = broker.stats();
+    assert_eq!(stats.subscribers_disconnected_slow, 1);
+    assert_eq!(stats.deliveries, 20, "queued, not overflowed: {stats:?}");
     broker.shutdown().await;
 }
 

@@ -1,20 +1,23 @@
-//! A small async client for tests and tools — **not** the production connector (which speaks
-//! the client side on its own io_uring ring).
+//! A small async client for tests and tools (the drills, `run`'s printing subscriber) —
+//! **not** the production connector (which speaks the client side on its own io_uring ring).
 //!
-//! Owns nothing but convenience: connect, send frames, hello, publish, subscribe, wait for
-//! welcome/acks/events, answering `PING`s on the way. Events that arrive while waiting for
-//! something else are kept and returned by [`TestClient::next_event`] in order.
+//! Owns nothing but convenience: connect, send frames, hello, publish, subscribe (also from
+//! resume [`Positions`]), wait for welcome/acks/events, answering `PING`s on the way. Reads
+//! are buffered, so a subscriber keeps up with a broker's replay bursts. Events that arrive
+//! while waiting for something else are kept and returned by [`TestClient::next_event`] in
+//! order.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::event::{EventKind, ProcessEvent};
-use crate::wire::control::ControlPayload;
+use crate::wire::control::{ControlPayload, ResumePosition, SubscribeFrom};
 use crate::wire::frame::{self, FRAME_LENGTH_BYTES, MAX_FRAME_BODY_BYTES};
-use crate::wire::payload::event_message;
+use crate::wire::payload::{PUBLISHER_TAG, event_message};
 use crate::wire::{
     Ack, Body, Hello, Message, MessageType, PROTOCOL_VERSION, Subscribe, Subscribed, Welcome,
     WireError, WireTime,
@@ -41,13 +44,91 @@ pub enum ClientError {
     Closed,
 }
 
+/// Read buffer of a client connection: room for a burst of events, so a subscriber drains a
+/// replay with few system calls.
+const READ_BUFFER_BYTES: usize = 256 * 1024;
+
 /// A connection to a broker.
 #[derive(Debug)]
 pub struct TestClient {
-    stream: UnixStream,
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
     publisher_id: String,
     stashed_events: VecDeque<Message>,
     control_sequence: u64,
+}
+
+/// Where a subscriber is: per publisher, the highest sequence it holds. Sent with
+/// [`TestClient::subscribe_from`] when it (re)subscribes, so the broker forwards only newer
+/// events and a publisher's replay after a broker restart arrives once.
+///
+/// Events are attributed to publishers by their `procmond.publisher_id` correlation tag
+/// (docs/protocol.md §3), which our publishers set to their hello's id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Positions {
+    held: BTreeMap<String, u64>,
+}
+
+/// What a received event was, measured against the [`Positions`] before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// Above its publisher's position (or the publisher's first); the position moved to it.
+    New,
+    /// At or below its publisher's position: the subscriber already had it.
+    AlreadyHeld,
+    /// No publisher tag: cannot be placed (an upstream publisher's event).
+    Untracked,
+}
+
+impl Positions {
+    /// No positions: a subscriber that holds nothing yet.
+    pub fn new() -> Positions {
+        Positions::default()
+    }
+
+    /// Records a received event.
+    pub fn record(&mut self, message: &Message) -> Received {
+        let Some(publisher_id) = message
+            .correlation_metadata
+            .correlation_tags
+            .get(PUBLISHER_TAG)
+        else {
+            return Received::Untracked;
+        };
+        match self.held.get_mut(publisher_id) {
+            Some(held) if message.sequence <= *held => Received::AlreadyHeld,
+            Some(held) => {
+                *held = message.sequence;
+                Received::New
+            }
+            None => {
+                self.held.insert(publisher_id.clone(), message.sequence);
+                Received::New
+            }
+        }
+    }
+
+    /// Sets a publisher's position outright (e.g. restored from the subscriber's own
+    /// storage): it holds everything of `publisher_id` up to `sequence`.
+    pub fn insert(&mut self, publisher_id: impl Into<String>, sequence: u64) {
+        self.held.insert(publisher_id.into(), sequence);
+    }
+
+    /// The highest sequence held of `publisher_id`.
+    pub fn get(&self, publisher_id: &str) -> Option<u64> {
+        self.held.get(publisher_id).copied()
+    }
+
+    /// The positions as sent in a `subscribe-from` message.
+    pub fn to_wire(&self) -> Vec<ResumePosition> {
+        self.held
+            .iter()
+            .map(|(publisher_id, &sequence)| ResumePosition {
+                publisher_id: publisher_id.clone(),
+                sequence,
+            })
+            .collect()
+    }
 }
 
 impl TestClient {
@@ -59,8 +140,10 @@ impl TestClient {
                 operation: "connect",
                 source,
             })?;
+        let (read_half, writer) = stream.into_split();
         Ok(TestClient {
-            stream,
+            reader: BufReader::with_capacity(READ_BUFFER_BYTES, read_half),
+            writer,
             publisher_id: "anonymous".to_owned(),
             stashed_events: VecDeque::new(),
             control_sequence: 0,
@@ -69,7 +152,7 @@ impl TestClient {
 
     /// Writes raw bytes (for misbehaving-peer tests).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.stream
+        self.writer
             .write_all(bytes)
             .await
             .map_err(|source| ClientError::Io {
@@ -153,6 +236,45 @@ impl TestClient {
             .await
     }
 
+    /// Subscribes to `patterns` from `positions` (what this subscriber already holds; see
+    /// [`Positions`]) and waits until the broker confirms. Needs a broker that knows
+    /// `control.eventbus.subscribe-from` (ours); an older one ignores it and never confirms.
+    pub async fn subscribe_from(
+        &mut self,
+        patterns: &[&str],
+        positions: &Positions,
+    ) -> Result<Subscribed, ClientError> {
+        let subscribe = SubscribeFrom {
+            patterns: patterns
+                .iter()
+                .map(|pattern| (*pattern).to_owned())
+                .collect(),
+            positions: positions.to_wire(),
+        };
+        self.send_control(&subscribe).await?;
+        self.wait_for(|message| Subscribed::from_message(message).ok())
+            .await
+    }
+
+    /// The next event, or `None` once the broker's stream has ended: closed between frames,
+    /// reset, or cut off inside a frame (as when the broker dies mid-write; a frame the
+    /// broker never finished writing was never delivered).
+    pub async fn next_event_or_end(&mut self) -> Result<Option<Message>, ClientError> {
+        match self.next_event().await {
+            Ok(message) => Ok(Some(message)),
+            Err(ClientError::Closed) => Ok(None),
+            Err(ClientError::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     /// The next event delivered to this connection.
     pub async fn next_event(&mut self) -> Result<Message, ClientError> {
         if let Some(message) = self.stashed_events.pop_front() {
@@ -193,7 +315,7 @@ impl TestClient {
         };
         let mut prefix = [0u8; FRAME_LENGTH_BYTES];
         if self
-            .stream
+            .reader
             .read(&mut prefix[..1])
             .await
             .map_err(read_failed)?
@@ -201,13 +323,13 @@ impl TestClient {
         {
             return Ok(None);
         }
-        self.stream
+        self.reader
             .read_exact(&mut prefix[1..])
             .await
             .map_err(read_failed)?;
         let body_bytes = frame::body_length(prefix, MAX_FRAME_BODY_BYTES)?;
         let mut body = vec![0u8; body_bytes];
-        self.stream
+        self.reader
             .read_exact(&mut body)
             .await
             .map_err(read_failed)?;
@@ -240,5 +362,51 @@ impl TestClient {
         if message.message_type == MessageType::Event {
             self.stashed_events.push_back(message);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event_of(publisher_id: &str, sequence: u64) -> Message {
+        let event = ProcessEvent::new(1, "x", chrono::DateTime::UNIX_EPOCH);
+        event_message(
+            publisher_id,
+            sequence,
+            EventKind::Start,
+            &event,
+            WireTime::EPOCH,
+        )
+        .expect("encode")
+    }
+
+    #[test]
+    fn positions_follow_each_publisher_and_spot_what_is_already_held() {
+        let mut positions = Positions::new();
+        positions.insert("q", 10);
+        assert_eq!(positions.record(&event_of("p", 3)), Received::New);
+        assert_eq!(positions.record(&event_of("p", 5)), Received::New);
+        assert_eq!(positions.record(&event_of("p", 5)), Received::AlreadyHeld);
+        assert_eq!(positions.record(&event_of("p", 4)), Received::AlreadyHeld);
+        assert_eq!(positions.record(&event_of("q", 10)), Received::AlreadyHeld);
+        assert_eq!(positions.record(&event_of("q", 11)), Received::New);
+        let mut untagged = event_of("p", 9);
+        untagged.correlation_metadata.correlation_tags.clear();
+        assert_eq!(positions.record(&untagged), Received::Untracked);
+        assert_eq!(positions.get("p"), Some(5));
+        assert_eq!(
+            positions.to_wire(),
+            [
+                ResumePosition {
+                    publisher_id: "p".into(),
+                    sequence: 5
+                },
+                ResumePosition {
+                    publisher_id: "q".into(),
+                    sequence: 11
+                },
+            ]
+        );
     }
 }

@@ -47,6 +47,14 @@ pub(crate) struct PublisherState {
     persisted: Option<u64>,
 }
 
+impl PublisherState {
+    /// The highest mark known to be persisted (with a state directory: on disk).
+    #[cfg(test)]
+    pub(crate) fn persisted_mark(&self) -> Option<u64> {
+        self.persisted
+    }
+}
+
 /// A shared, lockable publisher entry; the lock serialises a publisher's connections (an old
 /// and a new one can overlap during a reconnect) so de-duplication and order hold.
 pub(crate) type PublisherEntry = Arc<tokio::sync::Mutex<PublisherState>>;
@@ -113,12 +121,20 @@ impl PublisherTable {
         Some(entry)
     }
 
-    /// Makes the high-water mark durable if a state directory is configured and it moved.
-    /// Call with the publisher's lock held, before acknowledging.
-    pub(crate) async fn persist(&self, state: &mut PublisherState) -> Result<(), BrokerError> {
-        let Some(high_water) = state.high_water else {
-            return Ok(());
-        };
+    /// Makes the mark `high_water` durable if a state directory is configured and the file
+    /// holds less. Call with the publisher's lock held, before acknowledging, and only once
+    /// every event at or below `high_water` is written to the subscribers (docs/protocol.md
+    /// §8): a successor broker drops the replay of everything at or below a persisted mark.
+    pub(crate) async fn persist(
+        &self,
+        state: &mut PublisherState,
+        high_water: u64,
+    ) -> Result<(), BrokerError> {
+        assert!(
+            state.high_water >= Some(high_water),
+            "persisting {high_water} above the accepted mark {:?}",
+            state.high_water
+        );
         if state.persisted >= Some(high_water) {
             return Ok(());
         }
@@ -371,7 +387,7 @@ mod tests {
             let entry = table.entry(id).expect("room");
             let mut state = entry.lock().await;
             state.high_water = Some(mark);
-            table.persist(&mut state).await.expect("persist");
+            table.persist(&mut state, mark).await.expect("persist");
         }
         let reopened = PublisherTable::open(Some(dir.path().to_owned()), 16).expect("reopen");
         for (mark, id) in (1u64..).zip(&ids) {
@@ -416,7 +432,7 @@ mod tests {
         {
             let mut state = entry.lock().await;
             state.high_water = Some(41);
-            table.persist(&mut state).await.expect("persist");
+            table.persist(&mut state, 41).await.expect("persist");
         }
         let reopened = PublisherTable::open(Some(dir.path().to_owned()), 4).expect("reopen");
         let entry = reopened.entry("p").expect("loaded");

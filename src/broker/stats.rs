@@ -13,6 +13,7 @@ pub(crate) struct Counters {
     pub(crate) events_received: AtomicU64,
     pub(crate) events_duplicate: AtomicU64,
     pub(crate) deliveries: AtomicU64,
+    pub(crate) deliveries_already_held: AtomicU64,
     pub(crate) subscribers_disconnected_slow: AtomicU64,
     pub(crate) pings_answered: AtomicU64,
     pub(crate) acks_sent: AtomicU64,
@@ -35,6 +36,7 @@ impl Counters {
             events_received: read(&self.events_received),
             events_duplicate: read(&self.events_duplicate),
             deliveries: read(&self.deliveries),
+            deliveries_already_held: read(&self.deliveries_already_held),
             subscribers_disconnected_slow: read(&self.subscribers_disconnected_slow),
             pings_answered: read(&self.pings_answered),
             acks_sent: read(&self.acks_sent),
@@ -60,7 +62,11 @@ pub struct BrokerStats {
     pub events_duplicate: u64,
     /// Event deliveries queued to subscribers (one per matching subscriber).
     pub deliveries: u64,
-    /// Subscribers disconnected because their queue overflowed.
+    /// Deliveries skipped because the subscriber's resume position showed it already held
+    /// the event (it resubscribed after a broker restart).
+    pub deliveries_already_held: u64,
+    /// Subscribers disconnected as slow: their queue overflowed, or an event frame waited
+    /// longer than `subscriber_write_timeout_ms` for their socket.
     pub subscribers_disconnected_slow: u64,
     /// `PING` frames answered.
     pub pings_answered: u64,

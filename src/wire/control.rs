@@ -28,6 +28,8 @@ pub const ACK_TOPIC: &str = "control.eventbus.ack";
 pub const SUBSCRIBE_TOPIC: &str = "control.eventbus.subscribe";
 /// Topic of [`Subscribed`].
 pub const SUBSCRIBED_TOPIC: &str = "control.eventbus.subscribed";
+/// Topic of [`SubscribeFrom`].
+pub const SUBSCRIBE_FROM_TOPIC: &str = "control.eventbus.subscribe-from";
 
 /// A control payload: its topic, and conversion to and from a `Control` envelope.
 pub trait ControlPayload: Serialize + DeserializeOwned {
@@ -157,6 +159,45 @@ impl ControlPayload for Subscribed {
     const NAME: &'static str = "Subscribed";
 }
 
+/// Client → broker: like [`Subscribe`], and the subscriber already holds every event of
+/// each listed publisher up to its `sequence`, so the broker forwards that publisher's events
+/// only above it. Answered with [`Subscribed`]. A resubscribing client sends where it is, so
+/// a publisher's replay after a broker restart reaches it once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribeFrom {
+    /// Patterns (see [`crate::wire::topic::Pattern`]).
+    pub patterns: Vec<String>,
+    /// Per publisher, the highest sequence the subscriber already holds.
+    pub positions: Vec<ResumePosition>,
+}
+
+/// One publisher's position in a [`SubscribeFrom`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumePosition {
+    /// The publisher id (as in its [`Hello`]; 1..=128 bytes).
+    pub publisher_id: String,
+    /// The highest sequence of that publisher the subscriber holds.
+    pub sequence: u64,
+}
+
+impl ControlPayload for SubscribeFrom {
+    const TOPIC: &'static str = SUBSCRIBE_FROM_TOPIC;
+    const NAME: &'static str = "SubscribeFrom";
+
+    fn validate(&self) -> Result<(), WireError> {
+        for position in &self.positions {
+            let id_bytes = position.publisher_id.len();
+            if id_bytes == 0 || id_bytes > MAX_PUBLISHER_ID_BYTES {
+                return Err(WireError::BadPublisherId {
+                    id_bytes,
+                    max_bytes: MAX_PUBLISHER_ID_BYTES,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +211,7 @@ mod tests {
             ACK_TOPIC,
             SUBSCRIBE_TOPIC,
             SUBSCRIBED_TOPIC,
+            SUBSCRIBE_FROM_TOPIC,
         ] {
             assert_eq!(check_topic(topic), Ok(()), "{topic}");
         }
@@ -199,6 +241,43 @@ mod tests {
             .expect("encode");
         assert_eq!(message.payload, [1, 1, 0xac, 0x02]);
         assert_eq!(Welcome::from_message(&message).ok(), Some(welcome));
+    }
+
+    #[test]
+    fn subscribe_from_has_its_documented_layout_and_checks_ids() {
+        let subscribe = SubscribeFrom {
+            patterns: vec!["events.#".into()],
+            positions: vec![ResumePosition {
+                publisher_id: "p".into(),
+                sequence: 300,
+            }],
+        };
+        let message = subscribe
+            .to_message("s", 1, WireTime::EPOCH)
+            .expect("encode");
+        assert_eq!(
+            message.payload,
+            [
+                1, 8, b'e', b'v', b'e', b'n', b't', b's', b'.', b'#', 1, 1, b'p', 0xac, 0x02
+            ]
+        );
+        assert_eq!(SubscribeFrom::from_message(&message).ok(), Some(subscribe));
+        // A plain Subscribe is not a SubscribeFrom (different topic), so old subscribers keep
+        // their meaning.
+        let plain = Subscribe {
+            patterns: vec!["events.#".into()],
+        }
+        .to_message("s", 2, WireTime::EPOCH)
+        .expect("encode");
+        assert!(SubscribeFrom::from_message(&plain).is_err());
+        let bad = SubscribeFrom {
+            patterns: vec![],
+            positions: vec![ResumePosition {
+                publisher_id: String::new(),
+                sequence: 1,
+            }],
+        };
+        assert!(bad.to_message("s", 3, WireTime::EPOCH).is_err());
     }
 
     #[test]

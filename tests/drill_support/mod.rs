@@ -181,77 +181,6 @@ impl Order {
     }
 }
 
-/// The sequences of one subscriber connection (one broker incarnation), checked against
-/// the stream so far. Within a connection they must be contiguous and increasing. A new
-/// connection may start at or below the previous highest + 1 (a restarted broker routes
-/// again what its predecessor routed but had not yet persisted: `redelivered`). It may
-/// start above it only up to the high-water mark the killed broker had persisted + 1: those
-/// events were accepted (and possibly acknowledged) by the killed broker but had not reached
-/// the subscriber's socket when it died, and its successor drops their replay as duplicates
-/// (`lost_in_killed_broker`). A start beyond that is a gap the broker never had: a violation.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Runs {
-    /// Highest sequence seen on any connection.
-    pub highest: u64,
-    /// Sequences received in total.
-    pub received: u64,
-    /// Sequences received again on a later connection (routed twice across a crash).
-    pub redelivered: u64,
-    /// Sequences a killed broker had persisted as received but never wrote to the
-    /// subscriber.
-    pub lost_in_killed_broker: u64,
-    /// Problems: a gap the broker never had, or a repeat or reordering within a connection.
-    pub violations: Vec<String>,
-    current: Option<u64>,
-    persisted_mark: u64,
-    connection: u64,
-}
-
-impl Runs {
-    /// Starts counting a new connection to a broker that starts from `persisted_mark` (the
-    /// high-water mark in its state directory; 0 for none).
-    pub fn new_connection(&mut self, persisted_mark: u64) {
-        self.current = None;
-        self.persisted_mark = persisted_mark;
-        self.connection += 1;
-    }
-
-    /// Feeds one sequence of the current connection.
-    pub fn see(&mut self, sequence: u64) {
-        self.received += 1;
-        match self.current {
-            Some(previous) if sequence != previous + 1 => self.violations.push(format!(
-                "connection {}: {sequence} after {previous}",
-                self.connection
-            )),
-            None if sequence > self.highest + 1 => {
-                if sequence <= self.persisted_mark + 1 {
-                    self.lost_in_killed_broker += sequence - self.highest - 1;
-                } else {
-                    self.violations.push(format!(
-                        "connection {}: starts at {sequence}, above {} and the broker's persisted mark {} (a gap)",
-                        self.connection,
-                        self.highest + 1,
-                        self.persisted_mark
-                    ));
-                }
-            }
-            _ => {}
-        }
-        if sequence <= self.highest {
-            self.redelivered += 1;
-        }
-        self.highest = self.highest.max(sequence);
-        self.current = Some(sequence);
-    }
-
-    /// Every sequence through `last` either received or lost inside a killed broker, with
-    /// nothing out of order within a connection.
-    pub fn is_complete_through(&self, last: u64) -> bool {
-        self.highest == last && self.violations.is_empty()
-    }
-}
-
 /// The high-water mark the reference broker persisted in `state_dir` for its only
 /// publisher (0 if none yet): the number in the one `*.hwm` file.
 pub fn persisted_mark(state_dir: &Path) -> u64 {
@@ -393,27 +322,6 @@ pub fn printed_sequence(line: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn runs_allow_overlap_and_persisted_losses_across_connections_only() {
-        let mut runs = Runs::default();
-        runs.new_connection(0);
-        (1..=5).for_each(|sequence| runs.see(sequence));
-        runs.new_connection(5);
-        (4..=8).for_each(|sequence| runs.see(sequence));
-        assert!(runs.is_complete_through(8));
-        assert_eq!(runs.redelivered, 2);
-        // The killed broker had persisted 10 but the subscriber saw only 8.
-        runs.new_connection(10);
-        runs.see(11);
-        assert_eq!(runs.lost_in_killed_broker, 2);
-        assert!(runs.violations.is_empty());
-        runs.new_connection(11);
-        runs.see(14);
-        runs.see(16);
-        runs.see(16);
-        assert_eq!(runs.violations.len(), 3, "{:?}", runs.violations);
-    }
 
     #[test]
     fn order_counts_repeats_and_gaps() {

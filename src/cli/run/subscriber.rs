@@ -2,26 +2,21 @@
 //! that sequences arrive exactly once and in order, counts them, and prints each event as
 //! one line on stdout (a compact human line, or JSON).
 //!
-//! Owns its subscriber connection (buffered reads, so it keeps up with the broker at
-//! synthetic load; a subscriber that falls behind by more than the broker's queue is cut
-//! off by the broker, which the summary reports), the line formats and the counting. It is a
-//! consumer only: it never acknowledges, publishes or touches the WAL.
+//! Owns the line formats and the counting. The connection is the library's
+//! [`TestClient`] (buffered reads, so it keeps up with the broker at synthetic load; a
+//! subscriber that falls behind by more than the broker's queue is cut off by the broker,
+//! which the summary reports). It subscribes with `subscribe-from` and keeps its resume
+//! [`Positions`], so a resubscription would never be sent an event it already holds. It is a consumer only: it never acknowledges,
+//! publishes or touches the WAL.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
-use procmond_wal::wire::control::ControlPayload;
-use procmond_wal::wire::frame::body_length;
-use procmond_wal::wire::{
-    Body, CollectionEvent, FRAME_LENGTH_BYTES, MAX_FRAME_BODY_BYTES, Message, MessageType,
-    Subscribe, Subscribed, WireError, WireTime,
-};
+use procmond_wal::broker::client::{ClientError, Positions, TestClient};
+use procmond_wal::wire::{CollectionEvent, Message};
 use procmond_wal::{EventKind, ProcessEvent};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
 use super::status::Console;
@@ -30,90 +25,11 @@ use super::summary::SubscriberFigures;
 /// Every process topic.
 pub const ALL_PROCESS_TOPICS: &str = "events.process.#";
 
-/// Read buffer of the subscriber connection.
-const READ_BUFFER_BYTES: usize = 256 * 1024;
-
-/// Origin of the subscriber's control messages.
-const SUBSCRIBER_ORIGIN: &str = "procmond-wal-run-subscriber";
-
-/// Why the subscriber connection failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SubscriberError {
-    /// A socket call failed.
-    #[error("cannot {operation} the broker socket: {source}")]
-    Io {
-        /// `connect`, `read` or `write`.
-        operation: &'static str,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The broker sent bytes that do not decode.
-    #[error(transparent)]
-    Wire(#[from] WireError),
-    /// The broker closed the connection.
-    #[error("the broker closed the connection")]
-    Closed,
-}
-
-/// A subscribed connection to the broker.
+/// A subscribed connection to the broker, and what it holds.
 #[derive(Debug)]
 pub struct Subscription {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
-}
-
-impl Subscription {
-    /// The next frame body; `Closed` at the end of the stream.
-    async fn next_body(&mut self) -> Result<Body, SubscriberError> {
-        let mut prefix = [0u8; FRAME_LENGTH_BYTES];
-        match self.reader.read_exact(&mut prefix).await {
-            Ok(_) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(SubscriberError::Closed);
-            }
-            Err(source) => {
-                return Err(SubscriberError::Io {
-                    operation: "read",
-                    source,
-                });
-            }
-        }
-        let mut body = vec![0u8; body_length(prefix, MAX_FRAME_BODY_BYTES)?];
-        self.reader
-            .read_exact(&mut body)
-            .await
-            .map_err(|source| SubscriberError::Io {
-                operation: "read",
-                source,
-            })?;
-        Ok(Body::decode(&body)?)
-    }
-
-    async fn write(&mut self, frame: &[u8]) -> Result<(), SubscriberError> {
-        self.writer
-            .write_all(frame)
-            .await
-            .map_err(|source| SubscriberError::Io {
-                operation: "write",
-                source,
-            })
-    }
-
-    /// The next event message, answering PINGs on the way.
-    async fn next_event(&mut self) -> Result<Message, SubscriberError> {
-        loop {
-            match self.next_body().await? {
-                Body::Ping => self.write(&Body::Pong.encode_frame()?).await?,
-                Body::Pong => {}
-                Body::Message(message) if message.message_type == MessageType::Event => {
-                    return Ok(message);
-                }
-                Body::Message(_) => {}
-            }
-        }
-    }
+    client: TestClient,
+    positions: Positions,
 }
 
 /// How received events are printed.
@@ -206,37 +122,22 @@ impl SubscriberState {
     }
 }
 
-/// Connects and subscribes; returns once the broker confirmed the subscription, so no event
-/// published afterwards can be missed.
-pub async fn subscribe(socket: &Path) -> Result<Subscription, SubscriberError> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|source| SubscriberError::Io {
-            operation: "connect to",
-            source,
-        })?;
-    let (read, writer) = stream.into_split();
-    let mut subscription = Subscription {
-        reader: BufReader::with_capacity(READ_BUFFER_BYTES, read),
-        writer,
-    };
-    let subscribe = Subscribe {
-        patterns: vec![ALL_PROCESS_TOPICS.to_owned()],
-    };
-    let frame = subscribe
-        .to_message(SUBSCRIBER_ORIGIN, 1, WireTime::now())?
-        .encode_frame()?;
-    subscription.write(&frame).await?;
-    loop {
-        match subscription.next_body().await? {
-            Body::Ping => subscription.write(&Body::Pong.encode_frame()?).await?,
-            Body::Message(message) if Subscribed::from_message(&message).is_ok() => {
-                return Ok(subscription);
-            }
-            // Nothing is published before the subscription is confirmed.
-            _ => {}
-        }
-    }
+/// Connects and subscribes from `positions` (empty for a first subscription); returns once
+/// the broker confirmed the subscription, so no event published afterwards can be missed.
+pub async fn subscribe_from(
+    socket: &Path,
+    positions: Positions,
+) -> Result<Subscription, ClientError> {
+    let mut client = TestClient::connect(socket).await?;
+    client
+        .subscribe_from(&[ALL_PROCESS_TOPICS], &positions)
+        .await?;
+    Ok(Subscription { client, positions })
+}
+
+/// Connects and subscribes to everything from the start.
+pub async fn subscribe(socket: &Path) -> Result<Subscription, ClientError> {
+    subscribe_from(socket, Positions::new()).await
 }
 
 /// Receives, checks, counts and prints events until the broker closes the connection.
@@ -248,16 +149,21 @@ pub async fn run(
 ) {
     let mut printing = format != PrintFormat::None;
     loop {
-        let message = match client.next_event().await {
-            Ok(message) => message,
+        let message = match client.client.next_event_or_end().await {
+            Ok(Some(message)) => message,
+            Ok(None) => {
+                state.mark_disconnected();
+                return;
+            }
             Err(error) => {
-                if !matches!(error, SubscriberError::Closed) {
-                    console.note(&format!("procmond-wal run: subscriber: {error}"));
-                }
+                console.note(&format!("procmond-wal run: subscriber: {error}"));
                 state.mark_disconnected();
                 return;
             }
         };
+        // Where this subscriber is, for `subscribe_from`. `run` subscribes once (its broker
+        // lives in this process and never restarts); the order check below is its own.
+        client.positions.record(&message);
         state.count(message.sequence);
         if !printing {
             // Counting only (synthetic load): the envelope was decoded; the payload is left
