@@ -233,23 +233,22 @@ struct CheckedFrame {
     padding_is_zero: bool,
 }
 
-/// Index of the first nonzero byte of `bytes`. Tests 64 bytes at a time with an OR the
-/// compiler vectorises: the zeros after the last record of a preallocated segment (often
-/// most of it) pass at memory speed.
+/// Index of the first nonzero byte of `bytes`. Tests 128 bytes at a time as eight `u128`
+/// words ORed together (fixed-size arrays, so the compiler uses its widest vector loads): the
+/// zeros after the last record of a preallocated segment (a fifth of every sealed segment)
+/// pass at memory speed.
 fn first_nonzero(bytes: &[u8]) -> Option<usize> {
-    let mut chunks = bytes.chunks_exact(64);
-    let mut base = 0;
-    for chunk in &mut chunks {
-        if chunk.iter().fold(0u8, |acc, &b| acc | b) != 0 {
-            return chunk.iter().position(|&b| b != 0).map(|i| base + i);
+    const BLOCK: usize = 128;
+    let (blocks, rest) = bytes.as_chunks::<BLOCK>();
+    for (index, block) in blocks.iter().enumerate() {
+        let (words, _) = block.as_chunks::<16>();
+        if words.iter().fold(0u128, |acc, word| acc | u128::from_ne_bytes(*word)) != 0 {
+            return block.iter().position(|&b| b != 0).map(|i| index * BLOCK + i);
         }
-        base += 64;
     }
-    chunks
-        .remainder()
-        .iter()
+    rest.iter()
         .position(|&b| b != 0)
-        .map(|i| base + i)
+        .map(|i| blocks.len() * BLOCK + i)
 }
 
 impl<S: ScanSource> SegmentScan<S> {
@@ -631,6 +630,20 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn first_nonzero_finds_the_first_nonzero_byte_anywhere() {
+        let mut bytes = vec![0u8; 1000];
+        assert_eq!(first_nonzero(&bytes), None);
+        assert_eq!(first_nonzero(&[]), None);
+        for at in [0, 1, 15, 16, 127, 128, 129, 500, 895, 896, 999] {
+            bytes[at] = 0x01;
+            bytes[(at + 1).min(999)] = 0x80;
+            assert_eq!(first_nonzero(&bytes), Some(at), "at {at}");
+            assert_eq!(first_nonzero(&bytes[..at]), None, "before {at}");
+            bytes.fill(0);
+        }
     }
 
     #[test]

@@ -13,7 +13,9 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use std::cell::Cell;
+
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 
 use super::{CheckpointEntry, Record, RecordKind, WalEntry, WatermarkEntry};
 use crate::event::{EventKind, ProcessEvent};
@@ -188,7 +190,7 @@ impl EventView<'_> {
             name: self.name.to_owned(),
             executable_path: self.executable_path.map(str::to_owned),
             command_line: self.command_line.iter().map(str::to_owned).collect(),
-            start_time: self.start_time_ns.map(DateTime::from_timestamp_nanos),
+            start_time: self.start_time_ns.map(utc_from_ns),
             cpu_usage_percent: self.cpu_usage_percent,
             memory_usage_bytes: self.memory_usage_bytes,
             executable_hash: self.executable_hash.map(str::to_owned),
@@ -196,7 +198,7 @@ impl EventView<'_> {
             user_id: self.user_id.map(str::to_owned),
             accessible: self.accessible,
             file_exists: self.file_exists,
-            collection_time: DateTime::from_timestamp_nanos(self.collection_time_ns),
+            collection_time: utc_from_ns(self.collection_time_ns),
             platform_metadata: self.platform_metadata.to_map(),
             truncated: self.truncated,
         }
@@ -219,7 +221,7 @@ pub struct EntryView<'a> {
 impl EntryView<'_> {
     /// When the entry was appended.
     pub fn timestamp(&self) -> DateTime<Utc> {
-        DateTime::from_timestamp_nanos(self.timestamp_ns)
+        utc_from_ns(self.timestamp_ns)
     }
 
     /// The owned entry (allocates the event's strings).
@@ -271,11 +273,11 @@ pub fn decode_payload_view(kind: RecordKind, payload: &[u8]) -> Result<RecordVie
         RecordKind::Event => RecordView::Event(entry(&mut cursor)?),
         RecordKind::Checkpoint => RecordView::Checkpoint(CheckpointEntry {
             acked_through: cursor.u64("acked_through")?,
-            timestamp: DateTime::from_timestamp_nanos(cursor.i64("timestamp")?),
+            timestamp: utc_from_ns(cursor.i64("timestamp")?),
         }),
         RecordKind::Watermark => RecordView::Watermark(WatermarkEntry {
             durable_watermark: cursor.u64("durable_watermark")?,
-            timestamp: DateTime::from_timestamp_nanos(cursor.i64("timestamp")?),
+            timestamp: utc_from_ns(cursor.i64("timestamp")?),
         }),
     })
 }
@@ -294,7 +296,7 @@ pub fn decode_payload_owned(kind: RecordKind, payload: &[u8]) -> Result<Record, 
     let kind = event_kind(&mut cursor)?;
     Ok(Record::Event(WalEntry {
         sequence,
-        timestamp: DateTime::from_timestamp_nanos(timestamp_ns),
+        timestamp: utc_from_ns(timestamp_ns),
         event,
         kind,
     }))
@@ -346,7 +348,7 @@ fn event_owned(cursor: &mut Cursor<'_>) -> Result<ProcessEvent, PayloadError> {
             argv
         },
         start_time: cursor.option("start_time", |c| {
-            c.i64("start_time").map(DateTime::from_timestamp_nanos)
+            c.i64("start_time").map(utc_from_ns)
         })?,
         cpu_usage_percent: cursor.option("cpu_usage_percent", |c| {
             c.u64("cpu_usage_percent").map(f64::from_bits)
@@ -359,7 +361,7 @@ fn event_owned(cursor: &mut Cursor<'_>) -> Result<ProcessEvent, PayloadError> {
         user_id: cursor.option("user_id", |c| c.str("user_id").map(owned))?,
         accessible: cursor.bool("accessible")?,
         file_exists: cursor.bool("file_exists")?,
-        collection_time: DateTime::from_timestamp_nanos(cursor.i64("collection_time")?),
+        collection_time: utc_from_ns(cursor.i64("collection_time")?),
         platform_metadata: {
             let count = cursor.u64("platform_metadata")?;
             let mut map = BTreeMap::new();
@@ -406,6 +408,34 @@ fn event<'a>(cursor: &mut Cursor<'a>) -> Result<EventView<'a>, PayloadError> {
         },
         truncated: cursor.bool("truncated")?,
     })
+}
+
+/// `DateTime::from_timestamp_nanos`, keeping per thread the calendar date of the last day
+/// converted: records in a row are nearly always from the same day, and turning a day number
+/// into a date is most of the conversion's cost. Same result for every input.
+fn utc_from_ns(ns: i64) -> DateTime<Utc> {
+    const NS_PER_SECOND: i64 = 1_000_000_000;
+    const SECONDS_PER_DAY: i64 = 86_400;
+    thread_local! {
+        static LAST_DAY: Cell<Option<(i64, NaiveDate)>> = const { Cell::new(None) };
+    }
+    let seconds = ns.div_euclid(NS_PER_SECOND);
+    let subsec_ns = ns.rem_euclid(NS_PER_SECOND) as u32;
+    let day = seconds.div_euclid(SECONDS_PER_DAY);
+    let second_of_day = seconds.rem_euclid(SECONDS_PER_DAY) as u32;
+    let Some(time) = NaiveTime::from_num_seconds_from_midnight_opt(second_of_day, subsec_ns)
+    else {
+        return DateTime::from_timestamp_nanos(ns); // Not reached: both are in range.
+    };
+    let date = LAST_DAY.with(|last| match last.get() {
+        Some((cached_day, date)) if cached_day == day => date,
+        _ => {
+            let date = DateTime::from_timestamp_nanos(ns).date_naive();
+            last.set(Some((day, date)));
+            date
+        }
+    });
+    date.and_time(time).and_utc()
 }
 
 /// Reads fields from the front of a payload.
@@ -503,5 +533,40 @@ impl<'a> Cursor<'a> {
             bytes: &start[..used],
             count,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn cached_time_conversion_equals_chrono(
+            start in any::<i64>(),
+            steps in proptest::collection::vec(-200_000_000_000_000i64..200_000_000_000_000, 0..20),
+        ) {
+            let mut ns = start;
+            prop_assert_eq!(utc_from_ns(ns), DateTime::from_timestamp_nanos(ns));
+            for step in steps {
+                ns = ns.saturating_add(step);
+                prop_assert_eq!(utc_from_ns(ns), DateTime::from_timestamp_nanos(ns));
+            }
+        }
+    }
+
+    #[test]
+    fn cached_time_conversion_at_day_edges() {
+        let day_ns = 86_400 * 1_000_000_000i64;
+        for day in [-719_163i64, -1, 0, 1, 20_000] {
+            for offset in [-1i64, 0, 1, day_ns - 1, day_ns] {
+                let ns = day.saturating_mul(day_ns).saturating_add(offset);
+                assert_eq!(utc_from_ns(ns), DateTime::from_timestamp_nanos(ns), "{ns}");
+            }
+        }
+        for ns in [i64::MIN, i64::MIN + 1, i64::MAX, i64::MAX - 1] {
+            assert_eq!(utc_from_ns(ns), DateTime::from_timestamp_nanos(ns), "{ns}");
+        }
     }
 }
