@@ -38,9 +38,11 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 (cd "$repo" && cargo build --release --quiet)
 bin=$repo/target/release/procmond-wal
 
+cleanup_dir=""
+trap 'rm -f "${times:-}"; [[ -z $cleanup_dir ]] || rm -rf "$cleanup_dir"' EXIT
 if [[ -z $dir ]]; then
     dir=$(mktemp -d "${TMPDIR:-/tmp}/bench-replay.XXXXXX")/wal
-    [[ $keep == 1 ]] || trap 'rm -rf "$(dirname "$dir")"' EXIT
+    [[ $keep == 1 ]] || cleanup_dir=$(dirname "$dir")
 fi
 event_bytes=256
 # load's --event-bytes is the record's size on disk, so this many events hold GB of records.
@@ -58,10 +60,10 @@ echo "log: $dir: $log_events events, $record_bytes record bytes in $file_bytes f
      "($(jq -r .segment_count <<<"$stats") segments)"
 
 # CPU seconds (user + system) of a command; its output is discarded.
+times=$(mktemp)
 cpu_seconds() {
-    local out
-    out=$({ /usr/bin/time -f "%U %S" "$@" >/dev/null 2>/dev/null; } 2>&1 | tail -1)
-    awk '{ printf "%.3f", $1 + $2 }' <<<"$out"
+    /usr/bin/time -f "%U %S" -o "$times" "$@" >/dev/null 2>&1
+    awk '{ printf "%.3f", $1 + $2 }' "$times"
 }
 rate() { awk -v b="$1" -v s="$2" 'BEGIN { if (s > 0) printf "%.2f", b / s / 1e9; else print "inf" }'; }
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }

@@ -91,7 +91,8 @@ prop_compose! {
 /// The payload of an event record as the writer lays it out.
 fn event_payload(entry: &WalEntry) -> Vec<u8> {
     let frame = event_frame(entry);
-    let FrameProbe::Valid { payload, .. } = format::probe_frame(&frame, FrameLayout::V2(SEED), true)
+    let FrameProbe::Valid { payload, .. } =
+        format::probe_frame(&frame, FrameLayout::V2(SEED), true)
     else {
         panic!("a frame the writer made does not verify");
     };
@@ -121,8 +122,16 @@ fn check_decoders_agree(kind: RecordKind, payload: &[u8]) -> Option<Record> {
         .ok()
         .map(|view| view.to_record());
     let expected = comparable(&reference);
-    assert_eq!(comparable(&owned), expected, "owned decoder and bincode disagree");
-    assert_eq!(comparable(&viewed), expected, "borrowing decoder and bincode disagree");
+    assert_eq!(
+        comparable(&owned),
+        expected,
+        "owned decoder and bincode disagree"
+    );
+    assert_eq!(
+        comparable(&viewed),
+        expected,
+        "borrowing decoder and bincode disagree"
+    );
     assert_eq!(
         comparable(&format::decode_payload(kind, payload).ok()),
         expected,

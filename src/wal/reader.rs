@@ -16,8 +16,7 @@ use std::sync::Arc;
 
 use super::error::WalError;
 use super::format::{
-    EntryView, FrameLayout, HeaderError, RecordView, SEGMENT_HEADER_BYTES, SegmentHeader,
-    WalEntry,
+    EntryView, FrameLayout, HeaderError, RecordView, SEGMENT_HEADER_BYTES, SegmentHeader, WalEntry,
 };
 use super::recovery::{directory_salt, layout_for_damaged_header, list_segments};
 use super::scan::{Resilient, ScanItem, SegmentScan};
@@ -247,7 +246,10 @@ impl WalReader {
                         }
                         RecordView::Checkpoint(_) => continue,
                     };
-                    if progress.last_seen.is_some_and(|last| entry.sequence <= last) {
+                    if progress
+                        .last_seen
+                        .is_some_and(|last| entry.sequence <= last)
+                    {
                         continue; // Out of order: damage, as recovery reports it.
                     }
                     if progress
@@ -329,7 +331,6 @@ impl Progress {
         }
         true
     }
-
 }
 
 fn first_sequence_of(path: &Path, opener: &dyn SegmentOpener) -> Option<u64> {

@@ -242,8 +242,15 @@ fn first_nonzero(bytes: &[u8]) -> Option<usize> {
     let (blocks, rest) = bytes.as_chunks::<BLOCK>();
     for (index, block) in blocks.iter().enumerate() {
         let (words, _) = block.as_chunks::<16>();
-        if words.iter().fold(0u128, |acc, word| acc | u128::from_ne_bytes(*word)) != 0 {
-            return block.iter().position(|&b| b != 0).map(|i| index * BLOCK + i);
+        if words
+            .iter()
+            .fold(0u128, |acc, word| acc | u128::from_ne_bytes(*word))
+            != 0
+        {
+            return block
+                .iter()
+                .position(|&b| b != 0)
+                .map(|i| index * BLOCK + i);
         }
     }
     rest.iter()
@@ -286,8 +293,8 @@ impl<S: ScanSource> SegmentScan<S> {
         debug_assert_eq!(self.buf_offset % BLOCK_BYTES as u64, 0);
         // Keep from the block `pos` is in, so the buffer's file offset stays block-aligned.
         let keep_from = self.pos / BLOCK_BYTES * BLOCK_BYTES;
-        let wanted = format::align_up(self.pos - keep_from + need, BLOCK_BYTES)
-            .max(READ_CHUNK_BYTES);
+        let wanted =
+            format::align_up(self.pos - keep_from + need, BLOCK_BYTES).max(READ_CHUNK_BYTES);
         match &mut self.buf {
             Some(buf) if buf.len() >= wanted => {
                 if keep_from > 0 {
@@ -449,8 +456,7 @@ impl<S: ScanSource> SegmentScan<S> {
             probe = self.probe()?;
             let padding_hides_a_frame = match &probe {
                 // Decoded here only to judge the padding (rare: once per padded group).
-                Some(frame) => match format::decode_payload_view(frame.kind, self.payload(frame))
-                {
+                Some(frame) => match format::decode_payload_view(frame.kind, self.payload(frame)) {
                     Ok(RecordView::Event(entry)) => self
                         .last_event_sequence
                         .is_some_and(|last| entry.sequence > last.saturating_add(1)),

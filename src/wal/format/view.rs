@@ -267,7 +267,10 @@ impl RecordView<'_> {
 }
 
 /// Checks a verified payload of `kind` completely and describes it without allocating.
-pub fn decode_payload_view(kind: RecordKind, payload: &[u8]) -> Result<RecordView<'_>, PayloadError> {
+pub fn decode_payload_view(
+    kind: RecordKind,
+    payload: &[u8],
+) -> Result<RecordView<'_>, PayloadError> {
     let mut cursor = Cursor { bytes: payload };
     Ok(match kind {
         RecordKind::Event => RecordView::Event(entry(&mut cursor)?),
@@ -334,9 +337,8 @@ fn event_owned(cursor: &mut Cursor<'_>) -> Result<ProcessEvent, PayloadError> {
         pid: cursor.u32("pid")?,
         ppid: cursor.option("ppid", |c| c.u32("ppid"))?,
         name: cursor.str("name").map(owned)?,
-        executable_path: cursor.option("executable_path", |c| {
-            c.str("executable_path").map(owned)
-        })?,
+        executable_path: cursor
+            .option("executable_path", |c| c.str("executable_path").map(owned))?,
         command_line: {
             let count = cursor.u64("command_line")?;
             // Each entry costs at least its 8-byte length, so this bounds the allocation by
@@ -347,16 +349,13 @@ fn event_owned(cursor: &mut Cursor<'_>) -> Result<ProcessEvent, PayloadError> {
             }
             argv
         },
-        start_time: cursor.option("start_time", |c| {
-            c.i64("start_time").map(utc_from_ns)
-        })?,
+        start_time: cursor.option("start_time", |c| c.i64("start_time").map(utc_from_ns))?,
         cpu_usage_percent: cursor.option("cpu_usage_percent", |c| {
             c.u64("cpu_usage_percent").map(f64::from_bits)
         })?,
         memory_usage_bytes: cursor.option("memory_usage_bytes", |c| c.u64("memory_usage_bytes"))?,
-        executable_hash: cursor.option("executable_hash", |c| {
-            c.str("executable_hash").map(owned)
-        })?,
+        executable_hash: cursor
+            .option("executable_hash", |c| c.str("executable_hash").map(owned))?,
         hash_algorithm: cursor.option("hash_algorithm", |c| c.str("hash_algorithm").map(owned))?,
         user_id: cursor.option("user_id", |c| c.str("user_id").map(owned))?,
         accessible: cursor.bool("accessible")?,
@@ -423,8 +422,7 @@ fn utc_from_ns(ns: i64) -> DateTime<Utc> {
     let subsec_ns = ns.rem_euclid(NS_PER_SECOND) as u32;
     let day = seconds.div_euclid(SECONDS_PER_DAY);
     let second_of_day = seconds.rem_euclid(SECONDS_PER_DAY) as u32;
-    let Some(time) = NaiveTime::from_num_seconds_from_midnight_opt(second_of_day, subsec_ns)
-    else {
+    let Some(time) = NaiveTime::from_num_seconds_from_midnight_opt(second_of_day, subsec_ns) else {
         return DateTime::from_timestamp_nanos(ns); // Not reached: both are in range.
     };
     let date = LAST_DAY.with(|last| match last.get() {
