@@ -22,7 +22,7 @@ mod common;
 
 const SEED: FrameSeed = FrameSeed {
     segment_number: 7,
-    salt: 0x5eed_0f_5a17,
+    salt: 0x5eed_0f5a_17ed,
 };
 
 fn config(cases: u32) -> Config {
