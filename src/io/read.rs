@@ -140,6 +140,13 @@ impl SegmentFile {
     }
 
     fn read_direct(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let aligned = offset.is_multiple_of(READ_BLOCK_BYTES as u64)
+            && buf.len().is_multiple_of(READ_BLOCK_BYTES)
+            && (buf.as_ptr() as usize).is_multiple_of(READ_BLOCK_BYTES);
+        if aligned {
+            // The caller's buffer is usable as is (the scan keeps it so): no bounce copy.
+            return read_blocks(&self.file, buf, offset);
+        }
         let block = READ_BLOCK_BYTES as u64;
         let start = offset / block * block;
         let skip = (offset - start) as usize;
@@ -154,28 +161,32 @@ impl SegmentFile {
         let Some(bounce) = self.bounce.as_mut() else {
             unreachable!("allocated above");
         };
-        let mut filled = 0;
-        while filled < span {
-            match self
-                .file
-                .read_at(&mut bounce[filled..span], start + filled as u64)
-            {
-                Ok(0) => break,
-                Ok(n) => {
-                    filled += n;
-                    // A short read that is not block-aligned is the end of the file.
-                    if n % READ_BLOCK_BYTES != 0 {
-                        break;
-                    }
-                }
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(error) => return Err(error),
-            }
-        }
+        let filled = read_blocks(&self.file, &mut bounce[..span], start)?;
         let available = filled.saturating_sub(skip).min(buf.len());
         buf[..available].copy_from_slice(&bounce[skip..skip + available]);
         Ok(available)
     }
+}
+
+/// Fills `buf` (block-aligned in memory, offset and length) with O_DIRECT reads at `offset`,
+/// as far as the file goes; returns the bytes read.
+fn read_blocks(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => {
+                filled += n;
+                // A short read that is not block-aligned is the end of the file.
+                if n % READ_BLOCK_BYTES != 0 {
+                    break;
+                }
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(filled)
 }
 
 impl ReadAt for SegmentFile {

@@ -12,6 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{EventKind, ProcessEvent};
 
+mod view;
+
+pub use view::{
+    EntryView, EventView, PayloadError, RecordView, StrIter, StrList, StrPairs,
+    decode_payload_owned, decode_payload_view,
+};
+
 /// Unit of O_DIRECT I/O and of the segment header: every write is a multiple of it.
 pub const BLOCK_BYTES: usize = 4096;
 /// Frames start at multiples of this, so a length word never straddles a sector.
@@ -710,6 +717,31 @@ fn frame_crc(layout: FrameLayout, header: &[u8], payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
+/// [`frame_crc`] of a whole frame (`frame` is header and payload, contiguous), in two hasher
+/// updates instead of five: the seed words and header bytes 0..8 are gathered into one small
+/// buffer, and in version 2 header bytes 12..24 run straight on into the payload, so they
+/// are hashed together with it. Same bytes in the same order, so the same CRC.
+fn checked_frame_crc(layout: FrameLayout, frame: &[u8]) -> u32 {
+    let mut prefix = [0u8; 24];
+    let (prefix_len, rest_start) = match layout {
+        FrameLayout::V1 { segment_number } => {
+            prefix[0..8].copy_from_slice(&segment_number.to_le_bytes());
+            prefix[8..16].copy_from_slice(&frame[0..8]);
+            (16, FRAME_HEADER_BYTES_V1)
+        }
+        FrameLayout::V2(seed) => {
+            prefix[0..8].copy_from_slice(&seed.segment_number.to_le_bytes());
+            prefix[8..16].copy_from_slice(&seed.salt.to_le_bytes());
+            prefix[16..24].copy_from_slice(&frame[0..8]);
+            (24, 12)
+        }
+    };
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&prefix[..prefix_len]);
+    hasher.update(&frame[rest_start..]);
+    hasher.finalize()
+}
+
 /// What the bytes at one frame position are.
 #[derive(Debug, PartialEq)]
 pub enum FrameProbe<'a> {
@@ -780,7 +812,7 @@ pub fn probe_frame(window: &[u8], layout: FrameLayout, at_end: bool) -> FramePro
         return FrameProbe::Invalid;
     }
     let payload = &window[header_bytes..payload_end];
-    if frame_crc(layout, &window[..header_bytes], payload) != le_u32(&window[8..12]) {
+    if checked_frame_crc(layout, &window[..payload_end]) != le_u32(&window[8..12]) {
         return FrameProbe::Invalid;
     }
     let durable_watermark = match layout {
@@ -847,27 +879,36 @@ pub fn corrupted_by_one_byte(region: &[u8], region_offset: u64, layout: FrameLay
     false
 }
 
-/// Why a CRC-valid payload did not decode (a writer bug or a deliberate forgery, never bit rot).
-#[derive(Debug, thiserror::Error)]
-#[error("record payload does not decode: {0}")]
-pub struct PayloadError(#[from] bincode::error::DecodeError);
-
-/// Decodes a verified payload.
+/// Decodes a verified payload into an owned record ([`decode_payload_owned`]; see
+/// [`decode_payload_view`] to look at a record without allocating).
 pub fn decode_payload(kind: RecordKind, payload: &[u8]) -> Result<Record, PayloadError> {
+    decode_payload_owned(kind, payload)
+}
+
+/// Decodes a verified payload with bincode itself: the reference the hand-written decoder is
+/// tested against (tests and tools).
+pub fn decode_payload_with_bincode(
+    kind: RecordKind,
+    payload: &[u8],
+) -> Result<Record, PayloadError> {
     let config = bincode_config();
+    let refused = |error: bincode::error::DecodeError| PayloadError::Bincode(error.to_string());
     Ok(match kind {
         RecordKind::Event => {
-            let (entry, _) = bincode::serde::decode_from_slice::<WalEntry, _>(payload, config)?;
+            let (entry, _) = bincode::serde::decode_from_slice::<WalEntry, _>(payload, config)
+                .map_err(refused)?;
             Record::Event(entry)
         }
         RecordKind::Checkpoint => {
             let (entry, _) =
-                bincode::serde::decode_from_slice::<CheckpointEntry, _>(payload, config)?;
+                bincode::serde::decode_from_slice::<CheckpointEntry, _>(payload, config)
+                    .map_err(refused)?;
             Record::Checkpoint(entry)
         }
         RecordKind::Watermark => {
             let (entry, _) =
-                bincode::serde::decode_from_slice::<WatermarkEntry, _>(payload, config)?;
+                bincode::serde::decode_from_slice::<WatermarkEntry, _>(payload, config)
+                    .map_err(refused)?;
             Record::Watermark(entry)
         }
     })

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use super::error::WalError;
 use super::format::{
-    FrameLayout, HeaderError, Record, SEGMENT_HEADER_BYTES, SegmentHeader, WalEntry,
+    EntryView, FrameLayout, HeaderError, RecordView, SEGMENT_HEADER_BYTES, SegmentHeader, WalEntry,
 };
 use super::recovery::{directory_salt, layout_for_damaged_header, list_segments};
 use super::scan::{Resilient, ScanItem, SegmentScan};
@@ -65,6 +65,15 @@ pub struct WalReader {
     newest_listed: Option<u64>,
     current: Option<Current>,
     from_sequence: u64,
+    progress: Progress,
+    salt: Option<u64>,
+    opener: SharedOpener,
+}
+
+/// What the reader has learned so far, apart from the segment being read (kept apart so it
+/// can be updated while a record borrowed from that segment's scan is in hand).
+#[derive(Debug)]
+struct Progress {
     durable_through: Option<u64>,
     /// Highest event sequence seen so far (yielded or not).
     last_seen: Option<u64>,
@@ -72,8 +81,6 @@ pub struct WalReader {
     watermark: u64,
     pending_damage: Option<PendingDamage>,
     skipped_regions: u64,
-    salt: Option<u64>,
-    opener: SharedOpener,
     stopped: bool,
 }
 
@@ -81,8 +88,8 @@ impl std::fmt::Debug for WalReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WalReader")
             .field("from_sequence", &self.from_sequence)
-            .field("durable_through", &self.durable_through)
-            .field("last_seen", &self.last_seen)
+            .field("durable_through", &self.progress.durable_through)
+            .field("last_seen", &self.progress.last_seen)
             .finish_non_exhaustive()
     }
 }
@@ -141,26 +148,28 @@ impl WalReader {
             newest_listed,
             current: None,
             from_sequence,
-            durable_through,
-            last_seen: None,
-            watermark: 0,
-            pending_damage: None,
-            skipped_regions: 0,
+            progress: Progress {
+                durable_through,
+                last_seen: None,
+                watermark: 0,
+                pending_damage: None,
+                skipped_regions: 0,
+                stopped: false,
+            },
             salt,
             opener,
-            stopped: false,
         })
     }
 
     /// Damaged regions skipped so far (corrupt or unreadable bytes known to be damage).
     pub fn skipped_regions(&self) -> u64 {
-        self.skipped_regions
+        self.progress.skipped_regions
     }
 
     /// Whether the reader ended early: at an event above its durable bound, or at a damaged
     /// region that may be a write in progress. A new reader from the next sequence continues.
     pub fn stopped_early(&self) -> bool {
-        self.stopped
+        self.progress.stopped
     }
 
     fn open_next_segment(&mut self) -> Result<bool, WalError> {
@@ -190,6 +199,101 @@ impl WalReader {
         Ok(true)
     }
 
+    /// The next event, handed to `look` as a view borrowing the read buffer; returns what
+    /// `look` returns. The borrowing form of [`Iterator::next`]: nothing is allocated for the
+    /// event unless `look` does (e.g. [`EntryView::to_entry`], which is what `next` calls).
+    /// Events below the starting sequence are skipped without being copied.
+    pub fn next_with<T>(
+        &mut self,
+        look: impl FnOnce(&EntryView<'_>) -> T,
+    ) -> Result<Option<T>, WalError> {
+        loop {
+            if self.progress.stopped {
+                return Ok(None);
+            }
+            if self.current.is_none() {
+                if !self.open_next_segment()? {
+                    return Ok(None);
+                }
+                continue;
+            }
+            let Some(current) = self.current.as_mut() else {
+                continue;
+            };
+            let (newest, watermarks, number) = (current.newest, current.watermarks, current.number);
+            let progress = &mut self.progress;
+            match current.scan.next_ref() {
+                Ok(None) => {
+                    progress.judge_damage(None, newest, watermarks);
+                    self.current = None;
+                }
+                Err(error) => {
+                    let path = current.path.clone();
+                    return Err(WalError::io("read segment for replay", path, error));
+                }
+                Ok(Some(ScanItem::Record {
+                    record,
+                    durable_watermark,
+                    ..
+                })) => {
+                    progress.watermark = progress.watermark.max(durable_watermark);
+                    let entry = match record {
+                        RecordView::Event(entry) => entry,
+                        RecordView::Watermark(watermark) => {
+                            progress.watermark =
+                                progress.watermark.max(watermark.durable_watermark);
+                            continue;
+                        }
+                        RecordView::Checkpoint(_) => continue,
+                    };
+                    if progress
+                        .last_seen
+                        .is_some_and(|last| entry.sequence <= last)
+                    {
+                        continue; // Out of order: damage, as recovery reports it.
+                    }
+                    if progress
+                        .durable_through
+                        .is_some_and(|bound| entry.sequence > bound)
+                    {
+                        progress.stopped = true;
+                        return Ok(None);
+                    }
+                    if !progress.judge_damage(Some(entry.sequence), newest, watermarks) {
+                        return Ok(None);
+                    }
+                    progress.last_seen = Some(entry.sequence);
+                    if entry.sequence >= self.from_sequence {
+                        return Ok(Some(look(&entry)));
+                    }
+                }
+                Ok(Some(ScanItem::Damage {
+                    offset, len_bytes, ..
+                })) => {
+                    // Judged at the next event; two regions in a row are judged as one.
+                    let pending = progress.pending_damage.get_or_insert(PendingDamage {
+                        segment: number,
+                        offset,
+                        len_bytes: 0,
+                    });
+                    pending.len_bytes = offset + len_bytes - pending.offset;
+                }
+                Ok(Some(ScanItem::Unreadable { offset, len_bytes })) => {
+                    tracing::warn!(
+                        segment = number,
+                        offset,
+                        len_bytes,
+                        "replay skipping unreadable WAL bytes"
+                    );
+                    progress.skipped_regions += 1;
+                }
+                Ok(Some(ScanItem::Tail { .. })) => {}
+            }
+        }
+    }
+}
+
+impl Progress {
     /// Decides a pending damaged region on reaching the event `sequence` (None: the end of
     /// the segment). Returns false when reading must stop here.
     fn judge_damage(&mut self, sequence: Option<u64>, newest: bool, watermarks: bool) -> bool {
@@ -227,88 +331,6 @@ impl WalReader {
         }
         true
     }
-
-    fn next_entry(&mut self) -> Result<Option<WalEntry>, WalError> {
-        loop {
-            if self.stopped {
-                return Ok(None);
-            }
-            if self.current.is_none() {
-                if !self.open_next_segment()? {
-                    return Ok(None);
-                }
-                continue;
-            }
-            let Some(current) = self.current.as_mut() else {
-                continue;
-            };
-            let (newest, watermarks, number) = (current.newest, current.watermarks, current.number);
-            let item = current.scan.next();
-            match item {
-                None => {
-                    self.judge_damage(None, newest, watermarks);
-                    self.current = None;
-                }
-                Some(Err(error)) => {
-                    let path = current.path.clone();
-                    return Err(WalError::io("read segment for replay", path, error));
-                }
-                Some(Ok(ScanItem::Record {
-                    record,
-                    durable_watermark,
-                    ..
-                })) => {
-                    self.watermark = self.watermark.max(durable_watermark);
-                    let entry = match record {
-                        Record::Event(entry) => entry,
-                        Record::Watermark(watermark) => {
-                            self.watermark = self.watermark.max(watermark.durable_watermark);
-                            continue;
-                        }
-                        Record::Checkpoint(_) => continue,
-                    };
-                    if self.last_seen.is_some_and(|last| entry.sequence <= last) {
-                        continue; // Out of order: damage, as recovery reports it.
-                    }
-                    if self
-                        .durable_through
-                        .is_some_and(|bound| entry.sequence > bound)
-                    {
-                        self.stopped = true;
-                        return Ok(None);
-                    }
-                    if !self.judge_damage(Some(entry.sequence), newest, watermarks) {
-                        return Ok(None);
-                    }
-                    self.last_seen = Some(entry.sequence);
-                    if entry.sequence >= self.from_sequence {
-                        return Ok(Some(entry));
-                    }
-                }
-                Some(Ok(ScanItem::Damage {
-                    offset, len_bytes, ..
-                })) => {
-                    // Judged at the next event; two regions in a row are judged as one.
-                    let pending = self.pending_damage.get_or_insert(PendingDamage {
-                        segment: number,
-                        offset,
-                        len_bytes: 0,
-                    });
-                    pending.len_bytes = offset + len_bytes - pending.offset;
-                }
-                Some(Ok(ScanItem::Unreadable { offset, len_bytes })) => {
-                    tracing::warn!(
-                        segment = number,
-                        offset,
-                        len_bytes,
-                        "replay skipping unreadable WAL bytes"
-                    );
-                    self.skipped_regions += 1;
-                }
-                Some(Ok(ScanItem::Tail { .. })) => {}
-            }
-        }
-    }
 }
 
 fn first_sequence_of(path: &Path, opener: &dyn SegmentOpener) -> Option<u64> {
@@ -328,6 +350,6 @@ impl Iterator for WalReader {
     type Item = Result<WalEntry, WalError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.next_entry().transpose()
+        self.next_with(|entry| entry.to_entry()).transpose()
     }
 }

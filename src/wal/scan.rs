@@ -3,6 +3,12 @@
 //! the segment's tail. It decides what bytes *are*, never what they mean for the log (that is
 //! recovery's job), and never modifies anything.
 //!
+//! Cost per record: the scan itself allocates nothing. [`SegmentScan::next_ref`] yields each
+//! record as a [`RecordView`] borrowing the read buffer (CRC and a complete check of the
+//! payload, no copy); the [`Iterator`] implementation builds the owned [`Record`] from it for
+//! callers that keep records. Reads are large and sequential into one reused, block-aligned
+//! buffer whose file offset stays block-aligned, so O_DIRECT reads land in it directly.
+//!
 //! Damage rule (docs/format.md, "Reading"): at a position that is not a valid frame, the scanner
 //! tries every following 8-byte-aligned position; the bytes up to the next valid frame are one
 //! damaged region, and if no valid frame follows, they are the tail. It never trusts a length
@@ -19,8 +25,10 @@ use std::collections::VecDeque;
 use std::io::{self, Read};
 
 use super::format::{
-    self, BLOCK_BYTES, FRAME_ALIGN_BYTES, FrameLayout, FrameProbe, Record, SEGMENT_HEADER_BYTES,
+    self, BLOCK_BYTES, FRAME_ALIGN_BYTES, FrameLayout, FrameProbe, Record, RecordKind, RecordView,
+    SEGMENT_HEADER_BYTES,
 };
+use crate::io::AlignedBuf;
 use crate::io::read::{ReadAt, read_resilient};
 
 /// Where a scan gets the bytes of a segment from (after its header block).
@@ -74,13 +82,17 @@ impl<S: ReadAt> ScanSource for Resilient<S> {
     }
 }
 
+/// Bytes asked of the source per read (a multiple of [`BLOCK_BYTES`]): large enough that the
+/// per-read cost vanishes, small enough to stay a bounded, reused buffer.
 const READ_CHUNK_BYTES: usize = 1 << 20;
 
-/// One thing found while scanning a segment.
+/// One thing found while scanning a segment. `R` is how a record is carried: an owned
+/// [`Record`] (what the [`Iterator`] yields) or a [`RecordView`] borrowing the scan's buffer
+/// (what [`SegmentScan::next_ref`] yields).
 // Items are yielded one at a time; boxing the record would allocate per record.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
-pub enum ScanItem {
+pub enum ScanItem<R = Record> {
     /// A valid record.
     Record {
         /// Byte offset of its frame in the segment file.
@@ -88,7 +100,7 @@ pub enum ScanItem {
         /// Bytes its frame occupies.
         frame_bytes: u64,
         /// The record.
-        record: Record,
+        record: R,
         /// The durable watermark in the frame header (0 in version 1).
         durable_watermark: u64,
         /// Whether the frame's padding is all zero (nonzero padding is damage to report;
@@ -121,15 +133,57 @@ pub enum ScanItem {
     },
 }
 
+impl<R> ScanItem<R> {
+    /// The same item with its record (if any) converted by `convert`.
+    pub fn map_record<T>(self, convert: impl FnOnce(R) -> T) -> ScanItem<T> {
+        match self {
+            ScanItem::Record {
+                offset,
+                frame_bytes,
+                record,
+                durable_watermark,
+                padding_is_zero,
+            } => ScanItem::Record {
+                offset,
+                frame_bytes,
+                record: convert(record),
+                durable_watermark,
+                padding_is_zero,
+            },
+            ScanItem::Damage {
+                offset,
+                len_bytes,
+                undecodable,
+            } => ScanItem::Damage {
+                offset,
+                len_bytes,
+                undecodable,
+            },
+            ScanItem::Unreadable { offset, len_bytes } => {
+                ScanItem::Unreadable { offset, len_bytes }
+            }
+            ScanItem::Tail {
+                offset,
+                nonzero_end,
+            } => ScanItem::Tail {
+                offset,
+                nonzero_end,
+            },
+        }
+    }
+}
+
 /// Scans the records of one segment.
 pub struct SegmentScan<S> {
     source: S,
     /// Unreadable ranges found by reads and not yet reported.
     unreadable: VecDeque<(u64, u64)>,
     layout: FrameLayout,
-    /// Read buffer; `buf[..end]` holds file bytes from `buf_offset` on. Allocated once (and
-    /// grown only for a frame larger than it), so reads never re-zero memory.
-    buf: Vec<u8>,
+    /// Read buffer; `buf[..end]` holds file bytes from `buf_offset` on. Block-aligned in
+    /// memory and (invariant) at a block-aligned file offset, so reads into `buf[end..]` are
+    /// aligned whenever `end` is (always, but after a short read at the end of the file).
+    /// Allocated on the first read and reused; grown only for a frame larger than it.
+    buf: Option<AlignedBuf>,
     end: usize,
     pos: usize,
     buf_offset: u64,
@@ -139,6 +193,16 @@ pub struct SegmentScan<S> {
     after_frame: bool,
     /// Sequence of the last event record of this segment, to tell padding from a zeroed frame.
     last_event_sequence: Option<u64>,
+}
+
+impl<S> std::fmt::Debug for SegmentScan<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentScan")
+            .field("layout", &self.layout)
+            .field("offset", &(self.buf_offset + self.pos as u64))
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<R: Read> SegmentScan<Sequential<R>> {
@@ -157,6 +221,43 @@ impl<S: ReadAt> SegmentScan<Resilient<S>> {
     }
 }
 
+/// A frame whose CRC holds, by its place in the buffer (its payload is not yet decoded).
+#[derive(Debug, Clone, Copy)]
+struct CheckedFrame {
+    kind: RecordKind,
+    /// Index of the payload's first byte in the buffer.
+    payload_index: usize,
+    payload_len: usize,
+    frame_bytes: usize,
+    durable_watermark: u64,
+    padding_is_zero: bool,
+}
+
+/// Index of the first nonzero byte of `bytes`. Tests 128 bytes at a time as eight `u128`
+/// words ORed together (fixed-size arrays, so the compiler uses its widest vector loads): the
+/// zeros after the last record of a preallocated segment (a fifth of every sealed segment)
+/// pass at memory speed.
+fn first_nonzero(bytes: &[u8]) -> Option<usize> {
+    const BLOCK: usize = 128;
+    let (blocks, rest) = bytes.as_chunks::<BLOCK>();
+    for (index, block) in blocks.iter().enumerate() {
+        let (words, _) = block.as_chunks::<16>();
+        if words
+            .iter()
+            .fold(0u128, |acc, word| acc | u128::from_ne_bytes(*word))
+            != 0
+        {
+            return block
+                .iter()
+                .position(|&b| b != 0)
+                .map(|i| index * BLOCK + i);
+        }
+    }
+    rest.iter()
+        .position(|&b| b != 0)
+        .map(|i| blocks.len() * BLOCK + i)
+}
+
 impl<S: ScanSource> SegmentScan<S> {
     /// Starts scanning from `source`, which yields the bytes from offset
     /// [`SEGMENT_HEADER_BYTES`] on.
@@ -165,7 +266,7 @@ impl<S: ScanSource> SegmentScan<S> {
             source,
             unreadable: VecDeque::new(),
             layout,
-            buf: Vec::new(),
+            buf: None,
             end: 0,
             pos: 0,
             buf_offset: SEGMENT_HEADER_BYTES as u64,
@@ -180,26 +281,45 @@ impl<S: ScanSource> SegmentScan<S> {
         self.buf_offset + index as u64
     }
 
+    fn bytes(&self) -> &[u8] {
+        self.buf.as_deref().unwrap_or(&[])
+    }
+
     /// Makes at least `need` bytes available from `pos`, unless the file ends first.
     fn fill(&mut self, need: usize) -> io::Result<()> {
         if self.end - self.pos >= need || self.eof {
             return Ok(());
         }
-        if self.pos > 0 {
-            self.buf.copy_within(self.pos..self.end, 0);
-            self.end -= self.pos;
-            self.buf_offset += self.pos as u64;
-            self.pos = 0;
+        debug_assert_eq!(self.buf_offset % BLOCK_BYTES as u64, 0);
+        // Keep from the block `pos` is in, so the buffer's file offset stays block-aligned.
+        let keep_from = self.pos / BLOCK_BYTES * BLOCK_BYTES;
+        let wanted =
+            format::align_up(self.pos - keep_from + need, BLOCK_BYTES).max(READ_CHUNK_BYTES);
+        match &mut self.buf {
+            Some(buf) if buf.len() >= wanted => {
+                if keep_from > 0 {
+                    buf.copy_within(keep_from..self.end, 0);
+                }
+            }
+            buf => {
+                let mut grown = AlignedBuf::zeroed(wanted);
+                if let Some(old) = buf {
+                    grown[..self.end - keep_from].copy_from_slice(&old[keep_from..self.end]);
+                }
+                *buf = Some(grown);
+            }
         }
-        let wanted = need.max(READ_CHUNK_BYTES);
-        if self.buf.len() < wanted {
-            self.buf.resize(wanted, 0);
-        }
-        while self.end < need && !self.eof {
-            let offset = self.abs(self.end);
+        self.end -= keep_from;
+        self.pos -= keep_from;
+        self.buf_offset += keep_from as u64;
+        let Some(buf) = self.buf.as_mut() else {
+            unreachable!("allocated above");
+        };
+        while self.end - self.pos < need && !self.eof {
+            let offset = self.buf_offset + self.end as u64;
             match self
                 .source
-                .read_more(&mut self.buf[self.end..], offset, &mut self.unreadable)?
+                .read_more(&mut buf[self.end..], offset, &mut self.unreadable)?
             {
                 0 => self.eof = true,
                 n => self.end += n,
@@ -208,15 +328,15 @@ impl<S: ScanSource> SegmentScan<S> {
         Ok(())
     }
 
-    /// Probes the current position, reading more as the frame requires.
-    fn probe(&mut self) -> io::Result<Probe> {
+    /// Checks the frame at the current position (CRC, not the payload's contents), reading
+    /// more as the frame requires. `None`: not a valid frame.
+    fn probe(&mut self) -> io::Result<Option<CheckedFrame>> {
         self.fill(self.layout.header_bytes())?;
         loop {
-            let window = &self.buf[self.pos..self.end];
+            let window = &self.bytes()[self.pos..self.end];
             match format::probe_frame(window, self.layout, self.eof) {
                 FrameProbe::NeedMore { bytes } => self.fill(bytes)?,
-                FrameProbe::Zero => return Ok(Probe::NotAFrame),
-                FrameProbe::Invalid => return Ok(Probe::NotAFrame),
+                FrameProbe::Zero | FrameProbe::Invalid => return Ok(None),
                 FrameProbe::Valid {
                     kind,
                     payload,
@@ -224,37 +344,100 @@ impl<S: ScanSource> SegmentScan<S> {
                     durable_watermark,
                     padding_is_zero,
                 } => {
-                    return Ok(match format::decode_payload(kind, payload) {
-                        Ok(record) => Probe::Valid {
-                            record,
-                            frame_bytes,
-                            durable_watermark,
-                            padding_is_zero,
-                        },
-                        Err(_) => Probe::Undecodable { frame_bytes },
-                    });
+                    let payload_start = payload.as_ptr() as usize - window.as_ptr() as usize;
+                    return Ok(Some(CheckedFrame {
+                        kind,
+                        payload_index: self.pos + payload_start,
+                        payload_len: payload.len(),
+                        frame_bytes,
+                        durable_watermark,
+                        padding_is_zero,
+                    }));
                 }
             }
         }
     }
 
-    /// Whether the 8-byte word at `pos` has any non-zero byte.
-    fn word_is_nonzero(&self) -> bool {
-        let end = (self.pos + FRAME_ALIGN_BYTES).min(self.end);
-        self.buf[self.pos..end].iter().any(|&b| b != 0)
+    fn payload(&self, frame: &CheckedFrame) -> &[u8] {
+        &self.bytes()[frame.payload_index..frame.payload_index + frame.payload_len]
     }
 
-    /// Moves `pos` over whole zero words (a frame never starts with a zero length word), so
-    /// the zeros after the last record of a preallocated segment pass at memory speed.
+    /// Whether the bytes from `pos` to the end of the word at `pos` have any non-zero byte.
+    fn word_is_nonzero(&self) -> bool {
+        let end = (self.pos + FRAME_ALIGN_BYTES).min(self.end);
+        self.bytes()[self.pos..end].iter().any(|&b| b != 0)
+    }
+
+    /// Moves `pos` over whole zero words (a frame never starts with a zero length word).
     fn skip_zero_words(&mut self) {
-        let offset = self.buf[self.pos..self.end]
-            .iter()
-            .position(|&b| b != 0)
-            .unwrap_or(self.end - self.pos);
+        let offset =
+            first_nonzero(&self.bytes()[self.pos..self.end]).unwrap_or(self.end - self.pos);
         self.pos += offset / FRAME_ALIGN_BYTES * FRAME_ALIGN_BYTES;
     }
 
-    fn next_item(&mut self) -> io::Result<Option<ScanItem>> {
+    /// The next item, its record borrowing the scan's buffer until the next call: the scan
+    /// path that allocates nothing per record (the payload is checked completely, as for an
+    /// owned record, so the same frames are reported undecodable). `Ok(None)` once the
+    /// [`ScanItem::Tail`] has been returned; an error ends the scan.
+    pub fn next_ref(&mut self) -> io::Result<Option<ScanItem<RecordView<'_>>>> {
+        self.next_decoded(format::decode_payload_view)
+    }
+
+    /// The next item with its record decoded by `decode` from its payload (which borrows the
+    /// buffer); a payload `decode` refuses is reported as an undecodable damaged region.
+    fn next_decoded<'a, R>(
+        &'a mut self,
+        decode: impl FnOnce(RecordKind, &'a [u8]) -> Result<R, format::PayloadError>,
+    ) -> io::Result<Option<ScanItem<R>>>
+    where
+        R: HasEventSequence,
+    {
+        let item = match self.next_checked() {
+            Ok(Some(item)) => item,
+            Ok(None) => return Ok(None),
+            Err(error) => {
+                self.done = true;
+                return Err(error);
+            }
+        };
+        let ScanItem::Record {
+            offset,
+            frame_bytes,
+            record: frame,
+            durable_watermark,
+            padding_is_zero,
+        } = item
+        else {
+            return Ok(Some(item.map_record(|_| {
+                unreachable!("only a record item carries a frame")
+            })));
+        };
+        // Borrows only the buffer field, so the fields below can still be updated.
+        let bytes = self.buf.as_deref().unwrap_or(&[]);
+        let payload = &bytes[frame.payload_index..frame.payload_index + frame.payload_len];
+        match decode(frame.kind, payload) {
+            Ok(record) => {
+                if let Some(sequence) = record.event_sequence() {
+                    self.last_event_sequence = Some(sequence);
+                }
+                Ok(Some(ScanItem::Record {
+                    offset,
+                    frame_bytes,
+                    record,
+                    durable_watermark,
+                    padding_is_zero,
+                }))
+            }
+            Err(_) => Ok(Some(ScanItem::Damage {
+                offset,
+                len_bytes: frame_bytes,
+                undecodable: true,
+            })),
+        }
+    }
+
+    /// The next item with a CRC-valid frame not yet decoded (`pos` already past it).
+    fn next_checked(&mut self) -> io::Result<Option<ScanItem<CheckedFrame>>> {
         if let Some((offset, len_bytes)) = self.unreadable.pop_front() {
             return Ok(Some(ScanItem::Unreadable { offset, len_bytes }));
         }
@@ -265,23 +448,24 @@ impl<S: ScanSource> SegmentScan<S> {
         // Absolute, because reading more may move the buffer's contents.
         let start_offset = self.abs(self.pos);
         let mut probe = self.probe()?;
-        if matches!(probe, Probe::NotAFrame)
+        if probe.is_none()
             && after_frame
             && let Some(padding_bytes) = self.zeros_to_block_boundary()?
         {
             self.pos += padding_bytes;
             probe = self.probe()?;
             let padding_hides_a_frame = match &probe {
-                Probe::Valid {
-                    record: Record::Event(entry),
-                    ..
-                } => self
-                    .last_event_sequence
-                    .is_some_and(|last| entry.sequence > last.saturating_add(1)),
-                Probe::Valid { .. } => false,
-                Probe::NotAFrame | Probe::Undecodable { .. } => true,
+                // Decoded here only to judge the padding (rare: once per padded group).
+                Some(frame) => match format::decode_payload_view(frame.kind, self.payload(frame)) {
+                    Ok(RecordView::Event(entry)) => self
+                        .last_event_sequence
+                        .is_some_and(|last| entry.sequence > last.saturating_add(1)),
+                    Ok(_) => false,
+                    Err(_) => true,
+                },
+                None => true,
             };
-            if padding_hides_a_frame && !matches!(probe, Probe::NotAFrame) {
+            if padding_hides_a_frame && probe.is_some() {
                 // A frame follows at the boundary, but the zeros before it hid something:
                 // report them as a damaged region; the next call reads the frame.
                 return Ok(Some(ScanItem::Damage {
@@ -290,44 +474,23 @@ impl<S: ScanSource> SegmentScan<S> {
                     undecodable: false,
                 }));
             }
-            if matches!(probe, Probe::NotAFrame) {
+            if probe.is_none() {
                 // Not padding after all. The zeros stepped over are what the search below
                 // would step over; it resumes after the word at the boundary.
                 return self.search_after_damage(start_offset);
             }
         }
-        match probe {
-            Probe::Valid {
-                record,
-                frame_bytes,
-                durable_watermark,
-                padding_is_zero,
-            } => {
-                let offset = self.abs(self.pos);
-                self.pos += frame_bytes;
-                self.after_frame = true;
-                if let Record::Event(entry) = &record {
-                    self.last_event_sequence = Some(entry.sequence);
-                }
-                return Ok(Some(ScanItem::Record {
-                    offset,
-                    frame_bytes: frame_bytes as u64,
-                    record,
-                    durable_watermark,
-                    padding_is_zero,
-                }));
-            }
-            Probe::Undecodable { frame_bytes } => {
-                let offset = self.abs(self.pos);
-                self.pos += frame_bytes;
-                self.after_frame = true;
-                return Ok(Some(ScanItem::Damage {
-                    offset,
-                    len_bytes: frame_bytes as u64,
-                    undecodable: true,
-                }));
-            }
-            Probe::NotAFrame => {}
+        if let Some(frame) = probe {
+            let offset = self.abs(self.pos);
+            self.pos += frame.frame_bytes;
+            self.after_frame = true;
+            return Ok(Some(ScanItem::Record {
+                offset,
+                frame_bytes: frame.frame_bytes as u64,
+                record: frame,
+                durable_watermark: frame.durable_watermark,
+                padding_is_zero: frame.padding_is_zero,
+            }));
         }
         debug_assert_eq!(start_offset, self.abs(self.pos));
         self.search_after_damage(start_offset)
@@ -346,16 +509,14 @@ impl<S: ScanSource> SegmentScan<S> {
         if present <= padding_bytes {
             return Ok(None);
         }
-        let zeros = self.buf[self.pos..self.pos + padding_bytes]
-            .iter()
-            .all(|&b| b == 0);
+        let zeros = first_nonzero(&self.bytes()[self.pos..self.pos + padding_bytes]).is_none();
         Ok(zeros.then_some(padding_bytes))
     }
 
     /// Steps over a damaged stretch that starts at file offset `start_offset` (`pos` is there,
     /// or further on past bytes known to be zero) one aligned word at a time, until a valid
     /// frame or the end.
-    fn search_after_damage(&mut self, start_offset: u64) -> io::Result<Option<ScanItem>> {
+    fn search_after_damage<R>(&mut self, start_offset: u64) -> io::Result<Option<ScanItem<R>>> {
         // The position is unaligned only when the file ends inside the last frame's padding;
         // the records then end at that frame's aligned end, where the next frame must go.
         let gap_start = start_offset.next_multiple_of(FRAME_ALIGN_BYTES as u64);
@@ -380,7 +541,7 @@ impl<S: ScanSource> SegmentScan<S> {
                     continue;
                 }
             }
-            if let Probe::Valid { .. } | Probe::Undecodable { .. } = self.probe()? {
+            if self.probe()?.is_some() {
                 return Ok(Some(ScanItem::Damage {
                     offset: gap_start,
                     len_bytes: self.abs(self.pos) - gap_start,
@@ -391,30 +552,31 @@ impl<S: ScanSource> SegmentScan<S> {
     }
 }
 
-#[allow(clippy::large_enum_variant)] // Short-lived, one at a time.
-enum Probe {
-    NotAFrame,
-    Valid {
-        record: Record,
-        frame_bytes: usize,
-        durable_watermark: u64,
-        padding_is_zero: bool,
-    },
-    Undecodable {
-        frame_bytes: usize,
-    },
-}
-
 impl<S: ScanSource> Iterator for SegmentScan<S> {
     type Item = io::Result<ScanItem>;
 
+    /// The next item with an owned record (decoded in one pass from the buffer).
     fn next(&mut self) -> Option<Self::Item> {
-        match self.next_item() {
-            Ok(item) => item.map(Ok),
-            Err(error) => {
-                self.done = true;
-                Some(Err(error))
-            }
+        self.next_decoded(format::decode_payload_owned).transpose()
+    }
+}
+
+/// The event sequence a decoded record carries, whichever form it is decoded into.
+trait HasEventSequence {
+    fn event_sequence(&self) -> Option<u64>;
+}
+
+impl HasEventSequence for RecordView<'_> {
+    fn event_sequence(&self) -> Option<u64> {
+        RecordView::event_sequence(self)
+    }
+}
+
+impl HasEventSequence for Record {
+    fn event_sequence(&self) -> Option<u64> {
+        match self {
+            Record::Event(entry) => Some(entry.sequence),
+            _ => None,
         }
     }
 }
@@ -474,6 +636,20 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn first_nonzero_finds_the_first_nonzero_byte_anywhere() {
+        let mut bytes = vec![0u8; 1000];
+        assert_eq!(first_nonzero(&bytes), None);
+        assert_eq!(first_nonzero(&[]), None);
+        for at in [0, 1, 15, 16, 127, 128, 129, 500, 895, 896, 999] {
+            bytes[at] = 0x01;
+            bytes[(at + 1).min(999)] = 0x80;
+            assert_eq!(first_nonzero(&bytes), Some(at), "at {at}");
+            assert_eq!(first_nonzero(&bytes[..at]), None, "before {at}");
+            bytes.fill(0);
+        }
     }
 
     #[test]
