@@ -1,7 +1,7 @@
 //! Opening a WAL directory for writing: create it, take the lock, read it (recovery), refuse
 //! files named like segments that are not provably this log's own, carry out recovery's
-//! decisions (cut a torn tail, drop surplus blank segments), pick the backend and start the
-//! ring thread.
+//! decisions (cut a torn tail, drop surplus blank segments and recycled segments that were
+//! never written), pick the backend and start the ring thread.
 //!
 //! It must never overwrite, zero or delete bytes it cannot prove are its own, and every cut
 //! of a torn tail is logged (segment, path, offset, byte count) at warning level.
@@ -132,8 +132,14 @@ pub(crate) fn open(config: WalConfig, ring_task: Option<RingTask>) -> Result<Ope
 /// valid record (frame CRCs are seeded with the segment number, so foreign bytes do not pass
 /// them), or by being blank: every byte zero, as a prepared segment is before its first write.
 fn refuse_foreign_files(report: &OpenReport) -> Result<(), WalError> {
-    for segment in &report.segments {
+    let last_written = report.last_written_index();
+    for (index, segment) in report.segments.iter().enumerate() {
         if segment.header.is_some() || segment.events > 0 || segment.checkpoints > 0 {
+            continue;
+        }
+        // Its header is this log's (the salt matches), for an older number: renamed for
+        // recycling, never written since; open removes it.
+        if segment.is_unused_recycled() && last_written.is_none_or(|last| index > last) {
             continue;
         }
         let reason = match segment.header_problem {
@@ -398,6 +404,18 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
     let mut prepared_blank = None;
     for (index, segment) in report.segments.iter().enumerate() {
         let trailing = last_written.is_none_or(|last| index > last);
+        if trailing && segment.is_unused_recycled() {
+            // Renamed for recycling, new header never written: nothing in it is this
+            // segment's, and what it held was acknowledged before it was renamed.
+            tracing::info!(
+                segment = segment.number,
+                path = %segment.path.display(),
+                "removing a recycled WAL segment that was never written"
+            );
+            fs::remove_file(&segment.path)
+                .map_err(|e| WalError::io("remove unused recycled segment", &segment.path, e))?;
+            continue;
+        }
         if trailing && segment.is_blank() {
             if prepared_blank.is_none() && segment.file_bytes == config.segment_max_bytes {
                 prepared_blank = Some(segment.number);
@@ -420,6 +438,7 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
                 number: segment.number,
                 path: segment.path.clone(),
                 last_sequence: segment.last_sequence,
+                recyclable: segment.file_bytes == config.segment_max_bytes,
             });
         }
         let segment = &report.segments[last];
@@ -471,6 +490,7 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
                 number: segment.number,
                 path: segment.path.clone(),
                 last_sequence: segment.last_sequence,
+                recyclable: segment.file_bytes == config.segment_max_bytes,
             });
         }
     }
