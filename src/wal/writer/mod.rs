@@ -282,8 +282,9 @@ impl<B: Backend> Writer<B> {
             poison: None,
         };
         writer.check_invariants();
-        writer.maybe_prepare();
+        // Deletions first: a segment they keep for recycling can be the next one prepared.
         writer.start_deletions();
+        writer.maybe_prepare();
         Ok(writer)
     }
 

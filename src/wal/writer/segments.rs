@@ -245,8 +245,9 @@ impl<B: Backend> Writer<B> {
             // Created (or recycled) by this run at the configured size.
             recyclable: true,
         });
-        self.maybe_prepare();
+        // Deletions first: a segment they keep for recycling can be the next one prepared.
         self.start_deletions();
+        self.maybe_prepare();
         Ok(())
     }
 
@@ -318,6 +319,8 @@ impl<B: Backend> Writer<B> {
             }
         }
         if doomed.is_empty() {
+            // A segment just kept may be what the next segment is made from.
+            self.maybe_prepare();
             return;
         }
         let backend = Rc::clone(&self.backend);
