@@ -181,8 +181,7 @@ fn acknowledged_records_lost_at_the_end_of_a_recycled_newest_segment_are_reporte
     let (_, report, last) = log_with_recycled_newest(dir.path());
     let newest = report.segments[report.last_written_index().unwrap()].clone();
     // Damage the last event frames of the newest segment, keeping the closing watermark record
-    // (the last frame) that says
-    // they were acknowledged.
+    // (the last frame) that says they were acknowledged.
     let file = std::fs::OpenOptions::new()
         .write(true)
         .open(&newest.path)
