@@ -266,6 +266,47 @@ fn a_power_loss_after_the_rename_before_the_new_header_recovers() {
 }
 
 #[test]
+fn a_torn_first_write_into_a_recycled_file_keeps_its_records_and_gets_its_header_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, report, last) = log_with_recycled_newest(dir.path());
+    let newest = report.segments[report.last_written_index().unwrap()].clone();
+    let header = newest.header.unwrap();
+    // The sector with the new header never landed; the records after it did. The block still
+    // holds the header of the file's earlier use.
+    let stale = SegmentHeader {
+        segment_number: newest.number - 2,
+        ..header
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest.path)
+        .unwrap();
+    file.write_all_at(&stale.encode_block(), 0).unwrap();
+    drop(file);
+    let found = read_dir(dir.path()).unwrap();
+    let segment = found
+        .segments
+        .iter()
+        .find(|s| s.number == newest.number)
+        .unwrap();
+    assert_eq!(segment.stale_header_number, Some(newest.number - 2));
+    assert_eq!(segment.events, newest.events);
+    // Open restores the header; the records stay, and the log reads clean again.
+    let more = fill(&config, 70_000, 30, 30);
+    assert_eq!(more, last + 30);
+    let after = read_dir(dir.path()).unwrap();
+    assert!(after.is_clean(), "{:?}", after.damage);
+    let restored = after
+        .segments
+        .iter()
+        .find(|s| s.number == newest.number)
+        .unwrap();
+    assert!(restored.recycled, "the restored header lacks the recycled flag");
+    assert_eq!(restored.header.unwrap().first_sequence, header.first_sequence);
+    assert_replays(dir.path(), newest.first_sequence.unwrap(), more);
+}
+
+#[test]
 fn a_header_of_another_log_in_a_newer_file_is_still_refused() {
     let dir = tempfile::tempdir().unwrap();
     let config = recycling_config(dir.path(), BackendChoice::Portable);

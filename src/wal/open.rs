@@ -21,6 +21,7 @@ use super::error::WalError;
 use super::format::{self, BLOCK_BYTES, HeaderError, SEGMENT_HEADER_BYTES};
 use super::lock::DirLock;
 use super::naming;
+use super::recycle;
 use super::recovery::{self, OpenReport};
 use super::stats::Shared;
 use super::writer::{Command, Plan, Resume, Sealed, Writer};
@@ -429,6 +430,9 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
         for segment in &report.segments {
             repair_blank_header(segment, salt, report.next_sequence)?;
         }
+        if let Some(last) = last_written {
+            repair_stale_header(&report.segments[last], salt, report.next_sequence)?;
+        }
     }
     let mut sealed: VecDeque<Sealed> = VecDeque::new();
     let mut resume = None;
@@ -560,6 +564,53 @@ fn repair_blank_header(
     );
     file.write_all_at(&header.encode_block(), 0)
         .map_err(io_error)?;
+    file.sync_data().map_err(io_error)
+}
+
+/// Gives a recycled segment whose new header never reached the disk, but some of whose new
+/// records did (a torn first write), its own header back, with the recycled flag: its block
+/// still holds the header of the file's earlier use (a lower number, this log's salt), so it
+/// is this log's own, and without its own header the records could not be verified once the
+/// other segments are gone (as for [`repair_blank_header`]).
+fn repair_stale_header(
+    segment: &recovery::SegmentReport,
+    salt: u64,
+    next_sequence: u64,
+) -> Result<(), WalError> {
+    let has_records = segment.events > 0 || segment.checkpoints > 0;
+    if segment.stale_header_number.is_none() || !has_records {
+        return Ok(());
+    }
+    let path = &segment.path;
+    let io_error = |e| WalError::io("repair stale segment header", path, e);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_error)?;
+    let mut block = vec![0u8; SEGMENT_HEADER_BYTES];
+    read_available_at(&file, &mut block, 0).map_err(io_error)?;
+    // Only the stale header recovery saw is overwritten, nothing else.
+    let still_stale = format::SegmentHeader::decode(&block)
+        .is_ok_and(|old| recycle::is_stale_header(&old, segment.number, Some(salt)));
+    if !still_stale {
+        return Ok(());
+    }
+    let header = format::SegmentHeader {
+        version: format::FORMAT_VERSION,
+        segment_number: segment.number,
+        first_sequence: segment.first_sequence.unwrap_or(next_sequence),
+        created_unix_ns: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
+        salt,
+    };
+    let mut new_block = header.encode_block();
+    recycle::mark_recycled(&mut new_block);
+    tracing::info!(
+        segment = segment.number,
+        first_sequence = header.first_sequence,
+        "rewriting the stale header of a recycled WAL segment whose new records are valid"
+    );
+    file.write_all_at(&new_block, 0).map_err(io_error)?;
     file.sync_data().map_err(io_error)
 }
 
