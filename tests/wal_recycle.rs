@@ -92,7 +92,10 @@ fn recycled_segments_read_clean_in_the_newest_and_the_sealed_ones() {
         );
         let newest = &report.segments[report.last_written_index().unwrap()];
         assert!(
-            report.segments.iter().any(|s| s.recycled && s.number < newest.number),
+            report
+                .segments
+                .iter()
+                .any(|s| s.recycled && s.number < newest.number),
             "{backend:?}: no sealed recycled segment to check"
         );
         assert!(report.is_clean(), "{backend:?}: {:?}", report.damage);
@@ -135,7 +138,9 @@ fn log_with_recycled_newest(dir: &Path) -> (WalConfig, OpenReport, u64) {
         last = fill(&config, id, 170, 50);
         id += 170;
         let report = read_dir(dir).unwrap();
-        let newest = report.last_written_index().map(|index| &report.segments[index]);
+        let newest = report
+            .last_written_index()
+            .map(|index| &report.segments[index]);
         if newest.is_some_and(|s| s.recycled) {
             return (config, report, last);
         }
@@ -301,8 +306,14 @@ fn a_torn_first_write_into_a_recycled_file_keeps_its_records_and_gets_its_header
         .iter()
         .find(|s| s.number == newest.number)
         .unwrap();
-    assert!(restored.recycled, "the restored header lacks the recycled flag");
-    assert_eq!(restored.header.unwrap().first_sequence, header.first_sequence);
+    assert!(
+        restored.recycled,
+        "the restored header lacks the recycled flag"
+    );
+    assert_eq!(
+        restored.header.unwrap().first_sequence,
+        header.first_sequence
+    );
     assert_replays(dir.path(), newest.first_sequence.unwrap(), more);
 }
 
@@ -315,7 +326,12 @@ fn a_header_of_another_log_in_a_newer_file_is_still_refused() {
     let next = report.segments.last().unwrap().number + 1;
     // A segment of a different log (another salt), copied in under the next number.
     let other = tempfile::tempdir().unwrap();
-    fill(&recycling_config(other.path(), BackendChoice::Portable), 1, 10, 10);
+    fill(
+        &recycling_config(other.path(), BackendChoice::Portable),
+        1,
+        10,
+        10,
+    );
     let foreign = read_dir(other.path()).unwrap().segments[0].path.clone();
     std::fs::copy(&foreign, segment_path(dir.path(), next)).unwrap();
     let found = read_dir(dir.path()).unwrap();
