@@ -21,6 +21,8 @@
 #   FIO_SECONDS  seconds per fio run (default 5)
 #   FIO_RW       the latency reference's pattern: write (sequential overwrite, the WAL's
 #                pattern; default) or randwrite
+#   FIO_ENGINE   the latency reference's fio engine: io_uring (default; the WAL's own way of
+#                submitting, and far steadier than psync on a loaded machine) or psync
 #   BW_EVENTS    appends of each 4 KiB x 16 run (default 60000; 0 skips the bandwidth part)
 # Needs fio (apt-get install fio) and python3.
 set -euo pipefail
@@ -32,6 +34,7 @@ warmup_events="${WARMUP_EVENTS:-6000}"
 event_bytes="${EVENT_BYTES:-256}"
 fio_seconds="${FIO_SECONDS:-5}"
 fio_rw="${FIO_RW:-write}"
+fio_engine="${FIO_ENGINE:-io_uring}"
 bw_events="${BW_EVENTS:-60000}"
 command -v fio >/dev/null || { echo "fio is not installed (apt-get install -y fio)" >&2; exit 2; }
 IFS=';' read -r -a config_list <<<"$configs"
@@ -49,7 +52,7 @@ trap '$cleanup && rm -rf "$dir"' EXIT
 echo "# bench-latency: $(date -u +%FT%TZ) dir=$dir rounds=$rounds"
 echo "# uptime: $(uptime)"
 echo "# single caller: load --publishers 1 --inflight 1 --events $events --event-bytes $event_bytes ARGS, after $warmup_events warm-up appends in the same directory"
-echo "# latency reference: fio 4 KiB $fio_rw, O_DIRECT, psync, fdatasync after every write, on a written 64 MiB file, $fio_seconds s"
+echo "# latency reference: fio 4 KiB $fio_rw, O_DIRECT, $fio_engine, fdatasync after every write, on a written 64 MiB file, $fio_seconds s"
 echo "# bandwidth: fio 1 MiB sequential write, O_DIRECT, fdatasync after every write, fallocated file, $fio_seconds s; WAL: load --publishers 16 --events $bw_events --event-bytes 4096"
 for config in "${config_list[@]}"; do echo "# config: $config"; done
 
@@ -91,7 +94,7 @@ for round in $(seq 1 "$rounds"); do
   # 1. fio: 4 KiB overwrite + fdatasync, one at a time; then every configuration's single
   #    caller, each in a directory that reached its steady state first.
   fio --name=overwrite --filename="$dir/fio-overwrite.dat" --size=64M --bs=4k --rw="$fio_rw" \
-    --direct=1 --fdatasync=1 --ioengine=psync --runtime="$fio_seconds" --time_based \
+    --direct=1 --fdatasync=1 --ioengine="$fio_engine" --runtime="$fio_seconds" --time_based \
     --output-format=json --output="$dir/fio-lat.json"
   for config in "${config_list[@]}"; do
     IFS='|' read -r label bin args <<<"$config"
