@@ -107,8 +107,9 @@ pub(super) fn new_active<F>(
 }
 
 impl<B: Backend> Writer<B> {
-    /// Starts creating the next segment in the background if none is ready and the budget
-    /// allows one more file.
+    /// Starts preparing the next segment in the background if none is ready: by recycling the
+    /// oldest kept segment if there is one, else by creating a file if the budget allows one
+    /// more.
     pub(super) fn maybe_prepare(&mut self) {
         if self.prepared.is_some() || self.preparing.is_some() {
             return;
@@ -319,8 +320,10 @@ impl<B: Backend> Writer<B> {
             }
         }
         if doomed.is_empty() {
-            // A segment just kept may be what the next segment is made from.
-            self.maybe_prepare();
+            if !self.recycler.pool.is_empty() {
+                // A segment just kept may be what the next segment is made from.
+                self.maybe_prepare();
+            }
             return;
         }
         let backend = Rc::clone(&self.backend);
