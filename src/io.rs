@@ -104,6 +104,9 @@ pub trait Backend: 'static {
 
     /// Removes a file.
     async fn remove_file(&self, path: &Path) -> io::Result<()>;
+
+    /// Renames a file within its directory (durable only after [`Backend::sync_dir`]).
+    async fn rename_file(&self, from: &Path, to: &Path) -> io::Result<()>;
 }
 
 /// Opens an existing file read-only for scanning (recovery and replay read through the page

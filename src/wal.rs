@@ -25,6 +25,7 @@ pub mod naming;
 mod open;
 pub mod reader;
 pub mod recovery;
+pub mod recycle;
 pub mod scan;
 pub mod stats;
 mod writer;

@@ -147,7 +147,8 @@ impl Lcg {
 /// (and so rotations and deletions), each ending in a power cut with torn unsynced sectors
 /// and lost unsynced directory entries, or in a process death that keeps the page cache;
 /// the log is reopened after each. A third of the seeds use the interval policy.
-fn simulate(seed: u64) {
+/// One seeded run; returns whether a reopen found a segment written after recycling.
+fn simulate(seed: u64) -> bool {
     let dir = tempfile::tempdir().unwrap();
     let disk = SimDisk::new();
     let rt = runtime();
@@ -158,10 +159,14 @@ fn simulate(seed: u64) {
             sync_interval_ms: 1,
         };
     }
+    // Half the seeds recycle acknowledged segments (docs/format.md §7.8) instead of deleting
+    // them.
+    config.recycle_segments_max = if seed.is_multiple_of(2) { 2 } else { 0 };
     // sequence -> event id, for every sequence the log acknowledged as durable.
     let mut durable: HashMap<u64, u64> = HashMap::new();
     let mut next_id = 1u64;
     let mut acked_through = 0u64;
+    let mut recycled_seen = false;
     for cycle in 0..6 {
         // A torn final write can leave valid unacknowledged records after a damaged sector;
         // they are recovered and the hole is reported (docs/design.md, "Known limits"), so the
@@ -208,6 +213,7 @@ fn simulate(seed: u64) {
                     .collect::<Vec<_>>()
             );
         }
+        recycled_seen |= after_open.segments.iter().any(|s| s.recycled);
         assert_eq!(
             after_open.torn_tail_bytes, 0,
             "seed {seed} cycle {cycle}: tail not cut"
@@ -324,6 +330,7 @@ fn simulate(seed: u64) {
             disk.restart();
         }
     }
+    recycled_seen
 }
 
 #[test]
@@ -336,9 +343,15 @@ fn seeded_power_loss_simulation_never_loses_an_acknowledged_event() {
         .ok()
         .and_then(|text| text.parse().ok())
         .unwrap_or(1);
+    let mut recycling_seeds = 0;
     for seed in first..first + seeds {
-        simulate(seed);
+        recycling_seeds += u64::from(simulate(seed));
     }
+    eprintln!("{recycling_seeds} of {seeds} seeds wrote to recycled segments");
+    assert!(
+        seeds < 8 || recycling_seeds > 0,
+        "no seed wrote to a recycled segment"
+    );
     // Seeds that once found bugs: 325 deleted the segment holding the newest checkpoint while
     // the new active segment had nothing durable, so sequence numbers restarted at 1; 9 and 53
     // reopened after a process death and trusted records that were only in the page cache;

@@ -7,7 +7,10 @@
 //! default sync policy), which is what a caller of `append` waits. Events are clones of one
 //! prepared template so the run measures the WAL, not event construction.
 //!
-//! Disk use: the run never checkpoints, so every segment it fills stays. Unless
+//! Disk use: unless `--checkpoint-every` is given, the run never checkpoints, so every segment
+//! it fills stays. With it, a checkpoint of the durable sequence is written every so many
+//! events (as a broker's acknowledgements would), so sealed segments are deleted or recycled
+//! (`--recycle-segments`) and the check at the end expects the events after them. Unless
 //! `--segment-mib` is given, segments are sized to the run (one segment holds it, between
 //! 1 MiB and 100 MiB), so a small run does not preallocate 2 × 100 MiB. The disk budget
 //! (`--wal-max-mib`, the library's 4 GiB by default) is never raised: a run that cannot fit
@@ -86,6 +89,14 @@ pub struct LoadArgs {
     /// `fresh-block` (never rewrite written bytes; pad each group to a block).
     #[arg(long, value_enum, default_value_t = GroupStartArg::AfterTail)]
     pub group_start: GroupStartArg,
+    /// Checkpoint the durable sequence each time it has advanced by this many events (0:
+    /// never), so acknowledged segments are deleted or recycled as in a connected procmond.
+    #[arg(long, default_value_t = 0)]
+    pub checkpoint_every: u64,
+    /// Acknowledged segments kept for recycling (`WalConfig::recycle_segments_max`; 0: off).
+    /// Default: the library's.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=8))]
+    pub recycle_segments: Option<u64>,
     /// One JSON object on stdout for scripts instead of the report for people.
     #[arg(long)]
     pub json: bool,
@@ -235,6 +246,7 @@ fn load(args: &LoadArgs) -> Result<u8, CliError> {
     let budget_bytes = config.wal_max_bytes;
     let (wal, opened) = Wal::open(config)?;
     let events_before = opened.events;
+    let first_new_sequence = opened.next_sequence;
     let header = (!args.json).then(|| {
         format!(
             "load: {} events of {} bytes, {} publishers x {} in flight, backend {}, sync {}\n  dir          {}{}\n  disk         segments of {} MiB, budget {} MiB",
@@ -273,7 +285,11 @@ fn load(args: &LoadArgs) -> Result<u8, CliError> {
     drop(runtime);
 
     let expected_events = events_before + measured.appended;
-    let verify_problem = check_on_disk(&dir, expected_events)?;
+    let verify_problem = if args.checkpoint_every > 0 {
+        check_on_disk_after_checkpoints(&dir, first_new_sequence + measured.appended - 1)?
+    } else {
+        check_on_disk(&dir, expected_events)?
+    };
 
     let elapsed_s = measured.elapsed.as_secs_f64().max(1e-9);
     let stats = &measured.stats;
@@ -353,6 +369,37 @@ fn check_on_disk(dir: &Path, expected_events: u64) -> Result<Option<String>, Cli
     })
 }
 
+/// [`check_on_disk`] for a run that checkpointed: acknowledged segments are gone, so the
+/// directory must hold, undamaged, every sequence from its first event to `expected_last`.
+fn check_on_disk_after_checkpoints(
+    dir: &Path,
+    expected_last: u64,
+) -> Result<Option<String>, CliError> {
+    let report = read_dir(dir)?;
+    let held = report
+        .first_sequence
+        .map_or(0, |first| expected_last + 1 - first.min(expected_last + 1));
+    Ok(if !report.is_clean() {
+        Some(format!(
+            "{} damaged place(s), {} event(s) lost",
+            report.damage.len(),
+            report.lost_events
+        ))
+    } else if report.torn_tail_bytes > 0 {
+        Some(format!(
+            "{} torn byte(s) after a clean close",
+            report.torn_tail_bytes
+        ))
+    } else if report.last_sequence != Some(expected_last) || report.events != held {
+        Some(format!(
+            "{} events up to {:?} on disk, expected {held} up to {expected_last}",
+            report.events, report.last_sequence
+        ))
+    } else {
+        None
+    })
+}
+
 fn wal_config(args: &LoadArgs, dir: &Path, record_bytes_per_event: u64) -> WalConfig {
     let mut config = WalConfig::new(dir);
     let segment_mib = args
@@ -376,6 +423,9 @@ fn wal_config(args: &LoadArgs, dir: &Path, record_bytes_per_event: u64) -> WalCo
         GroupStartArg::AfterTail => GroupStart::AfterTail,
         GroupStartArg::FreshBlock => GroupStart::FreshBlock,
     };
+    if let Some(keep) = args.recycle_segments {
+        config.recycle_segments_max = usize::try_from(keep).unwrap_or(usize::MAX);
+    }
     config
 }
 
@@ -482,6 +532,14 @@ async fn drive(
     let stop = Arc::new(AtomicBool::new(false));
     let interrupt = interrupts
         .map(|signals| tokio::spawn(watch_interrupt(signals, Arc::clone(&stop), progress)));
+    let appends_done = Arc::new(AtomicBool::new(false));
+    let checkpointer = (args.checkpoint_every > 0).then(|| {
+        tokio::spawn(checkpoint_every(
+            wal.clone(),
+            args.checkpoint_every,
+            Arc::clone(&appends_done),
+        ))
+    });
     let template = Arc::new(template);
     let inflight = usize::try_from(args.inflight).unwrap_or(usize::MAX);
     let started = Instant::now();
@@ -521,6 +579,11 @@ async fn drive(
     let elapsed = started.elapsed();
     if let Some(interrupt) = interrupt {
         interrupt.abort();
+    }
+    appends_done.store(true, Relaxed);
+    if let Some(checkpointer) = checkpointer {
+        // It stops at its next look, between checkpoints.
+        let _ = checkpointer.await;
     }
     let stats = wal.stats();
     let _ = done_tx.send(());
@@ -575,6 +638,23 @@ async fn publish(
         completed.fetch_add(1, Relaxed);
     }
     Ok(histogram)
+}
+
+/// Checkpoints the durable sequence whenever it has advanced by `every` events since the last
+/// checkpoint, as a broker acknowledging delivered events would (looked at every 10 ms).
+async fn checkpoint_every(wal: Wal, every: u64, appends_done: Arc<AtomicBool>) {
+    let mut checkpointed = wal.durable_sequence();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    while !appends_done.load(Relaxed) {
+        tick.tick().await;
+        let durable = wal.durable_sequence();
+        if durable >= checkpointed + every {
+            if wal.checkpoint(durable).await.is_err() {
+                return;
+            }
+            checkpointed = durable;
+        }
+    }
 }
 
 async fn watch_interrupt(mut interrupts: Signal, stop: Arc<AtomicBool>, progress: LoadProgress) {

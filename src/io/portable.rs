@@ -155,4 +155,9 @@ impl Backend for PortableBackend {
         let path = path.to_path_buf();
         blocking(move || std::fs::remove_file(&path)).await
     }
+
+    async fn rename_file(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let (from, to) = (from.to_path_buf(), to.to_path_buf());
+        blocking(move || std::fs::rename(&from, &to)).await
+    }
 }

@@ -4,8 +4,9 @@
 //! - **File data.** Every write lands in the real file at once, which plays the page cache:
 //!   the process, and a reopen without power loss, sees it. `sync_data` makes the file's
 //!   current content durable (whatever wrote it, as `fdatasync` does).
-//! - **Directory entries.** A created file's name, and a removed file's absence, become durable
-//!   only with `sync_dir` on its directory.
+//! - **Directory entries.** A created file's name, a removed file's absence and a renamed
+//!   file's new name become durable only with `sync_dir` on its directory (a power loss before
+//!   it brings a renamed file back under its old name, with its durable content).
 //! - **Power loss** ([`SimDisk::crash`]): a file whose creation was never made durable
 //!   vanishes; a removed file whose removal was never made durable reappears with its durable
 //!   content; every other file is reset to its durable content plus a seeded subset of the
@@ -505,5 +506,35 @@ impl Backend for SimBackend {
         // The model keeps the file until its directory is synced: a power loss before then
         // brings it back.
         std::fs::remove_file(path)
+    }
+
+    async fn rename_file(&self, from: &Path, to: &Path) -> io::Result<()> {
+        if self.disk.lock().powered_off {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        std::fs::rename(from, to)?;
+        let mut state = self.disk.lock();
+        // The old name keeps its model (and comes back at a power loss) until the directory
+        // is synced; the new name is a new entry that is not durable yet, with the same
+        // device content, since a rename moves the inode and changes no data.
+        let durable = match state.files.get(from) {
+            Some(model) => model.durable.clone(),
+            None => {
+                drop(state);
+                let image = std::fs::read(to)?;
+                state = self.disk.lock();
+                state
+                    .files
+                    .insert(from.to_path_buf(), FileModel::clean(image.clone()));
+                state.durable_entries.insert(from.to_path_buf());
+                image
+            }
+        };
+        let mut model = FileModel::clean(durable);
+        // Whatever of the page cache was not synced under the old name is unsynced here too.
+        model.all_dirty = true;
+        state.files.insert(to.to_path_buf(), model);
+        state.durable_entries.remove(to);
+        Ok(())
     }
 }

@@ -170,4 +170,8 @@ impl Backend for UringBackend {
     async fn remove_file(&self, path: &Path) -> io::Result<()> {
         tokio_uring::fs::remove_file(path).await
     }
+
+    async fn rename_file(&self, from: &Path, to: &Path) -> io::Result<()> {
+        tokio_uring::fs::rename(from, to).await
+    }
 }

@@ -10,6 +10,13 @@ use crate::io::Preallocation;
 /// (at least; the space past the rotation point counts).
 pub const CHECKPOINT_RESERVE_BYTES: u64 = 4 * BLOCK_BYTES as u64;
 
+/// Default of [`WalConfig::recycle_segments_max`].
+pub const DEFAULT_RECYCLE_SEGMENTS_MAX: usize = 0;
+
+/// Largest accepted [`WalConfig::recycle_segments_max`]: recycled segments still count against
+/// `wal_max_bytes`, and one or two are enough to always have one ready.
+pub const RECYCLE_SEGMENTS_LIMIT: usize = 8;
+
 /// When appends become durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncPolicy {
@@ -83,6 +90,13 @@ pub struct WalConfig {
     pub preallocation: Preallocation,
     /// Where each group write starts.
     pub group_start: GroupStart,
+    /// Segments kept for recycling: a sealed segment whose events a durable checkpoint covers
+    /// is, instead of being deleted, kept (at most this many, oldest first) and later renamed
+    /// to the next segment number and overwritten, so steady-state group writes overwrite
+    /// blocks that were written before instead of converting fresh extents at every sync
+    /// (docs/format.md §7.8; docs/benchmarks.md, "One awaiting caller"). 0 turns recycling
+    /// off: acknowledged segments are deleted and every new segment is a new file.
+    pub recycle_segments_max: usize,
     /// Commands in flight to the ring thread: the channel holds this many and the writer's
     /// own queue this many more; senders wait when both are full (a stalled disk holds
     /// callers back instead of growing memory).
@@ -107,6 +121,7 @@ impl WalConfig {
             preallocation: Preallocation::Fallocate,
             group_start: GroupStart::AfterTail,
             queue_max_commands: 64 * 1024,
+            recycle_segments_max: DEFAULT_RECYCLE_SEGMENTS_MAX,
             #[cfg(any(test, feature = "testing"))]
             sim_disk: None,
         }
@@ -156,6 +171,9 @@ impl WalConfig {
         #[cfg(any(test, feature = "testing"))]
         if self.backend == BackendChoice::Simulated && self.sim_disk.is_none() {
             return invalid("sim_disk", "set when backend is Simulated");
+        }
+        if self.recycle_segments_max > RECYCLE_SEGMENTS_LIMIT {
+            return invalid("recycle_segments_max", "at most 8");
         }
         if self.queue_max_commands == 0 {
             return invalid("queue_max_commands", "at least 1");

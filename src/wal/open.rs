@@ -1,7 +1,7 @@
 //! Opening a WAL directory for writing: create it, take the lock, read it (recovery), refuse
 //! files named like segments that are not provably this log's own, carry out recovery's
-//! decisions (cut a torn tail, drop surplus blank segments), pick the backend and start the
-//! ring thread.
+//! decisions (cut a torn tail, drop surplus blank segments and recycled segments that were
+//! never written), pick the backend and start the ring thread.
 //!
 //! It must never overwrite, zero or delete bytes it cannot prove are its own, and every cut
 //! of a torn tail is logged (segment, path, offset, byte count) at warning level.
@@ -22,6 +22,7 @@ use super::format::{self, BLOCK_BYTES, HeaderError, SEGMENT_HEADER_BYTES};
 use super::lock::DirLock;
 use super::naming;
 use super::recovery::{self, OpenReport};
+use super::recycle;
 use super::stats::Shared;
 use super::writer::{Command, Plan, Resume, Sealed, Writer};
 use crate::io::portable::PortableBackend;
@@ -132,8 +133,14 @@ pub(crate) fn open(config: WalConfig, ring_task: Option<RingTask>) -> Result<Ope
 /// valid record (frame CRCs are seeded with the segment number, so foreign bytes do not pass
 /// them), or by being blank: every byte zero, as a prepared segment is before its first write.
 fn refuse_foreign_files(report: &OpenReport) -> Result<(), WalError> {
-    for segment in &report.segments {
+    let last_written = report.last_written_index();
+    for (index, segment) in report.segments.iter().enumerate() {
         if segment.header.is_some() || segment.events > 0 || segment.checkpoints > 0 {
+            continue;
+        }
+        // Its header is this log's (the salt matches), for an older number: renamed for
+        // recycling, never written since; open removes it.
+        if segment.is_unused_recycled() && last_written.is_none_or(|last| index > last) {
             continue;
         }
         let reason = match segment.header_problem {
@@ -398,6 +405,18 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
     let mut prepared_blank = None;
     for (index, segment) in report.segments.iter().enumerate() {
         let trailing = last_written.is_none_or(|last| index > last);
+        if trailing && segment.is_unused_recycled() {
+            // Renamed for recycling, new header never written: nothing in it is this
+            // segment's, and what it held was acknowledged before it was renamed.
+            tracing::info!(
+                segment = segment.number,
+                path = %segment.path.display(),
+                "removing a recycled WAL segment that was never written"
+            );
+            fs::remove_file(&segment.path)
+                .map_err(|e| WalError::io("remove unused recycled segment", &segment.path, e))?;
+            continue;
+        }
         if trailing && segment.is_blank() {
             if prepared_blank.is_none() && segment.file_bytes == config.segment_max_bytes {
                 prepared_blank = Some(segment.number);
@@ -411,6 +430,9 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
         for segment in &report.segments {
             repair_blank_header(segment, salt, report.next_sequence)?;
         }
+        if let Some(last) = last_written {
+            repair_stale_header(&report.segments[last], salt, report.next_sequence)?;
+        }
     }
     let mut sealed: VecDeque<Sealed> = VecDeque::new();
     let mut resume = None;
@@ -420,6 +442,7 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
                 number: segment.number,
                 path: segment.path.clone(),
                 last_sequence: segment.last_sequence,
+                recyclable: segment.file_bytes == config.segment_max_bytes,
             });
         }
         let segment = &report.segments[last];
@@ -471,6 +494,7 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
                 number: segment.number,
                 path: segment.path.clone(),
                 last_sequence: segment.last_sequence,
+                recyclable: segment.file_bytes == config.segment_max_bytes,
             });
         }
     }
@@ -540,6 +564,53 @@ fn repair_blank_header(
     );
     file.write_all_at(&header.encode_block(), 0)
         .map_err(io_error)?;
+    file.sync_data().map_err(io_error)
+}
+
+/// Gives a recycled segment whose new header never reached the disk, but some of whose new
+/// records did (a torn first write), its own header back, with the recycled flag: its block
+/// still holds the header of the file's earlier use (a lower number, this log's salt), so it
+/// is this log's own, and without its own header the records could not be verified once the
+/// other segments are gone (as for [`repair_blank_header`]).
+fn repair_stale_header(
+    segment: &recovery::SegmentReport,
+    salt: u64,
+    next_sequence: u64,
+) -> Result<(), WalError> {
+    let has_records = segment.events > 0 || segment.checkpoints > 0;
+    if segment.stale_header_number.is_none() || !has_records {
+        return Ok(());
+    }
+    let path = &segment.path;
+    let io_error = |e| WalError::io("repair stale segment header", path, e);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_error)?;
+    let mut block = vec![0u8; SEGMENT_HEADER_BYTES];
+    read_available_at(&file, &mut block, 0).map_err(io_error)?;
+    // Only the stale header recovery saw is overwritten, nothing else.
+    let still_stale = format::SegmentHeader::decode(&block)
+        .is_ok_and(|old| recycle::is_stale_header(&old, segment.number, Some(salt)));
+    if !still_stale {
+        return Ok(());
+    }
+    let header = format::SegmentHeader {
+        version: format::FORMAT_VERSION,
+        segment_number: segment.number,
+        first_sequence: segment.first_sequence.unwrap_or(next_sequence),
+        created_unix_ns: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
+        salt,
+    };
+    let mut new_block = header.encode_block();
+    recycle::mark_recycled(&mut new_block);
+    tracing::info!(
+        segment = segment.number,
+        first_sequence = header.first_sequence,
+        "rewriting the stale header of a recycled WAL segment whose new records are valid"
+    );
+    file.write_all_at(&new_block, 0).map_err(io_error)?;
     file.sync_data().map_err(io_error)
 }
 

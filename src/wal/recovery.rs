@@ -5,6 +5,10 @@
 //!
 //! Decision table (normative text: `docs/format.md`, "Reading"):
 //! - header blank, no records, after the last written segment → prepared, unused segment;
+//! - header valid but naming a lower number of this log, no records, after the last written
+//!   segment → renamed for recycling, never written: unused (removed at open);
+//! - header flagged recycled → the bytes from the first block boundary at or after the data
+//!   end are left over from the file's earlier use: not read, not damage;
 //! - header damaged but records valid → records kept (their CRC seed is the number in the
 //!   file name and the directory's salt), header reported;
 //! - header of a newer format version → open fails, nothing touched;
@@ -27,6 +31,7 @@ use super::format::{
     SEGMENT_HEADER_BYTES, SegmentHeader,
 };
 use super::naming::parse_segment_file_name;
+use super::recycle;
 use super::scan::{ScanItem, SegmentScan};
 use crate::io::read::{OsOpener, ReadAt, SegmentOpener, read_resilient};
 
@@ -66,6 +71,13 @@ pub struct SegmentReport {
     pub tail_nonzero_end: u64,
     /// Bytes that could not be read (I/O errors), scanned as zeros.
     pub unreadable_bytes: u64,
+    /// Its valid header carries the recycled flag: the bytes from the first block boundary
+    /// at or after `data_end` are left over from the file's earlier use (docs/format.md
+    /// §7.8) and were not read as part of it.
+    pub recycled: bool,
+    /// Its header is valid but names this lower segment number of the same log: the file was
+    /// renamed for recycling and its new header never reached the disk.
+    pub stale_header_number: Option<u64>,
 }
 
 fn serialize_header_problem<S: serde::Serializer>(
@@ -86,6 +98,21 @@ impl SegmentReport {
             && self.checkpoints == 0
             && self.tail_nonzero_end == self.data_end
             && self.unreadable_bytes == 0
+    }
+
+    /// A segment renamed for recycling whose new header never reached the disk and that holds
+    /// no record of its new number: unused (docs/format.md §7.8). Its bytes are the earlier
+    /// segment's, all acknowledged before the rename.
+    pub fn is_unused_recycled(&self) -> bool {
+        self.stale_header_number.is_some()
+            && self.events == 0
+            && self.checkpoints == 0
+            && self.unreadable_bytes == 0
+    }
+
+    /// Blank, or recycled and unused: holds nothing of its own.
+    pub fn holds_nothing(&self) -> bool {
+        self.is_blank() || self.is_unused_recycled()
     }
 }
 
@@ -205,7 +232,7 @@ impl OpenReport {
     pub fn last_written_index(&self) -> Option<usize> {
         self.segments
             .iter()
-            .rposition(|segment| !segment.is_blank())
+            .rposition(|segment| !segment.holds_nothing())
     }
 }
 
@@ -277,7 +304,7 @@ pub fn read_dir_from(
         if let Some(header) = &segment.header {
             max_first_sequence = max_first_sequence.max(header.first_sequence);
         }
-        if !segment.is_blank() {
+        if !segment.holds_nothing() {
             newest_marks = std::mem::take(&mut state.marks);
         }
         state.report.segments.push(segment);
@@ -493,10 +520,16 @@ fn read_segment(
     let header_read = read_resilient(&mut *file, &mut header_block, 0).map_err(read_err)?;
     header_block.truncate(header_read.bytes);
     let header_unreadable = !header_read.unreadable.is_empty();
+    let mut stale_header_number = None;
     let (header, header_problem) = match SegmentHeader::decode(&header_block) {
         _ if header_unreadable => (None, Some(HeaderError::Unreadable)),
         Ok(header) if header.segment_number == number => (Some(header), None),
-        Ok(_) => (None, Some(HeaderError::BadChecksum)),
+        Ok(header) => {
+            if recycle::is_stale_header(&header, number, state.report.salt) {
+                stale_header_number = Some(header.segment_number);
+            }
+            (None, Some(HeaderError::BadChecksum))
+        }
         Err(HeaderError::UnsupportedVersion(version)) => {
             return Err(WalError::UnsupportedVersion {
                 path: path.to_path_buf(),
@@ -551,6 +584,10 @@ fn read_segment(
         data_end: SEGMENT_HEADER_BYTES as u64,
         tail_nonzero_end: SEGMENT_HEADER_BYTES as u64,
         unreadable_bytes: header_unreadable as u64 * SEGMENT_HEADER_BYTES as u64,
+        recycled: header
+            .as_ref()
+            .is_some_and(|header| recycle::is_marked_recycled(&header_block, header)),
+        stale_header_number,
     };
     let watermarks = matches!(layout, FrameLayout::V2(_));
     for item in SegmentScan::resilient(file, layout) {
@@ -661,6 +698,10 @@ fn read_segment(
             } => {
                 segment.data_end = offset;
                 segment.tail_nonzero_end = nonzero_end;
+                if segment.recycled {
+                    segment.tail_nonzero_end =
+                        recycled_nonzero_end(path, opener, offset, nonzero_end)?;
+                }
                 // The bytes after the records are a candidate torn tail too (in version 1,
                 // the only one: its frames carry no watermark).
                 let mut mark = Mark::take(offset, report, state.expected_next, &segment);
@@ -676,6 +717,28 @@ fn read_segment(
         }
     }
     Ok(Some(segment))
+}
+
+/// The end of the non-zero bytes after the data end of a recycled segment that belong to it:
+/// only those before the first block boundary at or after the data end; from there on the
+/// bytes are left over from the file's earlier use (docs/format.md §7.8).
+fn recycled_nonzero_end(
+    path: &Path,
+    opener: &dyn SegmentOpener,
+    data_end: u64,
+    nonzero_end: u64,
+) -> Result<u64, WalError> {
+    let leftover = recycle::leftover_start(data_end);
+    if nonzero_end <= leftover {
+        return Ok(nonzero_end);
+    }
+    let read_err = |e: io::Error| WalError::io("read segment tail", path, e);
+    let mut file = opener.open_segment(path).map_err(read_err)?;
+    let mut region = vec![0u8; (leftover - data_end) as usize];
+    let read = read_resilient(&mut *file, &mut region, data_end).map_err(read_err)?;
+    region.truncate(read.bytes);
+    // An unreadable block would have been reported by the scan already; read as zeros here.
+    Ok(recycle::nonzero_end(&region, data_end))
 }
 
 /// The WAL's salt: the newest valid version 2 header's (every header of one directory
@@ -798,7 +861,8 @@ fn push_gap(report: &mut OpenReport, first_missing: u64, count: u64) {
 fn classify_tails(report: &mut OpenReport, torn: bool) {
     let last_written = report.last_written_index();
     for (index, segment) in report.segments.iter().enumerate() {
-        let trailing_blank = last_written.is_none_or(|last| index > last) && segment.is_blank();
+        let trailing_blank =
+            last_written.is_none_or(|last| index > last) && segment.holds_nothing();
         if trailing_blank {
             continue;
         }

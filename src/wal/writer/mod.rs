@@ -49,7 +49,7 @@ use pipeline::{SyncFuture, Syncing, WriteFuture};
 pub(crate) use replies::Reply;
 use replies::{EventsReply, Waiters};
 pub(crate) use segments::Sealed;
-use segments::{Active, Deleted, create_raw, new_active};
+use segments::{Active, Deleted, Recycler, create_raw, new_active};
 
 /// A request to the ring thread.
 pub(crate) enum Command {
@@ -116,6 +116,8 @@ pub(crate) struct Writer<B: Backend> {
     deletion_wanted: bool,
     /// Sealed segments whose unlink failed; retried after the next durable sync.
     unlink_retry: Vec<Sealed>,
+    /// Acknowledged segments kept for recycling (`recycle_segments_max`).
+    recycler: Recycler,
     next_segment_number: u64,
     budget: Budget,
     /// Accepted commands not yet in a group; at most `queue_max_commands`.
@@ -214,7 +216,14 @@ impl<B: Backend> Writer<B> {
                 };
                 next_segment_number = next_segment_number.max(number + 1);
                 segments_on_disk += 1;
-                new_active(&dir, number, Rc::new(file), plan.next_sequence, plan.salt)
+                new_active(
+                    &dir,
+                    number,
+                    Rc::new(file),
+                    plan.next_sequence,
+                    plan.salt,
+                    false,
+                )
             }
         };
         let prepared = match (plan.prepared_blank, active.number) {
@@ -251,6 +260,7 @@ impl<B: Backend> Writer<B> {
             deleting: None,
             deletion_wanted: false,
             unlink_retry: Vec::new(),
+            recycler: Recycler::default(),
             next_segment_number,
             budget,
             queue: VecDeque::new(),
@@ -272,8 +282,9 @@ impl<B: Backend> Writer<B> {
             poison: None,
         };
         writer.check_invariants();
-        writer.maybe_prepare();
+        // Deletions first: a segment they keep for recycling can be the next one prepared.
         writer.start_deletions();
+        writer.maybe_prepare();
         Ok(writer)
     }
 

@@ -1,10 +1,14 @@
 //! Segment lifecycle: the active segment, preparing the next one in the background, rotating
-//! to it, and deleting sealed segments a durable checkpoint covers (retrying failed unlinks).
+//! to it, and deleting sealed segments a durable checkpoint covers (retrying failed unlinks),
+//! or keeping up to `recycle_segments_max` of them to be renamed to the next number and
+//! overwritten (recycling, docs/format.md §7.8).
 //!
 //! Must never: rotate while a written group is not durable (a sync of the new file would not
 //! cover the old one), delete a segment before a durable checkpoint record covers every event
 //! in it, or delete the segment holding the newest durable checkpoint (or anything after it):
-//! that record keeps sequence numbers from being reused once everything else is gone.
+//! that record keeps sequence numbers from being reused once everything else is gone. The
+//! same holds for recycling, which destroys a segment's content as deletion does; and only the
+//! oldest segment on disk is ever deleted or recycled, so numbers on disk stay contiguous.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -17,6 +21,7 @@ use super::super::config::WalConfig;
 use super::super::error::WalError;
 use super::super::format::{FORMAT_VERSION, SegmentHeader};
 use super::super::naming::segment_path;
+use super::super::recycle;
 use super::Writer;
 use super::group::{FrameSeed, Pending};
 use super::replies;
@@ -29,6 +34,8 @@ pub(crate) struct Sealed {
     pub path: PathBuf,
     /// Highest event sequence in it (None: no events).
     pub last_sequence: Option<u64>,
+    /// Its file may be recycled once acknowledged: it has the configured segment size.
+    pub recyclable: bool,
 }
 
 /// The segment receiving groups.
@@ -47,6 +54,16 @@ pub(super) struct Active<F> {
     pub last_sequence: Option<u64>,
 }
 
+/// Sealed, acknowledged segments kept for reuse, and which prepared segment is one of them.
+#[derive(Debug, Default)]
+pub(super) struct Recycler {
+    /// At most `recycle_segments_max`, oldest first; each is still on disk under its own
+    /// number (a reader sees an old, fully acknowledged segment) and counted in the budget.
+    pool: std::collections::VecDeque<Sealed>,
+    /// The number of the prepared (or preparing) segment when it is a recycled file.
+    prepared_number: Option<u64>,
+}
+
 /// Why a rotation did not happen.
 pub(super) enum RotateError {
     /// No space in the budget: fail the waiting appends, keep going.
@@ -62,6 +79,7 @@ pub(super) fn new_active<F>(
     file: Rc<F>,
     first_sequence: u64,
     salt: u64,
+    recycled: bool,
 ) -> Active<F> {
     let header = SegmentHeader {
         version: FORMAT_VERSION,
@@ -70,23 +88,36 @@ pub(super) fn new_active<F>(
         created_unix_ns: Utc::now().timestamp_nanos_opt().unwrap_or(0),
         salt,
     };
+    let mut block = header.encode_block();
+    if recycled {
+        // The file holds an earlier segment's bytes past what this one writes: the flag tells
+        // readers they are left over, not damage (docs/format.md §7.8).
+        recycle::mark_recycled(&mut block);
+    }
     Active {
         number,
         path: segment_path(dir, number),
         file,
         frame_seed: header.frame_seed(),
         tail_offset: 0,
-        tail: header.encode_block().to_vec(),
+        tail: block.to_vec(),
         has_records: false,
         last_sequence: None,
     }
 }
 
 impl<B: Backend> Writer<B> {
-    /// Starts creating the next segment in the background if none is ready and the budget
-    /// allows one more file.
+    /// Starts preparing the next segment in the background if none is ready: by recycling the
+    /// oldest kept segment if there is one, else by creating a file if the budget allows one
+    /// more.
     pub(super) fn maybe_prepare(&mut self) {
-        if self.prepared.is_some() || self.preparing.is_some() || !self.budget.allows_one_more() {
+        if self.prepared.is_some() || self.preparing.is_some() {
+            return;
+        }
+        if self.maybe_prepare_recycled() {
+            return;
+        }
+        if !self.budget.allows_one_more() {
             return;
         }
         let number = self.next_segment_number;
@@ -104,6 +135,39 @@ impl<B: Backend> Writer<B> {
             result
         });
         self.preparing = Some((number, handle));
+    }
+
+    /// Starts renaming the oldest kept segment to the next number (then syncing the
+    /// directory and opening it), if one is kept and nothing older is still on disk. Returns
+    /// whether it did.
+    fn maybe_prepare_recycled(&mut self) -> bool {
+        // An unlink that failed leaves an older segment on disk; a deletion in flight may be
+        // removing one. Recycling a newer one then would open a hole in the numbers.
+        if !self.unlink_retry.is_empty() || self.deleting.is_some() {
+            return false;
+        }
+        let Some(old) = self.recycler.pool.pop_front() else {
+            return false;
+        };
+        let number = self.next_segment_number;
+        self.next_segment_number += 1;
+        self.recycler.prepared_number = Some(number);
+        let backend = Rc::clone(&self.backend);
+        let dir = self.config.dir.clone();
+        let path = segment_path(&dir, number);
+        tracing::debug!(from = old.number, to = number, "recycling a WAL segment");
+        let handle = tokio::task::spawn_local(async move {
+            let result = recycle_raw(&*backend, &dir, &old.path, &path).await;
+            if result.is_err() {
+                // Acknowledged content only: whatever name it has now, it goes.
+                let _ = backend.remove_file(&path).await;
+                let _ = backend.remove_file(&old.path).await;
+                let _ = backend.sync_dir(&dir).await;
+            }
+            result
+        });
+        self.preparing = Some((number, handle));
+        true
     }
 
     pub(super) fn prepared_done(
@@ -125,6 +189,11 @@ impl<B: Backend> Writer<B> {
     /// Gives back the number and budget share of a segment whose preparation failed (its
     /// file was removed), so numbering stays contiguous.
     fn preparation_failed(&mut self, number: u64, error: io::Error) -> WalError {
+        if self.recycler.prepared_number == Some(number) {
+            // The recycled file was removed (or will be found acknowledged at the next open):
+            // its share goes back like a failed creation's.
+            self.recycler.prepared_number = None;
+        }
         self.next_segment_number = number;
         self.budget.release(1);
         self.shared.segments.store(self.budget.segments(), Relaxed);
@@ -159,12 +228,14 @@ impl<B: Backend> Writer<B> {
                 }
             }
         };
+        let recycled = self.recycler.prepared_number.take() == Some(number);
         let next = new_active(
             &self.config.dir,
             number,
             file,
             self.next_sequence,
             self.salt,
+            recycled,
         );
         let old = std::mem::replace(&mut self.active, next);
         tracing::debug!(sealed = old.number, active = number, "WAL segment rotated");
@@ -172,9 +243,12 @@ impl<B: Backend> Writer<B> {
             number: old.number,
             path: old.path,
             last_sequence: old.last_sequence,
+            // Created (or recycled) by this run at the configured size.
+            recyclable: true,
         });
-        self.maybe_prepare();
+        // Deletions first: a segment they keep for recycling can be the next one prepared.
         self.start_deletions();
+        self.maybe_prepare();
         Ok(())
     }
 
@@ -218,6 +292,7 @@ impl<B: Backend> Writer<B> {
             return;
         }
         let mut doomed: Vec<Sealed> = std::mem::take(&mut self.unlink_retry);
+        let keep = self.config.recycle_segments_max;
         while let Some(front) = self.sealed.front() {
             let acked = front
                 .last_sequence
@@ -226,10 +301,29 @@ impl<B: Backend> Writer<B> {
                 break;
             }
             if let Some(sealed) = self.sealed.pop_front() {
-                doomed.push(sealed);
+                if sealed.recyclable {
+                    // Kept for recycling (with recycling off, deleted at once).
+                    self.recycler.pool.push_back(sealed);
+                } else {
+                    // Deleted, and the older ones kept before it with it, so that no hole
+                    // opens in the numbers.
+                    doomed.extend(self.recycler.pool.drain(..));
+                    doomed.push(sealed);
+                }
+            }
+        }
+        // When more are kept than allowed, the oldest go: only the oldest segment on disk is
+        // ever deleted or recycled, so the numbers on disk stay contiguous.
+        while self.recycler.pool.len() > keep {
+            if let Some(oldest) = self.recycler.pool.pop_front() {
+                doomed.push(oldest);
             }
         }
         if doomed.is_empty() {
+            if !self.recycler.pool.is_empty() {
+                // A segment just kept may be what the next segment is made from.
+                self.maybe_prepare();
+            }
             return;
         }
         let backend = Rc::clone(&self.backend);
@@ -280,6 +374,20 @@ impl<B: Backend> Writer<B> {
 pub(super) struct Deleted {
     removed: usize,
     pub failed: Vec<Sealed>,
+}
+
+/// Renames an acknowledged segment to the next number and makes the new name durable before
+/// the file is opened: its first write (header and records) must never reach a file whose
+/// name a power loss could turn back into the old one.
+async fn recycle_raw<B: Backend>(
+    backend: &B,
+    dir: &Path,
+    from: &Path,
+    to: &Path,
+) -> io::Result<B::File> {
+    backend.rename_file(from, to).await?;
+    backend.sync_dir(dir).await?;
+    backend.open_segment(to).await
 }
 
 /// Creates a segment file and makes its name durable.
