@@ -28,7 +28,7 @@ use serde::Serialize;
 use super::error::WalError;
 use super::format::{
     self, FORMAT_VERSION, FrameLayout, FrameProbe, FrameSeed, HeaderError, MAX_FRAME_BYTES, Record,
-    SEGMENT_HEADER_BYTES, SegmentHeader,
+    RecordView, SEGMENT_HEADER_BYTES, SegmentHeader,
 };
 use super::naming::parse_segment_file_name;
 use super::recycle;
@@ -259,9 +259,9 @@ pub fn read_dir_with(
     read_dir_from(dir, &OsOpener, on_record)
 }
 
-/// [`read_dir_with`] without a record callback.
+/// [`read_dir_with`] without a record callback: records are only looked at, never copied.
 pub fn read_dir(dir: &Path) -> Result<OpenReport, WalError> {
-    read_dir_from(dir, &OsOpener, |_, _, _| {})
+    read_dir_views(dir, &OsOpener, |_, _, _| {})
 }
 
 /// [`read_dir_with`], reading the segment files through `opener` (tests inject read errors
@@ -270,6 +270,17 @@ pub fn read_dir_from(
     dir: &Path,
     opener: &dyn SegmentOpener,
     mut on_record: impl FnMut(u64, u64, &Record),
+) -> Result<OpenReport, WalError> {
+    read_dir_views(dir, opener, |segment, offset, view| {
+        on_record(segment, offset, &view.to_record())
+    })
+}
+
+/// [`read_dir_from`] with the records handed over as views of the read buffer.
+fn read_dir_views(
+    dir: &Path,
+    opener: &dyn SegmentOpener,
+    mut on_record: impl FnMut(u64, u64, &RecordView<'_>),
 ) -> Result<OpenReport, WalError> {
     let segments = list_segments(dir)?;
     let mut state = ReadState {
@@ -334,6 +345,20 @@ pub fn read_dir_from(
         push_gap(&mut report, last_found + 1, watermark - last_found);
     }
     classify_tails(&mut report, torn_cut.is_some());
+    for damage in &report.damage {
+        if matches!(
+            damage.kind,
+            DamageKind::CorruptRecords | DamageKind::UndecodableRecord
+        ) {
+            tracing::warn!(
+                segment = damage.segment,
+                offset = damage.offset,
+                len_bytes = damage.len_bytes,
+                kind = ?damage.kind,
+                "skipping corrupt WAL bytes"
+            );
+        }
+    }
     for gap in &mut report.gaps {
         gap.acknowledged = report
             .durable_watermark
@@ -507,7 +532,7 @@ fn read_segment(
     path: &Path,
     opener: &dyn SegmentOpener,
     state: &mut ReadState,
-    on_record: &mut impl FnMut(u64, u64, &Record),
+    on_record: &mut impl FnMut(u64, u64, &RecordView<'_>),
 ) -> Result<Option<SegmentReport>, WalError> {
     let read_err = |e: io::Error| WalError::io("read segment", path, e);
     let mut file = match opener.open_segment(path) {
@@ -590,9 +615,10 @@ fn read_segment(
         stale_header_number,
     };
     let watermarks = matches!(layout, FrameLayout::V2(_));
-    for item in SegmentScan::resilient(file, layout) {
+    let mut scan = SegmentScan::resilient(file, layout);
+    while let Some(item) = scan.next_ref().map_err(read_err)? {
         let report = &mut state.report;
-        match item.map_err(read_err)? {
+        match item {
             ScanItem::Record {
                 offset,
                 frame_bytes,
@@ -611,7 +637,7 @@ fn read_segment(
                     });
                 }
                 match &record {
-                    Record::Event(entry) => {
+                    RecordView::Event(entry) => {
                         if report
                             .last_sequence
                             .is_some_and(|last| entry.sequence <= last)
@@ -637,7 +663,7 @@ fn read_segment(
                         report.first_sequence.get_or_insert(entry.sequence);
                         report.last_sequence = Some(entry.sequence);
                     }
-                    Record::Checkpoint(checkpoint) => {
+                    RecordView::Checkpoint(checkpoint) => {
                         segment.checkpoints += 1;
                         report.checkpoints += 1;
                         if checkpoint.acked_through >= report.acked_through {
@@ -645,7 +671,7 @@ fn read_segment(
                             report.checkpoint_segment = Some(number);
                         }
                     }
-                    Record::Watermark(watermark) => {
+                    RecordView::Watermark(watermark) => {
                         report.durable_watermark =
                             report.durable_watermark.max(watermark.durable_watermark);
                     }
@@ -669,13 +695,8 @@ fn read_segment(
                 } else {
                     DamageKind::CorruptRecords
                 };
-                tracing::warn!(
-                    segment = number,
-                    offset,
-                    len_bytes,
-                    ?kind,
-                    "skipping corrupt WAL bytes"
-                );
+                // Warned about once the directory is read: a torn tail found later takes
+                // this entry back, and its bytes are not damage.
                 report.damage.push(Damage {
                     segment: number,
                     offset,
