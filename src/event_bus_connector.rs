@@ -60,6 +60,7 @@ pub mod config;
 mod core;
 pub mod error;
 mod frames;
+mod held;
 mod ingest;
 mod link;
 mod publisher_id;
@@ -223,7 +224,7 @@ impl EventBusConnector {
         let mut prepared = Vec::with_capacity(events.len());
         for (event, kind) in events {
             let (event, payload, timestamp) = self.prepare(event, kind)?;
-            items.push((kind, payload, timestamp));
+            items.push((kind, bytes::Bytes::from(payload), timestamp));
             prepared.push((event, kind));
         }
         let receipt = self
@@ -282,7 +283,7 @@ impl EventBusConnector {
             .send(Ingest::Event {
                 receipt,
                 kind,
-                payload,
+                payload: bytes::Bytes::from(payload),
                 timestamp,
                 reply,
             })
