@@ -7,6 +7,7 @@
 //! shared state ([`super::core`]) — acknowledged watermark, replay counters.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -122,6 +123,8 @@ pub(super) struct Connection {
     pub(super) disk: Option<DiskStream>,
     /// A frame read from disk and not sent yet.
     pub(super) disk_peek: Option<(u64, bytes::Bytes)>,
+    /// Read-back frames after `disk_peek`, from the chunk the disk stream handed over.
+    pub(super) disk_queue: VecDeque<(u64, bytes::Bytes)>,
     /// Whether the current disk stream yielded anything at or past the cursor.
     pub(super) disk_yielded: bool,
     pub(super) publisher_id: Arc<str>,
@@ -142,6 +145,7 @@ impl Connection {
             pongs_owed: 0,
             disk: None,
             disk_peek: None,
+            disk_queue: VecDeque::new(),
             disk_yielded: false,
             publisher_id: Arc::clone(&core.publisher_id),
             spare_buffers: Vec::new(),
@@ -189,11 +193,14 @@ impl Connection {
     /// Drops read-back frames below the cursor and skips spilled sequences the WAL does
     /// not have (lost to damage before this process started).
     pub(super) fn settle_disk_peek(&mut self, core: &Core) {
+        while let Some((sequence, _)) = &self.disk_peek
+            && *sequence < self.cursor
+        {
+            self.disk_peek = self.disk_queue.pop_front();
+        }
         if let Some((sequence, _)) = &self.disk_peek {
             let sequence = *sequence;
-            if sequence < self.cursor {
-                self.disk_peek = None;
-            } else if sequence > self.cursor
+            if sequence > self.cursor
                 && let Some(range_end) = core.buffer.spilled_range_end(self.cursor)
             {
                 let resume = sequence.min(range_end + 1);
@@ -203,18 +210,38 @@ impl Connection {
         }
     }
 
-    /// A read-back frame (or the end of the disk stream) arrived.
+    /// Takes the read-back frame at the front (the next one moves up).
+    fn take_disk_frame(&mut self) -> Option<(u64, bytes::Bytes)> {
+        let frame = self.disk_peek.take();
+        self.disk_peek = self.disk_queue.pop_front();
+        frame
+    }
+
+    /// A chunk of read-back frames (or the end of the disk stream) arrived.
     pub(super) fn read_back(
         &mut self,
         item: Option<ReadBack>,
         core: &Rc<RefCell<Core>>,
     ) -> Result<(), CloseReason> {
         match item {
-            Some(Ok((sequence, frame))) => {
-                if sequence >= self.cursor {
+            Some(Ok(chunk)) => {
+                let before = self.disk_queue.len();
+                let cursor = self.cursor;
+                self.disk_queue.extend(
+                    chunk
+                        .into_iter()
+                        .filter(|(sequence, _)| *sequence >= cursor),
+                );
+                let arrived = self.disk_queue.len() - before;
+                if arrived > 0 {
                     self.disk_yielded = true;
-                    Shared::bump(&core.borrow().shared.read_back);
-                    self.disk_peek = Some((sequence, frame));
+                    core.borrow()
+                        .shared
+                        .read_back
+                        .fetch_add(arrived as u64, Relaxed);
+                }
+                if self.disk_peek.is_none() {
+                    self.disk_peek = self.disk_queue.pop_front();
                 }
             }
             Some(Err(error)) => {
@@ -277,19 +304,16 @@ impl Connection {
                 }
                 Next::Disk => {
                     self.settle_disk_peek(core);
-                    match self.disk_peek.take() {
-                        Some((sequence, frame)) if sequence == self.cursor => {
+                    match &self.disk_peek {
+                        Some((sequence, frame)) if *sequence == self.cursor => {
                             if !bytes.is_empty() && bytes.len() + frame.len() > WRITE_BATCH_BYTES {
                                 // Kept for the next write.
-                                self.disk_peek = Some((sequence, frame));
                                 break;
                             }
-                            bytes.extend_from_slice(&frame);
+                            bytes.extend_from_slice(frame);
+                            self.take_disk_frame();
                         }
-                        other => {
-                            self.disk_peek = other;
-                            break;
-                        }
+                        _ => break,
                     }
                 }
                 Next::Wait => break,
@@ -424,6 +448,7 @@ impl Connection {
         self.cursor = core.buffer.acked() + 1;
         self.disk = None;
         self.disk_peek = None;
+        self.disk_queue.clear();
         self.disk_yielded = false;
         tracing::info!(
             resume_after = ?welcome.highest_sequence,

@@ -69,10 +69,22 @@ pub fn event_wire_time(event: &ProcessEvent) -> WireTime {
 /// Encodes the event's payload, shortening the event first if the payload would not fit in
 /// [`EVENT_PAYLOAD_MAX_BYTES`]. Deterministic; the event itself is not changed.
 pub fn fit_event_payload(kind: EventKind, event: &ProcessEvent) -> Result<Vec<u8>, WireError> {
-    let mut payload = Vec::new();
-    encode_event_payload(kind, event, &mut payload);
-    if payload.len() <= EVENT_PAYLOAD_MAX_BYTES {
-        return Ok(payload);
+    let mut payload = Vec::with_capacity(payload_size_hint(event));
+    fit_event_payload_into(kind, event, &mut payload)?;
+    Ok(payload)
+}
+
+/// [`fit_event_payload`] appending to `out` (a batch encodes all its payloads into one
+/// buffer). Only the event's payload is appended, whatever happens.
+pub fn fit_event_payload_into(
+    kind: EventKind,
+    event: &ProcessEvent,
+    out: &mut Vec<u8>,
+) -> Result<(), WireError> {
+    let start = out.len();
+    encode_event_payload(kind, event, out);
+    if out.len() - start <= EVENT_PAYLOAD_MAX_BYTES {
+        return Ok(());
     }
     let mut limits = WireLimits::FIRST;
     loop {
@@ -82,16 +94,37 @@ pub fn fit_event_payload(kind: EventKind, event: &ProcessEvent) -> Result<Vec<u8
         shorter.truncate_to_limits();
         cut_for_wire(&mut shorter, limits);
         shorter.truncated = true;
-        payload.clear();
-        encode_event_payload(kind, &shorter, &mut payload);
-        if payload.len() <= EVENT_PAYLOAD_MAX_BYTES {
-            return Ok(payload);
+        out.truncate(start);
+        encode_event_payload(kind, &shorter, out);
+        if out.len() - start <= EVENT_PAYLOAD_MAX_BYTES {
+            return Ok(());
         }
         // With argv and metadata gone, what is left (name and four short fields, at most
         // 17 KiB) always fits, so this ends.
         assert!(!limits.is_zero(), "an event without argv and metadata fits");
         limits = limits.halved();
     }
+}
+
+/// A capacity that usually holds the event's payload in one allocation: argv may travel
+/// twice, and the fixed metadata takes about 200 bytes.
+pub fn payload_size_hint(event: &ProcessEvent) -> usize {
+    let argv: usize = event.command_line.iter().map(|arg| arg.len() + 4).sum();
+    let platform: usize = event
+        .platform_metadata
+        .iter()
+        .map(|(key, value)| key.len() + value.len() + 16)
+        .sum();
+    let optional = [
+        &event.executable_path,
+        &event.executable_hash,
+        &event.hash_algorithm,
+        &event.user_id,
+    ]
+    .iter()
+    .map(|field| field.as_ref().map_or(0, |text| text.len() + 32))
+    .sum::<usize>();
+    (320 + event.name.len() + 2 * argv + platform + optional).min(EVENT_PAYLOAD_MAX_BYTES)
 }
 
 /// Appends the postcard encoding of `CollectionEvent::from_process_event(kind, event)` to
