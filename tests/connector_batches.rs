@@ -174,7 +174,9 @@ async fn the_start_up_backlog_counts_its_exact_frame_bytes() {
     let mut published = Vec::new();
     for pid in 0..40u32 {
         let mut event = event(pid);
-        event.command_line.push("a".repeat(if pid % 5 == 0 { 20_000 } else { 3 }));
+        event
+            .command_line
+            .push("a".repeat(if pid % 5 == 0 { 20_000 } else { 3 }));
         let kind = kind(pid);
         let sequence = connector
             .publish(event.clone(), kind)
@@ -202,7 +204,10 @@ async fn the_start_up_backlog_counts_its_exact_frame_bytes() {
         .await
         .expect("restart");
     let stats = reopened.stats();
-    assert_eq!(stats.buffered_events, 40, "the whole backlog is unacknowledged");
+    assert_eq!(
+        stats.buffered_events, 40,
+        "the whole backlog is unacknowledged"
+    );
     assert_eq!(stats.occupied_bytes, expected, "exact after a restart");
     reopened.shutdown().await.expect("shutdown");
 }

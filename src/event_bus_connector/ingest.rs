@@ -2,9 +2,11 @@
 //!
 //! Owns the order of events: a publisher hands over its WAL receipt here right after
 //! enqueueing (no await in between, so a cancelled `publish` cannot lose the hand-over);
-//! this task waits for receipts in hand-over order, builds each durable event's frame,
-//! adds it to the buffer and only then answers the publisher. It never waits for the
-//! broker, so `publish` never does either.
+//! this task waits for receipts in hand-over order, adds each durable event (its payload,
+//! as the publisher encoded it) to the buffer and only then answers the publisher. Every
+//! receipt already resolved behind the first is taken in the same turn, so the figures and
+//! the link are updated once per turn, not per event. It never waits for the broker, so
+//! `publish` never does either.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
