@@ -302,9 +302,9 @@ impl EventBusConnector {
                 <= segment_max_bytes
         };
         // bincode's legacy configuration: each string costs its bytes plus an 8-byte
-        // length; the fixed fields take well under 256 bytes.
-        let strings = 4 + event.command_line.len() + 2 * event.platform_metadata.len();
-        if fits(event.text_bytes() + 8 * strings + 256) {
+        // length (and an option its tag); the fixed fields take well under 512 bytes.
+        let strings = 5 + event.command_line.len() + 2 * event.platform_metadata.len();
+        if fits(event.text_bytes() + 9 * strings + 512) {
             return Ok(());
         }
         let record_bytes = encode_event(event).map_or(usize::MAX / 2, |bytes| bytes.len());

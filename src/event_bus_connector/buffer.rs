@@ -242,10 +242,17 @@ impl<F: FrameSize> PublishBuffer<F> {
     /// What to send for the event at `cursor` (the next sequence the connection needs).
     pub fn next(&self, cursor: u64) -> Next<'_, F> {
         debug_assert!(cursor > self.acked, "the cursor is past the watermark");
-        // The link sends in order, so the cursor is usually the front (or near it).
+        // Held sequences are usually contiguous: then the cursor's place is an offset from
+        // the front, checked before searching.
         let at = match self.memory.front() {
-            Some((front, _)) if *front == cursor => 0,
-            _ => self.memory.partition_point(|(held, _)| *held < cursor),
+            Some((front, _)) if *front <= cursor => {
+                let guess = usize::try_from(cursor - front).unwrap_or(usize::MAX);
+                match self.memory.get(guess) {
+                    Some((held, _)) if *held == cursor => guess,
+                    _ => self.memory.partition_point(|(held, _)| *held < cursor),
+                }
+            }
+            _ => 0,
         };
         if let Some(&(sequence, slot)) = self.memory.get(at)
             && sequence == cursor
