@@ -567,6 +567,14 @@ fn open(config: ConnectorConfig) -> EventBusConnectorResult<EventBusConnector> {
         );
     }
     let shared = Arc::new(Shared::new(acked_at_open));
+    if let Some((first, last, frame_bytes)) = backlog {
+        // The figures hold the backlog from the start, not only once the ring task has set
+        // up: a caller asking right after `new` sees it.
+        let events = last - first + 1;
+        shared.occupied_bytes.store(frame_bytes, Relaxed);
+        shared.buffered_events.store(events, Relaxed);
+        shared.spilled_events.store(events, Relaxed);
+    }
     // Unbounded in type only. Every hand-over follows a WAL enqueue, and it leaves the queue
     // when that enqueue's receipt resolves, so the WAL's bounded queue (`queue_max_commands`,
     // plus the replies it holds for groups awaiting a sync) bounds it. Link commands are
