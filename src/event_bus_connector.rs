@@ -60,6 +60,7 @@ pub mod config;
 mod core;
 pub mod error;
 mod frames;
+mod held;
 mod ingest;
 mod link;
 mod publisher_id;
@@ -86,7 +87,9 @@ pub use stats::{ConnectorStats, LinkState};
 
 use crate::event::{EventKind, ProcessEvent};
 use crate::wal::{Wal, WalError};
-use crate::wire::budget::{event_wire_time, fit_event_payload};
+use crate::wire::budget::{
+    EventFramer, event_wire_time, fit_event_payload, fit_event_payload_into, payload_size_hint,
+};
 use ingest::Ingest;
 use link::LinkCommand;
 use ring::RingSetup;
@@ -118,6 +121,8 @@ struct Inner {
     buffer_max_bytes: usize,
     drain_timeout: Duration,
     publisher_id: Arc<str>,
+    /// The WAL's `segment_max_bytes`: a batch is checked against it before it is written.
+    segment_max_bytes: u64,
 }
 
 impl std::fmt::Debug for EventBusConnector {
@@ -205,12 +210,21 @@ impl EventBusConnector {
     }
 
     /// Publishes several events with consecutive sequences; returns them (in order) once
-    /// all are durable. One WAL command and one hand-over for the whole batch. Not atomic:
-    /// when the WAL runs out of room part-way, the error is
+    /// all are durable. One WAL command and one hand-over for the whole batch.
+    ///
+    /// The batch is checked as a whole before anything of it is written: an event that
+    /// cannot be encoded, or whose record would not fit in an empty WAL segment (only with a
+    /// tiny `segment_max_bytes`), fails the call with
+    /// [`EventBusConnectorError::BatchEventRejected`] naming its index, and none of the batch
+    /// is written or takes a sequence.
+    ///
+    /// Once accepted, a batch is not atomic: when the WAL cannot continue part-way (it runs
+    /// out of room, or a write or sync fails and poisons it), the error is
     /// [`WalError::BatchPartlyDurable`] (inside [`EventBusConnectorError::Wal`]) naming the
-    /// durable prefix; that prefix is delivered like any published event, the rest of the
-    /// batch was not written and may be published again. Any other error means none of the
-    /// batch was written.
+    /// durable prefix and the cause; that prefix is delivered like any published event, the
+    /// rest of the batch is not durable and may be published again (after a poisoned log,
+    /// once the connector is started again). Any other error means none of the batch is
+    /// durable.
     pub async fn publish_batch(
         &self,
         events: Vec<(ProcessEvent, ProcessEventType)>,
@@ -219,13 +233,40 @@ impl EventBusConnector {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let mut items = Vec::with_capacity(events.len());
+        // Every payload goes into one buffer: one allocation per batch, shared by the
+        // events' slices until the broker has acknowledged them all.
+        let mut payloads = Vec::with_capacity(
+            events
+                .iter()
+                .map(|(event, _)| payload_size_hint(event))
+                .sum(),
+        );
+        let mut spans = Vec::with_capacity(events.len());
         let mut prepared = Vec::with_capacity(events.len());
-        for (event, kind) in events {
-            let (event, payload, timestamp) = self.prepare(event, kind)?;
-            items.push((kind, payload, timestamp));
+        for (index, (mut event, kind)) in events.into_iter().enumerate() {
+            self.inner.redaction.redact_argv(&mut event.command_line);
+            event.truncate_to_limits();
+            let start = payloads.len();
+            fit_event_payload_into(kind, &event, &mut payloads).map_err(|error| {
+                EventBusConnectorError::BatchEventRejected {
+                    index,
+                    source: Box::new(EventBusConnectorError::Encode(error)),
+                }
+            })?;
+            self.check_record_fits(&event).map_err(|error| {
+                EventBusConnectorError::BatchEventRejected {
+                    index,
+                    source: Box::new(EventBusConnectorError::Wal(error)),
+                }
+            })?;
+            spans.push((kind, start..payloads.len(), event_wire_time(&event)));
             prepared.push((event, kind));
         }
+        let payloads = bytes::Bytes::from(payloads);
+        let items = spans
+            .into_iter()
+            .map(|(kind, span, timestamp)| (kind, payloads.slice(span), timestamp))
+            .collect();
         let receipt = self
             .inner
             .wal
@@ -245,6 +286,36 @@ impl EventBusConnector {
         match receiver.await {
             Ok(result) => result.map(Iterator::collect).map_err(wal_error),
             Err(_) => Err(EventBusConnectorError::ShutDown),
+        }
+    }
+
+    /// Whether the event's WAL record fits in an empty segment (the WAL refuses it
+    /// otherwise, after the events before it in a batch were written). A bound on the
+    /// record's size settles it without encoding, except for huge events in tiny segments.
+    fn check_record_fits(&self, event: &ProcessEvent) -> Result<(), WalError> {
+        use crate::wal::format::{
+            EVENT_FIXED_PAYLOAD_BYTES, SEGMENT_HEADER_BYTES, encode_event, frame_len,
+        };
+        let segment_max_bytes = self.inner.segment_max_bytes;
+        let fits = |record_bytes: usize| {
+            (SEGMENT_HEADER_BYTES + frame_len(EVENT_FIXED_PAYLOAD_BYTES + record_bytes)) as u64
+                <= segment_max_bytes
+        };
+        // bincode's legacy configuration: each string costs its bytes plus an 8-byte
+        // length (and an option its tag); the fixed fields take well under 512 bytes.
+        let strings = 5 + event.command_line.len() + 2 * event.platform_metadata.len();
+        if fits(event.text_bytes() + 9 * strings + 512) {
+            return Ok(());
+        }
+        let record_bytes = encode_event(event).map_or(usize::MAX / 2, |bytes| bytes.len());
+        if fits(record_bytes) {
+            Ok(())
+        } else {
+            Err(WalError::RecordTooLarge {
+                frame_bytes: SEGMENT_HEADER_BYTES
+                    + frame_len(EVENT_FIXED_PAYLOAD_BYTES + record_bytes),
+                segment_max_bytes,
+            })
         }
     }
 
@@ -282,7 +353,7 @@ impl EventBusConnector {
             .send(Ingest::Event {
                 receipt,
                 kind,
-                payload,
+                payload: bytes::Bytes::from(payload),
                 timestamp,
                 reply,
             })
@@ -483,10 +554,10 @@ fn open(config: ConnectorConfig) -> EventBusConnectorResult<EventBusConnector> {
         .filter(|last| *last > acked_at_open)
         .map(|last| {
             let first = acked_at_open + 1;
-            let events = last - first + 1;
-            // Frame size is estimated from the stored records' mean size.
-            let mean_bytes = report.record_bytes / report.events.max(1);
-            (first, last, events.saturating_mul(mean_bytes))
+            let mean_record_bytes = report.record_bytes / report.events.max(1);
+            let frame_bytes =
+                backlog_frame_bytes(&wal, first, last, &publisher_id, mean_record_bytes);
+            (first, last, frame_bytes)
         });
     if let Some((first, last, _)) = backlog {
         tracing::info!(
@@ -496,6 +567,14 @@ fn open(config: ConnectorConfig) -> EventBusConnectorResult<EventBusConnector> {
         );
     }
     let shared = Arc::new(Shared::new(acked_at_open));
+    if let Some((first, last, frame_bytes)) = backlog {
+        // The figures hold the backlog from the start, not only once the ring task has set
+        // up: a caller asking right after `new` sees it.
+        let events = last - first + 1;
+        shared.occupied_bytes.store(frame_bytes, Relaxed);
+        shared.buffered_events.store(events, Relaxed);
+        shared.spilled_events.store(events, Relaxed);
+    }
     // Unbounded in type only. Every hand-over follows a WAL enqueue, and it leaves the queue
     // when that enqueue's receipt resolves, so the WAL's bounded queue (`queue_max_commands`,
     // plus the replies it holds for groups awaiting a sync) bounds it. Link commands are
@@ -519,6 +598,7 @@ fn open(config: ConnectorConfig) -> EventBusConnectorResult<EventBusConnector> {
         buffer_max_bytes: config.buffer_max_bytes,
         drain_timeout: Duration::from_millis(config.drain_timeout_ms),
         publisher_id: Arc::clone(&publisher_id),
+        segment_max_bytes: config.wal.segment_max_bytes,
     };
     let setup = RingSetup {
         wal,
@@ -539,6 +619,65 @@ fn open(config: ConnectorConfig) -> EventBusConnectorResult<EventBusConnector> {
     Ok(EventBusConnector {
         inner: Arc::new(inner),
     })
+}
+
+/// The frame bytes of the start-up backlog `first..=last`, summed while reading it once:
+/// its share of the buffer occupancy is then exact (backpressure at start-up reflects what
+/// the link must still deliver). Events lost to damage count nothing, as they are never
+/// sent. Should reading fail part-way, the events not read are counted at the mean stored
+/// record size, with a warning; the link then meets the same failure and retries.
+fn backlog_frame_bytes(
+    wal: &Wal,
+    first: u64,
+    last: u64,
+    publisher_id: &str,
+    mean_record_bytes: u64,
+) -> u64 {
+    let framer = EventFramer::new(publisher_id);
+    let mut payload = Vec::new();
+    let mut frame_bytes = 0u64;
+    let mut next = first;
+    let failure = match wal.replay_from(first) {
+        Ok(reader) => reader
+            .map_while(|entry| match entry {
+                Ok(entry) if entry.sequence > last => None,
+                other => Some(other),
+            })
+            .find_map(|entry| match entry {
+                Ok(entry) => {
+                    payload.clear();
+                    let timestamp = event_wire_time(&entry.event);
+                    match fit_event_payload_into(entry.kind, &entry.event, &mut payload) {
+                        Ok(()) => {
+                            frame_bytes += framer.frame_len(
+                                entry.sequence,
+                                entry.kind,
+                                payload.len(),
+                                timestamp,
+                            ) as u64;
+                        }
+                        // Never sent (the link skips what it cannot frame): counts nothing.
+                        Err(error) => {
+                            tracing::error!(sequence = entry.sequence, %error, "cannot frame a stored event");
+                        }
+                    }
+                    next = entry.sequence + 1;
+                    None
+                }
+                Err(error) => Some(error),
+            }),
+        Err(error) => Some(error),
+    };
+    if let Some(error) = failure {
+        let unread = (last + 1).saturating_sub(next);
+        tracing::warn!(
+            %error,
+            unread,
+            "cannot read the whole start-up backlog; its unread part counts at the mean record size"
+        );
+        frame_bytes += unread.saturating_mul(mean_record_bytes);
+    }
+    frame_bytes
 }
 
 /// Closes a WAL from a blocking context (opening failed half-way).

@@ -35,13 +35,17 @@ pub struct ConnectorLoadArgs {
     /// Events to publish in total.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub events: u64,
-    /// Concurrent publisher tasks (each with one publish in flight).
+    /// Concurrent publisher tasks (each with `--in-flight` calls in flight).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub publishers: u64,
     /// Events per call: 1 uses `publish` (one in flight per publisher); more uses
     /// `publish_batch` (and `append_batch` for the WAL alone).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub batch: u64,
+    /// Calls (`publish` or `publish_batch`) each publisher keeps in flight at once: it
+    /// starts the next as soon as one resolves (pipelining from one caller).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub in_flight: u64,
     /// Approximate stored event size in bytes.
     #[arg(long, default_value_t = 256)]
     pub event_bytes: usize,
@@ -65,6 +69,7 @@ struct Figures {
     events: u64,
     publishers: u64,
     batch: u64,
+    in_flight: u64,
     event_bytes: usize,
     seconds_to_durable: f64,
     durable_events_per_s: f64,
@@ -72,6 +77,12 @@ struct Figures {
     seconds_to_acked: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     acked_events_per_s: Option<f64>,
+    /// CPU time of the ring thread (WAL writer, hand-over, link) per event, in µs, until
+    /// the end of the run: everything acknowledged (durable with `--no-wait-acked`, and for
+    /// the WAL alone). Less disturbed by a loaded machine than the rates.
+    ring_cpu_us_per_event: f64,
+    /// CPU time of the whole process (all threads) per event, in µs, over the same span.
+    process_cpu_us_per_event: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -167,6 +178,7 @@ async fn load(args: ConnectorLoadArgs) -> Result<(), String> {
         .await
         .map_err(|error| error.to_string())?;
     let template = sized_event(args.event_bytes);
+    let cpu_at_start = CpuSample::take();
     let started = Instant::now();
     let mut publishers = JoinSet::new();
     let per_publisher = args.events.div_ceil(args.publishers);
@@ -176,34 +188,42 @@ async fn load(args: ConnectorLoadArgs) -> Result<(), String> {
         let template = template.clone();
         let count = per_publisher.min(args.events.saturating_sub(publisher * per_publisher));
         let batch = args.batch;
+        let in_flight = args.in_flight;
         publishers.spawn(async move {
             let mut highest = 0;
             let mut index = 0;
-            while index < count {
-                let size = batch.min(count - index);
-                let events = (index..index + size)
-                    .map(|i| numbered(&template, i))
-                    .collect::<Vec<_>>();
-                index += size;
-                let sequences = if size == 1 {
-                    let (event, kind) = events.into_iter().next().ok_or("empty batch")?;
-                    vec![connector.publish(event, kind).await]
-                } else {
-                    vec![
-                        connector
-                            .publish_batch(events)
-                            .await
-                            .map(|s| s.into_iter().max().unwrap_or(0)),
-                    ]
-                };
-                for sequence in sequences {
-                    let sequence = sequence.map_err(|error| error.to_string())?;
-                    if print {
-                        let mut out = std::io::stdout().lock();
-                        let _ = writeln!(out, "durable {sequence}").and_then(|()| out.flush());
-                    }
-                    highest = highest.max(sequence);
+            let mut calls = JoinSet::new();
+            while index < count || !calls.is_empty() {
+                if index < count && (calls.len() as u64) < in_flight {
+                    let size = batch.min(count - index);
+                    let events = (index..index + size)
+                        .map(|i| numbered(&template, i))
+                        .collect::<Vec<_>>();
+                    index += size;
+                    let connector = connector.clone();
+                    calls.spawn(async move {
+                        if size == 1 {
+                            let (event, kind) = events.into_iter().next().ok_or("empty batch")?;
+                            connector.publish(event, kind).await
+                        } else {
+                            connector
+                                .publish_batch(events)
+                                .await
+                                .map(|s| s.into_iter().max().unwrap_or(0))
+                        }
+                        .map_err(|error| error.to_string())
+                    });
+                    continue;
                 }
+                let Some(joined) = calls.join_next().await else {
+                    break;
+                };
+                let sequence = joined.map_err(|error| error.to_string())??;
+                if print {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "durable {sequence}").and_then(|()| out.flush());
+                }
+                highest = highest.max(sequence);
             }
             Ok::<u64, String>(highest)
         });
@@ -222,6 +242,7 @@ async fn load(args: ConnectorLoadArgs) -> Result<(), String> {
             .map_err(|error| error.to_string())?;
         Some(started.elapsed().as_secs_f64())
     };
+    let connector_cpu = CpuSample::take().since(cpu_at_start);
     let stats = connector.stats();
     let backend_name = stats.wal.backend.to_string();
     connector
@@ -231,7 +252,7 @@ async fn load(args: ConnectorLoadArgs) -> Result<(), String> {
     if let Some(broker) = broker {
         broker.shutdown().await;
     }
-    let connector_figures = figures(&args, durable_seconds, acked_seconds);
+    let connector_figures = figures(&args, durable_seconds, acked_seconds, connector_cpu);
     let wal_only = if args.compare_wal_only {
         Some(wal_only(&args, &scratch.path().join("wal-only"), backend, &template).await?)
     } else {
@@ -257,17 +278,82 @@ async fn load(args: ConnectorLoadArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn figures(args: &ConnectorLoadArgs, durable_seconds: f64, acked_seconds: Option<f64>) -> Figures {
+/// CPU time (ns) of the ring thread(s) alive now and of the whole process.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuSample {
+    ring_ns: u64,
+    process_ns: u64,
+}
+
+impl CpuSample {
+    fn take() -> CpuSample {
+        let mut ring_ns = 0;
+        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+            for task in tasks.flatten() {
+                let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+                // The kernel keeps 15 bytes of a thread's name.
+                if comm.trim_end().starts_with("procmond-wal-ri") {
+                    ring_ns += schedstat_ns(&task.path().join("schedstat"));
+                }
+            }
+        }
+        CpuSample {
+            ring_ns,
+            process_ns: process_cpu_ns(),
+        }
+    }
+
+    /// CPU spent since `earlier`, assuming the ring thread then is the one now (or gone
+    /// only after `self` was taken).
+    fn since(self, earlier: CpuSample) -> CpuSample {
+        CpuSample {
+            ring_ns: self.ring_ns.saturating_sub(earlier.ring_ns),
+            process_ns: self.process_ns.saturating_sub(earlier.process_ns),
+        }
+    }
+}
+
+/// The first field of a schedstat file: nanoseconds on a CPU (0 if unreadable).
+fn schedstat_ns(path: &std::path::Path) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time of the whole process (all threads) in ns, from `getrusage`.
+fn process_cpu_ns() -> u64 {
+    // SAFETY: `getrusage` writes into the zeroed struct we own; RUSAGE_SELF is valid.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return 0;
+        }
+        usage
+    };
+    let ns = |time: libc::timeval| time.tv_sec as u64 * 1_000_000_000 + time.tv_usec as u64 * 1000;
+    ns(usage.ru_utime) + ns(usage.ru_stime)
+}
+
+fn figures(
+    args: &ConnectorLoadArgs,
+    durable_seconds: f64,
+    acked_seconds: Option<f64>,
+    cpu: CpuSample,
+) -> Figures {
     let events = args.events as f64;
     Figures {
         events: args.events,
         publishers: args.publishers,
         batch: args.batch,
+        in_flight: args.in_flight,
         event_bytes: args.event_bytes,
         seconds_to_durable: durable_seconds,
         durable_events_per_s: events / durable_seconds.max(1e-9),
         seconds_to_acked: acked_seconds,
         acked_events_per_s: acked_seconds.map(|seconds| events / seconds.max(1e-9)),
+        ring_cpu_us_per_event: cpu.ring_ns as f64 / 1000.0 / events,
+        process_cpu_us_per_event: cpu.process_ns as f64 / 1000.0 / events,
     }
 }
 
@@ -285,6 +371,7 @@ async fn wal_only(
         .map_err(|error| error.to_string())?
         .map_err(|error| error.to_string())?;
     let wal = Arc::new(wal);
+    let cpu_at_start = CpuSample::take();
     let started = Instant::now();
     let mut publishers = JoinSet::new();
     let per_publisher = args.events.div_ceil(args.publishers);
@@ -293,21 +380,32 @@ async fn wal_only(
         let template = template.clone();
         let count = per_publisher.min(args.events.saturating_sub(publisher * per_publisher));
         let batch = args.batch;
+        let in_flight = args.in_flight;
         publishers.spawn(async move {
             let mut index = 0;
-            while index < count {
-                let size = batch.min(count - index);
-                let mut events = (index..index + size)
-                    .map(|i| numbered(&template, i))
-                    .collect::<Vec<_>>();
-                index += size;
-                if size == 1 {
-                    let (event, kind) = events.pop().ok_or("empty batch")?;
-                    wal.append(event, kind).await.map(drop)
-                } else {
-                    wal.append_batch(events).await.map(drop)
+            let mut calls = JoinSet::new();
+            while index < count || !calls.is_empty() {
+                if index < count && (calls.len() as u64) < in_flight {
+                    let size = batch.min(count - index);
+                    let mut events = (index..index + size)
+                        .map(|i| numbered(&template, i))
+                        .collect::<Vec<_>>();
+                    index += size;
+                    let wal = Arc::clone(&wal);
+                    calls.spawn(async move {
+                        if size == 1 {
+                            let (event, kind) = events.pop().ok_or("empty batch")?;
+                            wal.append(event, kind).await.map(drop)
+                        } else {
+                            wal.append_batch(events).await.map(drop)
+                        }
+                        .map_err(|error| error.to_string())
+                    });
+                    continue;
                 }
-                .map_err(|error| error.to_string())?;
+                if let Some(joined) = calls.join_next().await {
+                    joined.map_err(|error| error.to_string())??;
+                }
             }
             Ok::<(), String>(())
         });
@@ -316,7 +414,8 @@ async fn wal_only(
         joined.map_err(|error| error.to_string())??;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = CpuSample::take().since(cpu_at_start);
     let wal = Arc::try_unwrap(wal).map_err(|_| "WAL handle still shared".to_owned())?;
     wal.close().await.map_err(|error| error.to_string())?;
-    Ok(figures(args, seconds, None))
+    Ok(figures(args, seconds, None, cpu))
 }

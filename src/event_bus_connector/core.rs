@@ -10,12 +10,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use bytes::Bytes;
 use tokio::sync::{Notify, watch};
 
 use super::backpressure::{BackpressureSignal, Hysteresis};
 use super::buffer::PublishBuffer;
+use super::held::HeldEvent;
 use super::stats::Shared;
+use crate::wire::budget::EventFramer;
 
 /// Most backpressure signals kept while the receiver does not read. Signals alternate, so
 /// dropping the oldest pair keeps both the alternation and the final state.
@@ -23,7 +24,7 @@ const SIGNAL_QUEUE_MAX: usize = 64;
 
 /// The connector's state on the ring thread.
 pub(crate) struct Core {
-    pub buffer: PublishBuffer,
+    pub buffer: PublishBuffer<HeldEvent>,
     hysteresis: Hysteresis,
     limit_bytes: u64,
     pub shared: Arc<Shared>,
@@ -33,6 +34,8 @@ pub(crate) struct Core {
     signals: VecDeque<BackpressureSignal>,
     pub wake_signals: Rc<Notify>,
     pub publisher_id: Arc<str>,
+    /// Writes this publisher's event frames.
+    pub framer: EventFramer,
     /// Highest sequence of the backlog found at start-up (0: none).
     pub backlog_end: u64,
     /// Highest sequence written to any connection so far.
@@ -41,7 +44,7 @@ pub(crate) struct Core {
 
 impl Core {
     pub fn new(
-        buffer: PublishBuffer,
+        buffer: PublishBuffer<HeldEvent>,
         hysteresis: Hysteresis,
         limit_bytes: usize,
         shared: Arc<Shared>,
@@ -58,6 +61,7 @@ impl Core {
             wake_link: Rc::new(Notify::new()),
             signals: VecDeque::new(),
             wake_signals: Rc::new(Notify::new()),
+            framer: EventFramer::new(&publisher_id),
             publisher_id,
             backlog_end,
             highest_sent: 0,
@@ -68,8 +72,8 @@ impl Core {
 
     /// A durable event arrives from the hand-over; [`Core::handed_over`] follows each
     /// group of them.
-    pub fn ingest(&mut self, sequence: u64, frame: Bytes) {
-        self.buffer.ingest(sequence, frame);
+    pub fn ingest(&mut self, sequence: u64, held: HeldEvent) {
+        self.buffer.ingest(sequence, held);
     }
 
     /// A durable event that is only in the WAL (its frame could not be kept).

@@ -92,6 +92,17 @@ pub enum EventBusConnectorError {
     /// The connector was shut down (or its ring thread has ended); nothing more is accepted.
     #[error("the connector is shut down")]
     ShutDown,
+    /// `publish_batch` refused the batch before writing any of it: event `index` (counted
+    /// from 0) cannot be stored (its WAL record does not fit in an empty segment) or
+    /// encoded. No event of the batch was written or took a sequence.
+    #[error("event {index} of the batch was refused, so none of the batch was written: {source}")]
+    BatchEventRejected {
+        /// Position of the refused event in the batch.
+        index: usize,
+        /// Why it was refused (a [`WalError::RecordTooLarge`] or an encoding error).
+        #[source]
+        source: Box<EventBusConnectorError>,
+    },
 }
 
 impl EventBusConnectorError {

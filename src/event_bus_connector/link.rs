@@ -101,7 +101,8 @@ pub(crate) struct LinkSettings {
 
 /// The writer's report.
 enum Written {
-    Done(Option<u64>),
+    /// A write finished: the highest event in it, and its buffer for reuse.
+    Done(Option<u64>, Vec<u8>),
     Failed(io::Error),
 }
 
@@ -359,8 +360,9 @@ impl<D: Dialer> Link<D> {
                             None => Err(CloseReason::EndOfStream),
                         },
                         report = written.recv() => match report {
-                            Some(Written::Done(last_event)) => {
+                            Some(Written::Done(last_event, buffer)) => {
                                 connection.written(last_event, &self.core);
+                                connection.recycle(buffer);
                                 Ok(())
                             }
                             Some(Written::Failed(error)) => Err(CloseReason::Io(error)),
@@ -475,9 +477,9 @@ async fn write_loop<S: LinkSocket>(
     written: mpsc::UnboundedSender<Written>,
 ) {
     while let Some(job) = jobs.recv().await {
-        let (result, _) = socket.write_all(job.bytes).await;
+        let (result, buffer) = socket.write_all(job.bytes).await;
         let report = match result {
-            Ok(()) => Written::Done(job.last_event),
+            Ok(()) => Written::Done(job.last_event, buffer),
             Err(error) => Written::Failed(error),
         };
         let failed = matches!(report, Written::Failed(_));

@@ -1,9 +1,11 @@
 //! Reading unacknowledged events back from the WAL on disk, for the link.
 //!
 //! Owns the disk stream: a plain thread runs a [`WalReader`] from a sequence and hands
-//! finished frames (the same bytes the hand-over would have built) to the ring thread
-//! through a small bounded channel, so the ring never blocks on a disk read and memory
-//! stays bounded. Dropping the stream stops the thread at its next hand-over.
+//! finished frames (the same bytes the link writes for an event held in memory) to the ring
+//! thread through a small bounded channel, in chunks of about [`CHUNK_BYTES`] that share
+//! one allocation, so the ring never blocks on a disk read, takes a chunk in one step
+//! rather than one per frame, and memory stays bounded. Dropping the stream stops the
+//! thread at its next hand-over.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,13 +14,15 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::wal::{WalError, WalReader};
-use crate::wire::budget::event_frame;
+use crate::wire::budget::{EventFramer, event_wire_time, fit_event_payload};
 
-/// Frames read ahead of the link.
-const READ_AHEAD_FRAMES: usize = 256;
+/// Frame bytes per chunk handed to the link (a chunk ends after the frame that reaches it).
+const CHUNK_BYTES: usize = 64 * 1024;
+/// Chunks read ahead of the link.
+const READ_AHEAD_CHUNKS: usize = 4;
 
-/// One read-back event.
-pub(crate) type ReadBack = Result<(u64, Bytes), WalError>;
+/// Read-back events, in sequence order: (sequence, frame).
+pub(crate) type ReadBack = Result<Vec<(u64, Bytes)>, WalError>;
 
 /// A stream of frames read from the WAL, in sequence order, from a starting sequence to
 /// whatever was durable when each segment was read.
@@ -29,7 +33,7 @@ pub(crate) struct DiskStream {
 impl DiskStream {
     /// Starts reading `dir` from `from`.
     pub fn start(dir: PathBuf, from: u64, publisher_id: Arc<str>) -> DiskStream {
-        let (sender, receiver) = mpsc::channel(READ_AHEAD_FRAMES);
+        let (sender, receiver) = mpsc::channel(READ_AHEAD_CHUNKS);
         let failure = sender.clone();
         let thread_dir = dir.clone();
         let spawned = std::thread::Builder::new()
@@ -60,24 +64,56 @@ fn read(dir: PathBuf, from: u64, publisher_id: &str, sender: &mpsc::Sender<ReadB
             return;
         }
     };
+    let framer = EventFramer::new(publisher_id);
+    let mut bytes: Vec<u8> = Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4);
+    let mut frames: Vec<(u64, usize, usize)> = Vec::new();
+    // Sends the chunk gathered so far; false once the link is gone.
+    let flush = |bytes: &mut Vec<u8>, frames: &mut Vec<(u64, usize, usize)>| {
+        if frames.is_empty() {
+            return true;
+        }
+        let shared = Bytes::from(std::mem::replace(
+            bytes,
+            Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4),
+        ));
+        let chunk = frames
+            .drain(..)
+            .map(|(sequence, start, end)| (sequence, shared.slice(start..end)))
+            .collect();
+        sender.blocking_send(Ok(chunk)).is_ok()
+    };
     for item in reader {
-        let item = match item {
-            Ok(entry) => {
-                match event_frame(publisher_id, entry.sequence, entry.kind, &entry.event) {
-                    Ok(frame) => Ok((entry.sequence, Bytes::from(frame))),
-                    Err(error) => {
-                        // Cannot happen for an event the WAL decoded; the link sees the gap and
-                        // skips the event, which is logged here as the error it is.
-                        tracing::error!(sequence = entry.sequence, %error, "cannot frame a replayed event");
-                        continue;
-                    }
+        let entry = match item {
+            Ok(entry) => entry,
+            Err(error) => {
+                // What was read before the failure is delivered first.
+                if flush(&mut bytes, &mut frames) {
+                    let _ = sender.blocking_send(Err(error));
                 }
+                return;
             }
-            Err(error) => Err(error),
         };
-        let stop = item.is_err();
-        if sender.blocking_send(item).is_err() || stop {
+        let start = bytes.len();
+        let framed = fit_event_payload(entry.kind, &entry.event).and_then(|payload| {
+            framer.write_frame(
+                &mut bytes,
+                entry.sequence,
+                entry.kind,
+                &payload,
+                event_wire_time(&entry.event),
+            )
+        });
+        if let Err(error) = framed {
+            // Cannot happen for an event the WAL decoded; the link sees the gap and skips
+            // the event, which is logged here as the error it is.
+            tracing::error!(sequence = entry.sequence, %error, "cannot frame a replayed event");
+            bytes.truncate(start);
+            continue;
+        }
+        frames.push((entry.sequence, start, bytes.len()));
+        if bytes.len() >= CHUNK_BYTES && !flush(&mut bytes, &mut frames) {
             return;
         }
     }
+    flush(&mut bytes, &mut frames);
 }

@@ -31,7 +31,7 @@ pub(crate) struct RingSetup {
     pub shared: Arc<Shared>,
     /// The newest checkpoint found at open.
     pub acked_at_open: u64,
-    /// Unacknowledged events found at open: first, last, estimated frame bytes.
+    /// Unacknowledged events found at open: first, last, their frame bytes.
     pub backlog: Option<(u64, u64, u64)>,
     pub ingest: mpsc::UnboundedReceiver<Ingest>,
     pub commands: mpsc::UnboundedReceiver<LinkCommand>,
@@ -67,8 +67,8 @@ async fn run(setup: RingSetup, backend: BackendKind) {
         jitter_seed,
     } = setup;
     let mut buffer = PublishBuffer::new(config.buffer_max_bytes, acked_at_open);
-    if let Some((first, last, estimated_bytes)) = backlog {
-        buffer.add_backlog(first, last, estimated_bytes);
+    if let Some((first, last, frame_bytes)) = backlog {
+        buffer.add_backlog(first, last, frame_bytes);
     }
     let hysteresis = Hysteresis::new(
         config.backpressure_activate_percent,

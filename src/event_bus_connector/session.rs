@@ -7,13 +7,14 @@
 //! shared state ([`super::core`]) — acknowledged watermark, replay counters.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
-use super::buffer::Next;
+use super::buffer::{FrameSize, Next};
 use super::core::Core;
 use super::replay::{DiskStream, ReadBack};
 use super::stats::{LinkState, Shared};
@@ -28,6 +29,10 @@ use crate::wire::{
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// PONGs owed beyond this are dropped (a PING flood is answered, within reason).
 const PONGS_OWED_MAX: usize = 1024;
+/// Write buffers kept for reuse (the writer's queue plus the one being written).
+const SPARE_BUFFERS_MAX: usize = 8;
+/// A PONG frame: its length prefix, then the raw body.
+const PONG_FRAME: &[u8] = &[4, 0, 0, 0, b'P', b'O', b'N', b'G'];
 
 /// Warn about a legacy broker once per process, not per connection.
 static LEGACY_WARNED: AtomicBool = AtomicBool::new(false);
@@ -118,9 +123,13 @@ pub(super) struct Connection {
     pub(super) disk: Option<DiskStream>,
     /// A frame read from disk and not sent yet.
     pub(super) disk_peek: Option<(u64, bytes::Bytes)>,
+    /// Read-back frames after `disk_peek`, from the chunk the disk stream handed over.
+    pub(super) disk_queue: VecDeque<(u64, bytes::Bytes)>,
     /// Whether the current disk stream yielded anything at or past the cursor.
     pub(super) disk_yielded: bool,
     pub(super) publisher_id: Arc<str>,
+    /// Write buffers back from the writer, reused so a write allocates nothing.
+    pub(super) spare_buffers: Vec<Vec<u8>>,
 }
 
 impl Connection {
@@ -136,8 +145,10 @@ impl Connection {
             pongs_owed: 0,
             disk: None,
             disk_peek: None,
+            disk_queue: VecDeque::new(),
             disk_yielded: false,
             publisher_id: Arc::clone(&core.publisher_id),
+            spare_buffers: Vec::new(),
         }
     }
 
@@ -172,7 +183,7 @@ impl Connection {
                 self.settle_disk_peek(core);
                 match &self.disk_peek {
                     Some((sequence, _)) if *sequence == self.cursor => Step::Write,
-                    _ if core.buffer.next(self.cursor) != Next::Disk => self.next_step(core),
+                    _ if !core.buffer.next(self.cursor).is_disk() => self.next_step(core),
                     _ => Step::NeedDisk,
                 }
             }
@@ -182,11 +193,14 @@ impl Connection {
     /// Drops read-back frames below the cursor and skips spilled sequences the WAL does
     /// not have (lost to damage before this process started).
     pub(super) fn settle_disk_peek(&mut self, core: &Core) {
+        while let Some((sequence, _)) = &self.disk_peek
+            && *sequence < self.cursor
+        {
+            self.disk_peek = self.disk_queue.pop_front();
+        }
         if let Some((sequence, _)) = &self.disk_peek {
             let sequence = *sequence;
-            if sequence < self.cursor {
-                self.disk_peek = None;
-            } else if sequence > self.cursor
+            if sequence > self.cursor
                 && let Some(range_end) = core.buffer.spilled_range_end(self.cursor)
             {
                 let resume = sequence.min(range_end + 1);
@@ -196,18 +210,38 @@ impl Connection {
         }
     }
 
-    /// A read-back frame (or the end of the disk stream) arrived.
+    /// Takes the read-back frame at the front (the next one moves up).
+    fn take_disk_frame(&mut self) -> Option<(u64, bytes::Bytes)> {
+        let frame = self.disk_peek.take();
+        self.disk_peek = self.disk_queue.pop_front();
+        frame
+    }
+
+    /// A chunk of read-back frames (or the end of the disk stream) arrived.
     pub(super) fn read_back(
         &mut self,
         item: Option<ReadBack>,
         core: &Rc<RefCell<Core>>,
     ) -> Result<(), CloseReason> {
         match item {
-            Some(Ok((sequence, frame))) => {
-                if sequence >= self.cursor {
+            Some(Ok(chunk)) => {
+                let before = self.disk_queue.len();
+                let cursor = self.cursor;
+                self.disk_queue.extend(
+                    chunk
+                        .into_iter()
+                        .filter(|(sequence, _)| *sequence >= cursor),
+                );
+                let arrived = self.disk_queue.len() - before;
+                if arrived > 0 {
                     self.disk_yielded = true;
-                    Shared::bump(&core.borrow().shared.read_back);
-                    self.disk_peek = Some((sequence, frame));
+                    core.borrow()
+                        .shared
+                        .read_back
+                        .fetch_add(arrived as u64, Relaxed);
+                }
+                if self.disk_peek.is_none() {
+                    self.disk_peek = self.disk_queue.pop_front();
                 }
             }
             Some(Err(error)) => {
@@ -231,16 +265,21 @@ impl Connection {
         Ok(())
     }
 
-    /// Gathers frames at the cursor (and owed PONGs) into one write.
+    /// Gathers frames at the cursor (and owed PONGs) into one write, in a reused buffer:
+    /// frames of events held in memory are written into it directly around their payload.
     pub(super) fn gather(&mut self, core: &Rc<RefCell<Core>>) -> Option<WriteJob> {
-        let mut bytes = Vec::with_capacity(WRITE_BATCH_BYTES);
-        let pong = Body::Pong.encode_frame().unwrap_or_default();
+        let mut bytes = self
+            .spare_buffers
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(WRITE_BATCH_BYTES));
+        bytes.clear();
         while self.pongs_owed > 0 {
-            bytes.extend_from_slice(&pong);
+            bytes.extend_from_slice(PONG_FRAME);
             self.pongs_owed -= 1;
         }
         let mut last_event = None;
         let mut core = core.borrow_mut();
+        let core = &mut *core;
         // A legacy (upstream) broker reads a frame's body with one read. A large write is
         // queued on a Unix stream socket as several buffers of about 32 KiB, so a frame that
         // straddles two of them can be read half-way. One frame per write keeps every frame
@@ -251,29 +290,34 @@ impl Connection {
             && (!one_frame_per_write || bytes.is_empty())
         {
             self.cursor = self.cursor.max(core.buffer.acked() + 1);
-            let frame = match core.buffer.next(self.cursor) {
-                Next::Memory(frame) => frame,
+            let cursor = self.cursor;
+            match core.buffer.next(cursor) {
+                Next::Memory(held) => {
+                    if !bytes.is_empty() && bytes.len() + held.frame_bytes() > WRITE_BATCH_BYTES {
+                        break;
+                    }
+                    if let Err(error) = held.write_frame(&core.framer, cursor, &mut bytes) {
+                        // Cannot happen: hand-over keeps only events whose frame is within
+                        // the budget. Logged as the bug it would be; the link moves on.
+                        tracing::error!(sequence = cursor, %error, "cannot frame a held event");
+                    }
+                }
                 Next::Disk => {
-                    self.settle_disk_peek(&core);
-                    match self.disk_peek.take() {
-                        Some((sequence, frame)) if sequence == self.cursor => frame,
-                        other => {
-                            self.disk_peek = other;
-                            break;
+                    self.settle_disk_peek(core);
+                    match &self.disk_peek {
+                        Some((sequence, frame)) if *sequence == self.cursor => {
+                            if !bytes.is_empty() && bytes.len() + frame.len() > WRITE_BATCH_BYTES {
+                                // Kept for the next write.
+                                break;
+                            }
+                            bytes.extend_from_slice(frame);
+                            self.take_disk_frame();
                         }
+                        _ => break,
                     }
                 }
                 Next::Wait => break,
-            };
-            if !bytes.is_empty() && bytes.len() + frame.len() > WRITE_BATCH_BYTES {
-                // Keep it for the next write (it stays where it came from, except a frame
-                // read back from disk, which is put back).
-                if core.buffer.next(self.cursor) == Next::Disk {
-                    self.disk_peek = Some((self.cursor, frame));
-                }
-                break;
             }
-            bytes.extend_from_slice(&frame);
             Shared::bump(&core.shared.events_sent);
             if self.cursor <= self.sent_before || self.cursor <= core.backlog_end {
                 Shared::bump(&core.shared.replayed);
@@ -282,7 +326,22 @@ impl Connection {
             last_event = Some(self.cursor);
             self.cursor += 1;
         }
-        (!bytes.is_empty()).then_some(WriteJob { bytes, last_event })
+        if bytes.is_empty() {
+            self.spare_buffers.push(bytes);
+            return None;
+        }
+        Some(WriteJob { bytes, last_event })
+    }
+
+    /// A write buffer the writer is done with, for the next [`Connection::gather`].
+    pub(super) fn recycle(&mut self, mut buffer: Vec<u8>) {
+        // Keep the usual size only: a buffer grown for one large frame is let go.
+        if buffer.capacity() <= 2 * WRITE_BATCH_BYTES
+            && self.spare_buffers.len() < SPARE_BUFFERS_MAX
+        {
+            buffer.clear();
+            self.spare_buffers.push(buffer);
+        }
     }
 
     /// The writer finished a write.
@@ -389,6 +448,7 @@ impl Connection {
         self.cursor = core.buffer.acked() + 1;
         self.disk = None;
         self.disk_peek = None;
+        self.disk_queue.clear();
         self.disk_yielded = false;
         tracing::info!(
             resume_after = ?welcome.highest_sequence,
@@ -453,8 +513,10 @@ pub(super) fn report_missing(from: u64, to: u64, backlog_end: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::EventKind;
     use crate::event_bus_connector::backpressure::Hysteresis;
     use crate::event_bus_connector::buffer::PublishBuffer;
+    use crate::event_bus_connector::held::HeldEvent;
     use tokio::sync::watch;
 
     fn core_with_frames(frames: u64) -> Rc<RefCell<Core>> {
@@ -468,14 +530,36 @@ mod tests {
             Arc::from("test-publisher"),
         );
         for sequence in 1..=frames {
-            core.ingest(sequence, bytes::Bytes::from(vec![sequence as u8; 600]));
+            let held = HeldEvent::new(
+                &core.framer,
+                sequence,
+                EventKind::Start,
+                bytes::Bytes::from(vec![sequence as u8; 600]),
+                WireTime::EPOCH,
+            );
+            core.ingest(sequence, held);
         }
         Rc::new(RefCell::new(core))
     }
 
-    fn writes(connection: &mut Connection, core: &Rc<RefCell<Core>>) -> Vec<(usize, Option<u64>)> {
+    fn frame_bytes(sequence: u64) -> usize {
+        crate::wire::budget::frame_with_payload(
+            "test-publisher",
+            sequence,
+            EventKind::Start,
+            vec![sequence as u8; 600],
+            WireTime::EPOCH,
+        )
+        .expect("frame")
+        .len()
+    }
+
+    fn writes(
+        connection: &mut Connection,
+        core: &Rc<RefCell<Core>>,
+    ) -> Vec<(Vec<u8>, Option<u64>)> {
         std::iter::from_fn(|| connection.gather(core))
-            .map(|job| (job.bytes.len(), job.last_event))
+            .map(|job| (job.bytes, job.last_event))
             .collect()
     }
 
@@ -484,7 +568,19 @@ mod tests {
         let core = core_with_frames(10);
         let mut connection = Connection::new(&core, 1);
         connection.phase = Phase::Acknowledging;
-        assert_eq!(writes(&mut connection, &core), vec![(6000, Some(10))]);
+        let expected: Vec<u8> = (1..=10)
+            .flat_map(|sequence| {
+                crate::wire::budget::frame_with_payload(
+                    "test-publisher",
+                    sequence,
+                    EventKind::Start,
+                    vec![sequence as u8; 600],
+                    WireTime::EPOCH,
+                )
+                .expect("frame")
+            })
+            .collect();
+        assert_eq!(writes(&mut connection, &core), vec![(expected, Some(10))]);
     }
 
     #[test]
@@ -493,15 +589,35 @@ mod tests {
         let mut connection = Connection::new(&core, 1);
         connection.phase = Phase::Legacy;
         connection.pongs_owed = 2;
-        let pong_bytes = Body::Pong.encode_frame().expect("pong").len();
+        let pong = Body::Pong.encode_frame().expect("pong");
+        assert_eq!(pong, PONG_FRAME);
+        let lengths: Vec<(usize, Option<u64>)> = writes(&mut connection, &core)
+            .into_iter()
+            .map(|(bytes, last)| (bytes.len(), last))
+            .collect();
         assert_eq!(
-            writes(&mut connection, &core),
+            lengths,
             vec![
-                (2 * pong_bytes, None),
-                (600, Some(1)),
-                (600, Some(2)),
-                (600, Some(3)),
+                (2 * pong.len(), None),
+                (frame_bytes(1), Some(1)),
+                (frame_bytes(2), Some(2)),
+                (frame_bytes(3), Some(3)),
             ]
         );
+    }
+
+    #[test]
+    fn writes_stop_at_the_batch_size_and_recycled_buffers_are_reused() {
+        let events = (2 * WRITE_BATCH_BYTES / frame_bytes(1)) as u64;
+        let core = core_with_frames(events);
+        let mut connection = Connection::new(&core, 1);
+        connection.phase = Phase::Acknowledging;
+        let first = connection.gather(&core).expect("a write");
+        assert!(first.bytes.len() <= WRITE_BATCH_BYTES);
+        let address = first.bytes.as_ptr();
+        connection.recycle(first.bytes);
+        let second = connection.gather(&core).expect("a second write");
+        assert_eq!(second.bytes.as_ptr(), address, "the buffer is reused");
+        assert!(second.last_event > first.last_event);
     }
 }

@@ -158,9 +158,11 @@ pub struct ConnectorStats {
     pub buffered_events: u64,
     /// Unacknowledged events held only in the WAL (spilled, or found at start-up).
     pub spilled_events: u64,
-    /// Events spilled to the WAL since start.
+    /// Events spilled to the WAL since start, each counted once (when it first went to the
+    /// WAL only); the start-up backlog is not counted. Cumulative: do not add up snapshots.
     pub spilled_total: u64,
-    /// Occupancy used for backpressure: memory bytes plus spilled bytes.
+    /// Occupancy used for backpressure: memory bytes plus spilled bytes, in frame bytes
+    /// (exact, see `docs/design.md` on partly acknowledged spilled ranges).
     pub occupied_bytes: u64,
     /// Occupancy in percent of the buffer limit (capped at 100).
     pub buffer_usage_percent: u8,

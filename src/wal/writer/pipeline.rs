@@ -134,7 +134,7 @@ impl<B: Backend> Writer<B> {
         self.buffers.push(done.buf);
         let mut meta = done.meta;
         if let Some(poison) = &self.poison {
-            replies::fail(meta.completions, poison);
+            replies::fail_poisoned(meta.completions, self.durable_sequence, poison);
             return;
         }
         if let Err(error) = done.result {
@@ -192,7 +192,7 @@ impl<B: Backend> Writer<B> {
             completions.extend(group.completions);
         }
         if let Some(poison) = &self.poison {
-            replies::fail(completions, poison);
+            replies::fail_poisoned(completions, self.durable_sequence, poison);
             return;
         }
         if let Err(error) = done.result {
@@ -244,10 +244,10 @@ impl<B: Backend> Writer<B> {
         }
         self.shared.poisoned.store(true, Relaxed);
         self.poison = Some(poison.clone());
-        replies::fail(completions, &poison);
+        replies::fail_poisoned(completions, self.durable_sequence, &poison);
         for group in std::mem::take(&mut self.unsynced) {
             self.replies_awaiting_sync -= group.completions.len();
-            replies::fail(group.completions, &poison);
+            replies::fail_poisoned(group.completions, self.durable_sequence, &poison);
         }
         self.fail_all_queued(&poison);
         self.waiters.fail_all(&poison);
@@ -256,8 +256,26 @@ impl<B: Backend> Writer<B> {
 
     /// Fails every queued command.
     pub(super) fn fail_all_queued(&mut self, error: &WalError) {
+        // Only the front command can be partly in groups already.
+        let assigned_last = self.next_sequence - 1;
+        let durable_sequence = self.durable_sequence;
         for pending in self.queue.drain(..) {
-            pending.fail(error);
+            match pending {
+                Pending::Events {
+                    first_sequence: Some(first),
+                    reply,
+                    items,
+                    ..
+                } => replies::fail_events_after(
+                    reply,
+                    first,
+                    assigned_last,
+                    items.len(),
+                    durable_sequence,
+                    error,
+                ),
+                other => other.fail(error),
+            }
         }
         self.note_queue_len();
     }

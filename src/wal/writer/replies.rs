@@ -88,14 +88,40 @@ pub(super) fn answer(completions: Vec<Completion>) {
     }
 }
 
-/// Fails every completion with `error`.
-pub(super) fn fail(completions: Vec<Completion>, error: &WalError) {
+/// Fails every completion with `error` once the log is poisoned. A batch of which a prefix
+/// is durable (through `durable_sequence`, the last successful sync) learns that prefix, as
+/// after a refused segment, so it can be delivered.
+pub(super) fn fail_poisoned(completions: Vec<Completion>, durable_sequence: u64, error: &WalError) {
     for completion in completions {
         match completion {
-            Completion::Events { reply, .. } => fail_events(reply, error),
+            Completion::Events { reply, first, last } => {
+                fail_events_after(reply, first, last, 0, durable_sequence, error)
+            }
             Completion::Checkpoint { reply } => drop(reply.send(Err(error.clone()))),
         }
     }
+}
+
+/// Fails an append or batch whose events `first..=assigned_last` took sequences (and
+/// `unassigned` more did not). A batch with a durable prefix (through `durable_sequence`)
+/// fails naming it; anything else fails plainly.
+pub(super) fn fail_events_after(
+    reply: EventsReply,
+    first: u64,
+    assigned_last: u64,
+    unassigned: usize,
+    durable_sequence: u64,
+    error: &WalError,
+) {
+    if matches!(reply, EventsReply::Batch(_)) && durable_sequence >= first {
+        let durable_last = durable_sequence.min(assigned_last);
+        let failed_events = (assigned_last - durable_last) as usize + unassigned;
+        if failed_events > 0 {
+            fail_events_partly(reply, first, durable_last, failed_events, error);
+            return;
+        }
+    }
+    fail_events(reply, error)
 }
 
 /// Fails a batch of which `durable_first..=durable_last` is already durable: the caller
