@@ -7,6 +7,11 @@
 //! default sync policy), which is what a caller of `append` waits. Events are clones of one
 //! prepared template so the run measures the WAL, not event construction.
 //!
+//! CPU cost: `cpu_us_per_event` is the process's user + system CPU time for the whole run
+//! (log open, load generator, ring thread, close and the final verify) divided by the events
+//! made durable; `ring_cpu_us_per_event` is the ring thread's own CPU time while the
+//! publishers ran, divided by the same count.
+//!
 //! Disk use: the run never checkpoints, so every segment it fills stays. Unless
 //! `--segment-mib` is given, segments are sized to the run (one segment holds it, between
 //! 1 MiB and 100 MiB), so a small run does not preallocate 2 × 100 MiB. The disk budget
@@ -33,6 +38,7 @@ use serde::Serialize;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::JoinSet;
 
+use super::cputime::{ThreadCpu, process_cpu};
 use super::histogram::Histogram;
 use super::output::write_json_pretty;
 use super::{CliError, EXIT_OK, EXIT_PROBLEM, finish};
@@ -176,6 +182,14 @@ struct LoadJson {
     budget_bytes: u64,
     verified: bool,
     verify_problem: Option<String>,
+    /// Process user + system CPU seconds for the whole run (verify included).
+    cpu_s: Option<f64>,
+    /// `cpu_s` in microseconds per durable event.
+    cpu_us_per_event: Option<f64>,
+    /// CPU seconds of the ring thread while the publishers ran.
+    ring_cpu_s: Option<f64>,
+    /// `ring_cpu_s` in microseconds per durable event.
+    ring_cpu_us_per_event: Option<f64>,
 }
 
 /// What one run measured.
@@ -186,7 +200,12 @@ struct Measured {
     elapsed: Duration,
     latency: Histogram,
     stats: WalStats,
+    /// CPU time of the ring thread while the publishers ran (None: not measurable here).
+    ring_cpu: Option<Duration>,
 }
+
+/// The name the WAL gives its ring thread.
+const RING_THREAD_NAME: &str = "procmond-wal-ring";
 
 /// Exit code after Ctrl-C: the shell's convention for SIGINT (128 + 2).
 const EXIT_INTERRUPTED: u8 = 130;
@@ -271,6 +290,8 @@ fn load(args: &LoadArgs) -> Result<u8, CliError> {
 
     let expected_events = events_before + measured.appended;
     let verify_problem = check_on_disk(&dir, expected_events)?;
+    let cpu = process_cpu();
+    let per_event_us = |cpu: Duration| cpu.as_secs_f64() * 1e6 / measured.appended.max(1) as f64;
 
     let elapsed_s = measured.elapsed.as_secs_f64().max(1e-9);
     let stats = &measured.stats;
@@ -304,6 +325,10 @@ fn load(args: &LoadArgs) -> Result<u8, CliError> {
         budget_bytes,
         verified: verify_problem.is_none(),
         verify_problem,
+        cpu_s: cpu.map(|cpu| cpu.as_secs_f64()),
+        cpu_us_per_event: cpu.map(per_event_us),
+        ring_cpu_s: measured.ring_cpu.map(|cpu| cpu.as_secs_f64()),
+        ring_cpu_us_per_event: measured.ring_cpu.map(per_event_us),
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -482,6 +507,8 @@ async fn drive(
         interrupts.map(|signals| tokio::spawn(watch_interrupt(signals, Arc::clone(&stop))));
     let template = Arc::new(template);
     let inflight = usize::try_from(args.inflight).unwrap_or(usize::MAX);
+    let ring = ThreadCpu::find(RING_THREAD_NAME);
+    let ring_cpu_before = ring.and_then(|ring| ring.cpu());
     let started = Instant::now();
     let mut publishers = JoinSet::new();
     let mut first_index = 0u64;
@@ -517,6 +544,11 @@ async fn drive(
         }
     }
     let elapsed = started.elapsed();
+    // Read before close: the thread's figures go with it when it exits.
+    let ring_cpu = ring
+        .and_then(|ring| ring.cpu())
+        .zip(ring_cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
     if let Some(interrupt) = interrupt {
         interrupt.abort();
     }
@@ -536,6 +568,7 @@ async fn drive(
         elapsed,
         latency,
         stats,
+        ring_cpu,
     })
 }
 
@@ -674,6 +707,15 @@ fn write_report(
             "written"
         },
     )?;
+    if let Some(cpu_us) = summary.cpu_us_per_event {
+        let ring = summary
+            .ring_cpu_us_per_event
+            .map_or_else(|| "not measured".to_owned(), |us| format!("{us:.2} µs"));
+        writeln!(
+            out,
+            "  cpu          {cpu_us:.2} µs per event (process, verify included); ring thread {ring}"
+        )?;
+    }
     if summary.interrupted {
         writeln!(out, "  interrupted  after {} events", summary.events)?;
     }
