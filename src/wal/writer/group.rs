@@ -23,6 +23,7 @@ use super::super::format::{
     self, BLOCK_BYTES, CHECKPOINT_FRAME_BYTES, CheckpointEntry, EVENT_FIXED_PAYLOAD_BYTES,
     SEGMENT_HEADER_BYTES, WATERMARK_FRAME_BYTES,
 };
+use super::super::staging;
 use super::Writer;
 use super::pipeline::{WriteDone, WriteFuture};
 use super::replies::{self, Completion, EventsReply, Reply, Waiter};
@@ -32,7 +33,6 @@ use crate::io::Backend;
 /// An accepted command waiting to be put into a group.
 pub(super) enum Pending {
     Events {
-        timestamp: DateTime<Utc>,
         items: Items,
         first_sequence: Option<u64>,
         reply: EventsReply,
@@ -61,7 +61,8 @@ impl Pending {
 }
 
 /// The encoded events of one append or batch, consumed from the front. A single append (the
-/// common case) is stored inline so accepting it allocates nothing on the ring thread.
+/// common case) is stored inline so accepting it allocates nothing on the ring thread. The
+/// byte buffers go back to `wal::staging` for reuse once their bytes are in a group.
 pub(super) enum Items {
     One(Option<(EventKind, Vec<u8>)>),
     Many(VecDeque<(EventKind, Vec<u8>)>),
@@ -83,11 +84,13 @@ impl Items {
         }
     }
 
-    fn pop_front(&mut self) {
+    /// Removes the front event, returning its buffer.
+    fn pop_front(&mut self) -> Option<Vec<u8>> {
         match self {
-            Items::One(item) => *item = None,
-            Items::Many(items) => drop(items.pop_front()),
+            Items::One(item) => item.take(),
+            Items::Many(items) => items.pop_front(),
         }
+        .map(|(_, bytes)| bytes)
     }
 }
 
@@ -152,6 +155,9 @@ impl<B: Backend> Writer<B> {
         let mut barriers = Vec::new();
         let mut repeated = Vec::new();
         let mut need_rotation = false;
+        // One clock reading per group, taken when its first record is framed: every record
+        // of the group gets the same time (the reading costs more than framing a small event).
+        let mut group_time: Option<DateTime<Utc>> = None;
         'queue: while let Some(front) = self.queue.front_mut() {
             match front {
                 Pending::Barrier { .. } => {
@@ -218,7 +224,6 @@ impl<B: Backend> Writer<B> {
                     }
                 }
                 Pending::Events {
-                    timestamp,
                     items,
                     first_sequence,
                     ..
@@ -259,7 +264,7 @@ impl<B: Backend> Writer<B> {
                             seed,
                             watermark,
                             sequence,
-                            *timestamp,
+                            *group_time.get_or_insert_with(Utc::now),
                             *kind,
                             bytes,
                         );
@@ -270,7 +275,9 @@ impl<B: Backend> Writer<B> {
                         meta.events += 1;
                         meta.records += 1;
                         meta.record_bytes += len as u64;
-                        items.pop_front();
+                        if let Some(bytes) = items.pop_front() {
+                            self.spent_buffers.push(bytes);
+                        }
                     }
                     if let Some(Pending::Events {
                         first_sequence: Some(first),
@@ -290,7 +297,7 @@ impl<B: Backend> Writer<B> {
         if let Some(acked) = checkpoint {
             let entry = CheckpointEntry {
                 acked_through: acked,
-                timestamp: Utc::now(),
+                timestamp: *group_time.get_or_insert_with(Utc::now),
             };
             let len = put_checkpoint(&mut buf[pos..], seed, watermark, &entry);
             debug_assert_eq!(len, reserved);
@@ -301,6 +308,7 @@ impl<B: Backend> Writer<B> {
             self.acked_queued = acked;
             self.acked_queued_group = meta.id;
         }
+        staging::recycle(&mut self.spent_buffers);
         self.note_queue_len();
         let has_records = pos > tail_len;
         // A barrier waits for the last group formed so far (this one if it has records).

@@ -25,7 +25,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -53,14 +52,13 @@ use segments::{Active, Deleted, create_raw, new_active};
 
 /// A request to the ring thread.
 pub(crate) enum Command {
+    /// One event, encoded on the caller's thread into a reused buffer (`wal::staging`).
     Append {
         kind: EventKind,
-        timestamp: DateTime<Utc>,
         event_bytes: Vec<u8>,
         reply: Reply<u64>,
     },
     AppendBatch {
-        timestamp: DateTime<Utc>,
         items: Vec<(EventKind, Vec<u8>)>,
         reply: Reply<RangeInclusive<u64>>,
     },
@@ -145,6 +143,8 @@ pub(crate) struct Writer<B: Backend> {
     replies_awaiting_sync: usize,
     /// Callers waiting for a group to become durable.
     waiters: Waiters,
+    /// Event buffers whose bytes are in a formed group, returned to `wal::staging` for reuse.
+    spent_buffers: Vec<Vec<u8>>,
     /// Under the interval policy: when the next sync is due (None: nothing unsynced).
     sync_deadline: Option<tokio::time::Instant>,
     /// A sync is wanted now (interval policy: barrier, rotation, shutdown).
@@ -267,6 +267,7 @@ impl<B: Backend> Writer<B> {
             unsynced: Vec::new(),
             replies_awaiting_sync: 0,
             waiters: Waiters::default(),
+            spent_buffers: Vec::new(),
             sync_deadline: None,
             sync_requested: false,
             poison: None,
@@ -309,6 +310,7 @@ impl<B: Backend> Writer<B> {
         let mut watermark_queued = false;
         let mut close_replies: Vec<Reply<()>> = Vec::new();
         let queue_max = self.config.queue_max_commands;
+        let mut incoming: Vec<Command> = Vec::new();
         loop {
             if self.poison.is_none() {
                 // Step 2.
@@ -373,33 +375,36 @@ impl<B: Backend> Writer<B> {
                         Err(error) => tracing::warn!(%error, "WAL segment deletion task failed"),
                     }
                 }
-                // Step 1.
-                command = commands.recv(), if receiving && room => match command {
-                    Some(Command::Close { reply }) => {
-                        close_replies.push(reply);
+                // Step 1. Only while the write slot is free: a group cannot be formed before
+                // then anyway, and a ring thread that is not waiting on the channel is not
+                // woken by every send (commands pile up in the channel and are taken in one go
+                // when the write completes, which is what makes groups large).
+                received = commands.recv_many(&mut incoming, queue_max - self.queue.len()),
+                    if receiving && room && write.is_none() =>
+                {
+                    if received == 0 {
                         receiving = false;
-                        commands.close();
                     }
-                    Some(command) => {
-                        self.accept(command);
-                        // Take what is already waiting, up to the bound: this is what makes
-                        // groups large.
-                        while self.queue.len() < queue_max {
-                            match commands.try_recv() {
-                                Ok(Command::Close { reply }) => {
-                                    close_replies.push(reply);
-                                    receiving = false;
-                                    commands.close();
-                                    break;
-                                }
-                                Ok(command) => self.accept(command),
-                                Err(_) => break,
-                            }
+                    let mut commands_after_close = Vec::new();
+                    for command in incoming.drain(..) {
+                        if !receiving {
+                            // Sent after the close: dropped unanswered, so it fails `Closed`
+                            // (as it would have in the channel).
+                            commands_after_close.push(command);
+                            continue;
                         }
-                        self.note_queue_len();
+                        match command {
+                            Command::Close { reply } => {
+                                close_replies.push(reply);
+                                receiving = false;
+                                commands.close();
+                            }
+                            command => self.accept(command),
+                        }
                     }
-                    None => receiving = false,
-                },
+                    drop(commands_after_close);
+                    self.note_queue_len();
+                }
                 () = sleep_until(sync_due), if sync_due.is_some() => {
                     self.sync_deadline = None;
                     self.sync_requested = true;
@@ -451,26 +456,19 @@ impl<B: Backend> Writer<B> {
         let pending = match command {
             Command::Append {
                 kind,
-                timestamp,
                 event_bytes,
                 reply,
             } => Pending::Events {
-                timestamp,
                 items: Items::One(Some((kind, event_bytes))),
                 first_sequence: None,
                 reply: EventsReply::One(reply),
             },
-            Command::AppendBatch {
-                timestamp,
-                items,
-                reply,
-            } => {
+            Command::AppendBatch { items, reply } => {
                 if items.is_empty() {
                     let _ = reply.send(Ok(self.next_sequence..=self.next_sequence - 1));
                     return;
                 }
                 Pending::Events {
-                    timestamp,
                     items: Items::Many(items.into()),
                     first_sequence: None,
                     reply: EventsReply::Batch(reply),
