@@ -755,7 +755,10 @@ fn write_report(
             "  cpu          {cpu_us:.2} µs per event (process, verify included); ring thread {ring}"
         )?;
         if let Some(verify_us) = summary.verify_cpu_us_per_event {
-            writeln!(out, "               of which the final verify {verify_us:.2} µs")?;
+            writeln!(
+                out,
+                "               of which the final verify {verify_us:.2} µs"
+            )?;
         }
     }
     if summary.interrupted {

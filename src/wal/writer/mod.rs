@@ -74,6 +74,11 @@ pub(crate) enum Command {
     },
 }
 
+/// How long a group write may be in flight before the ring thread takes new commands into
+/// its queue anyway (and then at most this often until the write completes). A write of a
+/// group on a healthy disk completes well within it.
+const ACCEPT_WHILE_WRITING: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Where writing resumes, decided by recovery.
 pub(crate) struct Resume {
     pub number: u64,
@@ -311,6 +316,9 @@ impl<B: Backend> Writer<B> {
         let mut close_replies: Vec<Reply<()>> = Vec::new();
         let queue_max = self.config.queue_max_commands;
         let mut incoming: Vec<Command> = Vec::new();
+        // While a write is in flight, commands are taken only once it completes or, on a slow
+        // disk, after `ACCEPT_WHILE_WRITING` (then again at most that often).
+        let mut accept_deadline: Option<tokio::time::Instant> = None;
         loop {
             if self.poison.is_none() {
                 // Step 2.
@@ -320,6 +328,9 @@ impl<B: Backend> Writer<B> {
                 if write.is_none() && replies_bounded {
                     let io_idle = sync.is_none() && self.unsynced.is_empty();
                     write = self.next_write(io_idle).await;
+                    if write.is_some() {
+                        accept_deadline = Some(tokio::time::Instant::now() + ACCEPT_WHILE_WRITING);
+                    }
                 }
                 // Step 3.
                 if sync.is_none() {
@@ -352,6 +363,8 @@ impl<B: Backend> Writer<B> {
             let preparing = self.preparing.is_some();
             let deleting = self.deleting.is_some();
             let room = self.queue.len() < queue_max;
+            let accepting = receiving && room && (write.is_none() || accept_deadline.is_none());
+            let accept_due = accept_deadline.filter(|_| receiving && room && write.is_some());
             tokio::select! {
                 biased;
                 // Step 4.
@@ -375,13 +388,19 @@ impl<B: Backend> Writer<B> {
                         Err(error) => tracing::warn!(%error, "WAL segment deletion task failed"),
                     }
                 }
-                // Step 1. Only while the write slot is free: a group cannot be formed before
-                // then anyway, and a ring thread that is not waiting on the channel is not
-                // woken by every send (commands pile up in the channel and are taken in one go
-                // when the write completes, which is what makes groups large).
+                // Step 1. Everything waiting, up to the bound, in one go: this is what makes
+                // groups large, and it releases the channel's permits once per batch. While a
+                // write is in flight no group can be formed anyway, so the ring thread does
+                // not wait on the channel then (every send would wake it, which cost more CPU
+                // than the append itself); commands wait in the channel and are taken when the
+                // write completes, or after `ACCEPT_WHILE_WRITING` when the disk is slow, so a
+                // stalled disk still fills the writer's bounded queue.
                 received = commands.recv_many(&mut incoming, queue_max - self.queue.len()),
-                    if receiving && room && write.is_none() =>
+                    if accepting =>
                 {
+                    if write.is_some() {
+                        accept_deadline = Some(tokio::time::Instant::now() + ACCEPT_WHILE_WRITING);
+                    }
                     if received == 0 {
                         receiving = false;
                     }
@@ -404,6 +423,9 @@ impl<B: Backend> Writer<B> {
                     }
                     drop(commands_after_close);
                     self.note_queue_len();
+                }
+                () = sleep_until(accept_due), if accept_due.is_some() => {
+                    accept_deadline = None;
                 }
                 () = sleep_until(sync_due), if sync_due.is_some() => {
                     self.sync_deadline = None;
