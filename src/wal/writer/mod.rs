@@ -20,10 +20,12 @@
 //! before its bytes are durable (under the default policy).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::ops::RangeInclusive;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll, Waker};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -74,10 +76,10 @@ pub(crate) enum Command {
     },
 }
 
-/// How long a group write may be in flight before the ring thread takes new commands into
-/// its queue anyway (and then at most this often until the write completes). A write of a
-/// group on a healthy disk completes well within it.
-const ACCEPT_WHILE_WRITING: std::time::Duration = std::time::Duration::from_millis(1);
+/// How long a write or sync may be in flight before the ring thread takes new commands into
+/// its queue anyway (and then at most this often until an I/O completes). A group write or
+/// an `fdatasync` on a healthy disk completes within about this time.
+const ACCEPT_WHILE_BUSY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Where writing resumes, decided by recovery.
 pub(crate) struct Resume {
@@ -316,10 +318,22 @@ impl<B: Backend> Writer<B> {
         let mut close_replies: Vec<Reply<()>> = Vec::new();
         let queue_max = self.config.queue_max_commands;
         let mut incoming: Vec<Command> = Vec::new();
-        // While a write is in flight, commands are taken only once it completes or, on a slow
-        // disk, after `ACCEPT_WHILE_WRITING` (then again at most that often).
+        // While a write or sync is in flight, commands are taken when one completes or, on a
+        // slow disk, after `ACCEPT_WHILE_BUSY` (then again at most that often).
         let mut accept_deadline: Option<tokio::time::Instant> = None;
+        let mut io_completed = false;
         loop {
+            // Step 1 at an I/O completion: take what waited meanwhile, without waiting.
+            if io_completed && receiving && self.queue.len() < queue_max {
+                let limit = queue_max - self.queue.len();
+                if let Some(received) = recv_ready(&mut commands, &mut incoming, limit) {
+                    self.take_commands(received, &mut incoming, &mut receiving, &mut close_replies);
+                    if !receiving {
+                        commands.close();
+                    }
+                }
+            }
+            io_completed = false;
             if self.poison.is_none() {
                 // Step 2.
                 // Written groups wait for a sync holding their callers' replies; a slow sync
@@ -329,7 +343,7 @@ impl<B: Backend> Writer<B> {
                     let io_idle = sync.is_none() && self.unsynced.is_empty();
                     write = self.next_write(io_idle).await;
                     if write.is_some() {
-                        accept_deadline = Some(tokio::time::Instant::now() + ACCEPT_WHILE_WRITING);
+                        accept_deadline = Some(tokio::time::Instant::now() + ACCEPT_WHILE_BUSY);
                     }
                 }
                 // Step 3.
@@ -338,6 +352,9 @@ impl<B: Backend> Writer<B> {
                         self.sync_requested = true;
                     }
                     sync = self.next_sync();
+                    if sync.is_some() {
+                        accept_deadline = Some(tokio::time::Instant::now() + ACCEPT_WHILE_BUSY);
+                    }
                 }
                 // Step 6.
                 let drained = write.is_none()
@@ -363,18 +380,21 @@ impl<B: Backend> Writer<B> {
             let preparing = self.preparing.is_some();
             let deleting = self.deleting.is_some();
             let room = self.queue.len() < queue_max;
-            let accepting = receiving && room && (write.is_none() || accept_deadline.is_none());
-            let accept_due = accept_deadline.filter(|_| receiving && room && write.is_some());
+            let io_busy = write.is_some() || sync.is_some();
+            let accepting = receiving && room && (!io_busy || accept_deadline.is_none());
+            let accept_due = accept_deadline.filter(|_| receiving && room && io_busy);
             tokio::select! {
                 biased;
                 // Step 4.
                 done = async { write.as_mut().expect("guarded").await }, if write.is_some() => {
                     write = None;
+                    io_completed = true;
                     self.complete_write(done);
                 }
                 // Step 5.
                 done = async { sync.as_mut().expect("guarded").0.as_mut().await }, if sync.is_some() => {
                     if let Some((_, syncing)) = sync.take() {
+                        io_completed = true;
                         self.complete_sync(done, syncing);
                     }
                 }
@@ -390,39 +410,21 @@ impl<B: Backend> Writer<B> {
                 }
                 // Step 1. Everything waiting, up to the bound, in one go: this is what makes
                 // groups large, and it releases the channel's permits once per batch. While a
-                // write is in flight no group can be formed anyway, so the ring thread does
-                // not wait on the channel then (every send would wake it, which cost more CPU
-                // than the append itself); commands wait in the channel and are taken when the
-                // write completes, or after `ACCEPT_WHILE_WRITING` when the disk is slow, so a
-                // stalled disk still fills the writer's bounded queue.
+                // write or sync is in flight the ring thread does not wait on the channel
+                // (every send would wake it, which cost more CPU than the append itself):
+                // commands wait there and are taken at the next I/O completion, or after
+                // `ACCEPT_WHILE_BUSY` when the disk is slow, so a stalled disk still fills the
+                // writer's bounded queue.
                 received = commands.recv_many(&mut incoming, queue_max - self.queue.len()),
                     if accepting =>
                 {
-                    if write.is_some() {
-                        accept_deadline = Some(tokio::time::Instant::now() + ACCEPT_WHILE_WRITING);
+                    if io_busy {
+                        accept_deadline = Some(tokio::time::Instant::now() + ACCEPT_WHILE_BUSY);
                     }
-                    if received == 0 {
-                        receiving = false;
+                    self.take_commands(received, &mut incoming, &mut receiving, &mut close_replies);
+                    if !receiving {
+                        commands.close();
                     }
-                    let mut commands_after_close = Vec::new();
-                    for command in incoming.drain(..) {
-                        if !receiving {
-                            // Sent after the close: dropped unanswered, so it fails `Closed`
-                            // (as it would have in the channel).
-                            commands_after_close.push(command);
-                            continue;
-                        }
-                        match command {
-                            Command::Close { reply } => {
-                                close_replies.push(reply);
-                                receiving = false;
-                                commands.close();
-                            }
-                            command => self.accept(command),
-                        }
-                    }
-                    drop(commands_after_close);
-                    self.note_queue_len();
                 }
                 () = sleep_until(accept_due), if accept_due.is_some() => {
                     accept_deadline = None;
@@ -460,6 +462,34 @@ impl<B: Backend> Writer<B> {
         for reply in close_replies {
             let _ = reply.send(result.clone());
         }
+    }
+
+    /// Step 1: a batch of `received` commands from the channel (0: the channel is closed)
+    /// into the queue. A close stops receiving; commands after it in the batch are dropped
+    /// unanswered, so their callers get `Closed` as if the channel had refused them.
+    fn take_commands(
+        &mut self,
+        received: usize,
+        incoming: &mut Vec<Command>,
+        receiving: &mut bool,
+        close_replies: &mut Vec<Reply<()>>,
+    ) {
+        if received == 0 {
+            *receiving = false;
+        }
+        for command in incoming.drain(..) {
+            if !*receiving {
+                continue;
+            }
+            match command {
+                Command::Close { reply } => {
+                    close_replies.push(reply);
+                    *receiving = false;
+                }
+                command => self.accept(command),
+            }
+        }
+        self.note_queue_len();
     }
 
     /// Step 1: one command into the queue.
@@ -553,6 +583,22 @@ impl<B: Backend> Writer<B> {
                 .all(|pair| pair[1].id == pair[0].id + 1),
             "unsynced groups not contiguous"
         );
+    }
+}
+
+/// Takes the commands already waiting in the channel without waiting for more: `None` when
+/// there are none (or the task's cooperative budget is spent; the next turn takes them).
+fn recv_ready(
+    commands: &mut mpsc::Receiver<Command>,
+    incoming: &mut Vec<Command>,
+    limit: usize,
+) -> Option<usize> {
+    // A no-op waker: a send must not wake the ring thread for this poll. The next real wait
+    // on the channel registers the task's own waker again.
+    let mut context = Context::from_waker(Waker::noop());
+    match std::pin::pin!(commands.recv_many(incoming, limit)).poll(&mut context) {
+        Poll::Ready(received) => Some(received),
+        Poll::Pending => None,
     }
 }
 
