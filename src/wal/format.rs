@@ -533,36 +533,78 @@ pub fn write_event_frame(
     kind: EventKind,
     event_bytes: &[u8],
 ) -> usize {
+    write_event_frame_seeded(
+        out,
+        seed.crc_start(),
+        durable_watermark,
+        sequence,
+        timestamp_ns(timestamp),
+        kind,
+        event_bytes,
+    )
+}
+
+/// [`write_event_frame`] with what every frame of a group shares worked out once by the
+/// caller: the CRC of the seed ([`FrameSeed::crc_start`]) and the time in nanoseconds
+/// ([`timestamp_ns`]).
+pub fn write_event_frame_seeded(
+    out: &mut [u8],
+    crc_start: SeedCrc,
+    durable_watermark: u64,
+    sequence: u64,
+    timestamp_ns: i64,
+    kind: EventKind,
+    event_bytes: &[u8],
+) -> usize {
     debug_assert!(
         durable_watermark < sequence,
         "an event cannot be acknowledged before it is written"
     );
-    let layout = FrameLayout::V2(seed);
     let payload_len = put_event_payload(
         &mut out[FRAME_HEADER_BYTES..],
         sequence,
-        timestamp,
+        timestamp_ns,
         kind,
         event_bytes,
     );
-    finish_frame(
+    finish_frame_v2(
         out,
-        layout,
+        crc_start,
         RecordKind::Event,
         payload_len,
         durable_watermark,
     )
 }
 
+/// The CRC of a version 2 frame seed (segment number, then salt), from which every frame
+/// CRC of that segment continues; see [`FrameSeed::crc_start`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeedCrc(u32);
+
+impl FrameSeed {
+    /// The CRC of the seed alone. Every frame CRC of the segment starts from it, so a writer
+    /// computes it once per group instead of hashing the seed again for every frame.
+    pub fn crc_start(&self) -> SeedCrc {
+        let mut seed = [0u8; 16];
+        seed[0..8].copy_from_slice(&self.segment_number.to_le_bytes());
+        seed[8..16].copy_from_slice(&self.salt.to_le_bytes());
+        SeedCrc(crc32fast::hash(&seed))
+    }
+}
+
+/// A time as the stored i64 nanoseconds since the Unix epoch (saturating past 2262).
+pub fn timestamp_ns(timestamp: DateTime<Utc>) -> i64 {
+    timestamp.timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
 /// Writes an event payload at the start of `payload` and returns its length.
 fn put_event_payload(
     payload: &mut [u8],
     sequence: u64,
-    timestamp: DateTime<Utc>,
+    timestamp_ns: i64,
     kind: EventKind,
     event_bytes: &[u8],
 ) -> usize {
-    let timestamp_ns = timestamp.timestamp_nanos_opt().unwrap_or(i64::MAX);
     let kind_index: u32 = match kind {
         EventKind::Start => 0,
         EventKind::Stop => 1,
@@ -642,6 +684,9 @@ fn finish_frame(
     payload_len: usize,
     durable_watermark: u64,
 ) -> usize {
+    if let FrameLayout::V2(seed) = layout {
+        return finish_frame_v2(out, seed.crc_start(), kind, payload_len, durable_watermark);
+    }
     assert!(
         payload_len <= MAX_PAYLOAD_BYTES,
         "payload size checked by the encoder"
@@ -650,9 +695,6 @@ fn finish_frame(
     let mut header = [0u8; FRAME_HEADER_BYTES];
     header[0..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
     header[4] = kind as u8;
-    if let FrameLayout::V2(_) = layout {
-        header[16..24].copy_from_slice(&durable_watermark.to_le_bytes());
-    }
     let header = &mut header[..header_bytes];
     let crc = frame_crc(
         layout,
@@ -663,6 +705,35 @@ fn finish_frame(
     out[..header_bytes].copy_from_slice(header);
     let len = layout.frame_len(payload_len);
     out[header_bytes + payload_len..len].fill(0);
+    len
+}
+
+/// [`finish_frame`] for version 2, continuing the CRC from the seed's. The CRC covers the
+/// seed, header bytes 0..8 and 12..24, and the payload ([`frame_crc`]); header bytes 12..24
+/// and the payload are adjacent in `out`, so they are hashed in one piece.
+fn finish_frame_v2(
+    out: &mut [u8],
+    crc_start: SeedCrc,
+    kind: RecordKind,
+    payload_len: usize,
+    durable_watermark: u64,
+) -> usize {
+    assert!(
+        payload_len <= MAX_PAYLOAD_BYTES,
+        "payload size checked by the encoder"
+    );
+    let header = &mut out[..FRAME_HEADER_BYTES];
+    header[0..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    header[4..16].fill(0);
+    header[4] = kind as u8;
+    header[16..24].copy_from_slice(&durable_watermark.to_le_bytes());
+    let mut hasher = crc32fast::Hasher::new_with_initial(crc_start.0);
+    hasher.update(&out[0..8]);
+    hasher.update(&out[12..FRAME_HEADER_BYTES + payload_len]);
+    let crc = hasher.finalize();
+    out[8..12].copy_from_slice(&crc.to_le_bytes());
+    let len = frame_len(payload_len);
+    out[FRAME_HEADER_BYTES + payload_len..len].fill(0);
     len
 }
 
@@ -699,7 +770,15 @@ pub fn push_event_frame(
         RecordKind::Event,
         EVENT_FIXED_PAYLOAD_BYTES + event_bytes.len(),
         durable_watermark,
-        |payload| put_event_payload(payload, sequence, timestamp, kind, event_bytes),
+        |payload| {
+            put_event_payload(
+                payload,
+                sequence,
+                timestamp_ns(timestamp),
+                kind,
+                event_bytes,
+            )
+        },
     )
 }
 
@@ -753,7 +832,15 @@ pub fn push_event_frame_v1(
         RecordKind::Event,
         EVENT_FIXED_PAYLOAD_BYTES + event_bytes.len(),
         0,
-        |payload| put_event_payload(payload, sequence, timestamp, kind, event_bytes),
+        |payload| {
+            put_event_payload(
+                payload,
+                sequence,
+                timestamp_ns(timestamp),
+                kind,
+                event_bytes,
+            )
+        },
     )
 }
 
@@ -1315,6 +1402,43 @@ mod tests {
         let offset = 4096 + SECTOR_BYTES as u64 - 40;
         let torn = &long[..40];
         assert!(!corrupted_by_one_byte(torn, offset, layout));
+    }
+
+    #[test]
+    fn seeded_frames_carry_the_crc_of_the_whole_definition() {
+        // Every payload length modulo the CRC's block sizes, so both of its code paths run.
+        for extra in 0..300usize {
+            let event_bytes: Vec<u8> = (0..extra).map(|i| (i * 7 + 3) as u8).collect();
+            let mut out = vec![0xaa_u8; frame_len(EVENT_FIXED_PAYLOAD_BYTES + extra)];
+            let len = write_event_frame_seeded(
+                &mut out,
+                SEED.crc_start(),
+                4,
+                5,
+                timestamp_ns(DateTime::from_timestamp_nanos(6)),
+                EventKind::Stop,
+                &event_bytes,
+            );
+            assert_eq!(len, out.len());
+            let payload_len = le_u32(&out) as usize;
+            let expected = frame_crc(
+                v2(SEED),
+                &out[..FRAME_HEADER_BYTES],
+                &out[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + payload_len],
+            );
+            assert_eq!(
+                le_u32(&out[8..12]),
+                expected,
+                "payload of {extra} extra bytes"
+            );
+            assert!(matches!(
+                probe_frame(&out, v2(SEED), true),
+                FrameProbe::Valid {
+                    padding_is_zero: true,
+                    ..
+                }
+            ));
+        }
     }
 
     /// The hand-written event encoder must produce bincode's bytes for every event.

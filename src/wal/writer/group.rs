@@ -145,11 +145,14 @@ impl<B: Backend> Writer<B> {
         let mut meta = GroupMeta {
             id: self.groups_formed + 1,
             segment: self.active.number,
+            // A list grown by earlier groups: no reallocation as this one fills.
+            completions: self.completion_lists.pop().unwrap_or_default(),
             ..GroupMeta::default()
         };
         // The durable watermark as this group is formed: every frame of the group carries it.
         let watermark = self.durable_sequence;
         let seed = self.active.frame_seed;
+        let crc_start = seed.crc_start();
         let mut checkpoint: Option<u64> = None;
         let mut reserved = 0usize;
         let mut barriers = Vec::new();
@@ -158,6 +161,7 @@ impl<B: Backend> Writer<B> {
         // One clock reading per group, taken when its first record is framed: every record
         // of the group gets the same time (the reading costs more than framing a small event).
         let mut group_time: Option<DateTime<Utc>> = None;
+        let mut group_time_ns: Option<i64> = None;
         'queue: while let Some(front) = self.queue.front_mut() {
             match front {
                 Pending::Barrier { .. } => {
@@ -259,12 +263,13 @@ impl<B: Backend> Writer<B> {
                         );
                         let sequence = self.next_sequence;
                         self.next_sequence += 1;
-                        let len = put_event(
+                        let time = *group_time.get_or_insert_with(Utc::now);
+                        let len = format::write_event_frame_seeded(
                             &mut buf[pos..],
-                            seed,
+                            crc_start,
                             watermark,
                             sequence,
-                            *group_time.get_or_insert_with(Utc::now),
+                            *group_time_ns.get_or_insert_with(|| format::timestamp_ns(time)),
                             *kind,
                             bytes,
                         );
@@ -338,6 +343,10 @@ impl<B: Backend> Writer<B> {
             }
         }
         if !has_records {
+            // Only checkpoints answered at once, barriers and repeats: nothing to complete.
+            debug_assert!(meta.completions.is_empty());
+            self.completion_lists
+                .push(std::mem::take(&mut meta.completions));
             self.buffers.push(buf);
             return if need_rotation {
                 Formed::NeedRotation
@@ -380,18 +389,6 @@ impl<B: Backend> Writer<B> {
 
 /// How frames of one segment are sealed (the CRC seed).
 pub(super) type FrameSeed = format::FrameSeed;
-
-fn put_event(
-    out: &mut [u8],
-    seed: FrameSeed,
-    watermark: u64,
-    sequence: u64,
-    timestamp: DateTime<Utc>,
-    kind: EventKind,
-    bytes: &[u8],
-) -> usize {
-    format::write_event_frame(out, seed, watermark, sequence, timestamp, kind, bytes)
-}
 
 fn put_checkpoint(
     out: &mut [u8],

@@ -48,7 +48,7 @@ use budget::Budget;
 use group::{GroupMeta, Items, Pending};
 use pipeline::{SyncFuture, Syncing, WriteFuture};
 pub(crate) use replies::Reply;
-use replies::{EventsReply, Waiters};
+use replies::{Completion, EventsReply, Waiters};
 pub(crate) use segments::Sealed;
 use segments::{Active, Deleted, create_raw, new_active};
 
@@ -152,6 +152,8 @@ pub(crate) struct Writer<B: Backend> {
     waiters: Waiters,
     /// Event buffers whose bytes are in a formed group, returned to `wal::staging` for reuse.
     spent_buffers: Vec<Vec<u8>>,
+    /// Emptied completion lists of durable groups, reused by the next groups formed.
+    completion_lists: Vec<Vec<Completion>>,
     /// Under the interval policy: when the next sync is due (None: nothing unsynced).
     sync_deadline: Option<tokio::time::Instant>,
     /// A sync is wanted now (interval policy: barrier, rotation, shutdown).
@@ -275,6 +277,7 @@ impl<B: Backend> Writer<B> {
             replies_awaiting_sync: 0,
             waiters: Waiters::default(),
             spent_buffers: Vec::new(),
+            completion_lists: Vec::new(),
             sync_deadline: None,
             sync_requested: false,
             poison: None,
