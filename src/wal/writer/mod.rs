@@ -292,9 +292,11 @@ impl<B: Backend> Writer<B> {
     ///
     /// The group-commit protocol, one loop turn at a time:
     ///
-    /// 1. **Accept.** While the writer's queue holds fewer than `queue_max_commands`, take a
-    ///    command from the channel and then everything already waiting (up to that bound).
-    ///    A full queue stops receiving, so the channel fills and senders wait.
+    /// 1. **Accept.** While the writer's queue holds fewer than `queue_max_commands`, take
+    ///    everything waiting in the channel (up to that bound) in one go. While a write or
+    ///    sync is in flight, do so at each I/O completion (and after `ACCEPT_WHILE_BUSY` on a
+    ///    slow disk) rather than waiting on the channel. A full queue stops receiving, so the
+    ///    channel fills and senders wait.
     /// 2. **Form and write.** When the write slot is free (and written groups waiting for a
     ///    sync hold fewer than `queue_max_commands` replies), form a group from the queue:
     ///    the carried tail block plus frames, sequences assigned in queue order, the durable
