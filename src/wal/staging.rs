@@ -11,8 +11,8 @@
 //! the ring thread more than the frees did.
 //!
 //! Must never: hand out a buffer that still holds another event's bytes (buffers are cleared
-//! when taken), or grow without bound (the pool and each thread's cache are capped, and
-//! buffers grown large by a big event are freed instead of kept).
+//! before they are pooled), or grow without bound (the pool is capped in bytes, each thread's
+//! cache in buffers, and buffers grown large by a big event are freed instead of kept).
 
 use std::cell::RefCell;
 use std::sync::Mutex;
@@ -20,17 +20,26 @@ use std::sync::Mutex;
 use super::format::{self, EncodeError};
 use crate::event::ProcessEvent;
 
-/// Buffers a thread takes from (or returns to) the pool at a time.
+/// Buffers a thread takes from the pool at a time.
 const BATCH_BUFFERS: usize = 64;
-/// Most buffers the pool keeps; more are freed. A full writer queue of small events refills
-/// it, so steady state needs about one queue's worth of in-flight buffers plus this.
-const POOL_MAX_BUFFERS: usize = 16 * 1024;
+/// Most bytes (of buffer capacity) the pool keeps; more buffers are freed. 16 MiB holds a
+/// full group's worth of small events many times over.
+const POOL_MAX_BYTES: usize = 16 * 1024 * 1024;
 /// Buffers larger than this are freed rather than reused, so one large event does not pin
 /// its memory in the pool.
 const REUSE_MAX_BYTES: usize = 16 * 1024;
 
 /// Empty buffers ready for reuse, shared by every thread of the process.
-static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+static POOL: Mutex<Pool> = Mutex::new(Pool {
+    buffers: Vec::new(),
+    bytes: 0,
+});
+
+/// The pool's buffers and their total capacity.
+struct Pool {
+    buffers: Vec<Vec<u8>>,
+    bytes: usize,
+}
 
 thread_local! {
     /// This thread's buffers taken from the pool and not used yet.
@@ -52,9 +61,11 @@ fn take_buffer() -> Vec<u8> {
             // A poisoned pool only means another thread panicked while holding the lock;
             // the buffers in it are still just empty buffers.
             let mut pool = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let take = pool.len().min(BATCH_BUFFERS);
-            let from = pool.len() - take;
-            cache.extend(pool.drain(from..));
+            let take = pool.buffers.len().min(BATCH_BUFFERS);
+            let from = pool.buffers.len() - take;
+            let taken: usize = pool.buffers[from..].iter().map(Vec::capacity).sum();
+            pool.bytes -= taken;
+            cache.extend(pool.buffers.drain(from..));
         }
         cache.pop().unwrap_or_default()
     })
@@ -71,9 +82,14 @@ pub(crate) fn recycle(spent: &mut Vec<Vec<u8>>) {
         buffer.clear();
     }
     let mut pool = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let room = POOL_MAX_BUFFERS.saturating_sub(pool.len());
-    let keep = spent.len().min(room);
-    pool.extend(spent.drain(..keep));
+    while let Some(buffer) = spent.pop() {
+        if pool.bytes + buffer.capacity() > POOL_MAX_BYTES {
+            spent.push(buffer);
+            break;
+        }
+        pool.bytes += buffer.capacity();
+        pool.buffers.push(buffer);
+    }
     drop(pool);
     // Beyond the cap: freed (outside the lock).
     spent.clear();
@@ -121,10 +137,16 @@ mod tests {
         assert!(spent.is_empty());
         let pool = POOL.lock().unwrap();
         assert!(
-            pool.iter()
+            pool.buffers
+                .iter()
                 .all(|buffer| buffer.capacity() <= REUSE_MAX_BYTES)
         );
-        assert!(pool.iter().all(Vec::is_empty));
+        assert!(pool.buffers.iter().all(Vec::is_empty));
+        assert_eq!(
+            pool.bytes,
+            pool.buffers.iter().map(Vec::capacity).sum::<usize>()
+        );
+        assert!(pool.bytes <= POOL_MAX_BYTES);
     }
 
     #[test]
