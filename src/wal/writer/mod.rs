@@ -447,15 +447,19 @@ impl<B: Backend> Writer<B> {
         if let Some((_, handle)) = self.preparing.take() {
             let _ = handle.await;
         }
-        // A deletion in flight finishes; an unlink that failed earlier gets one more try.
-        for _ in 0..2 {
+        // A deletion in flight finishes. Then what a checkpoint made durable meanwhile allows
+        // (its deletion was wanted while that one ran) is deleted too, and an unlink that
+        // failed earlier gets one more try: at most two more rounds, so a persistent error
+        // cannot hold the close.
+        for _ in 0..3 {
             if let Some(handle) = self.deleting.take()
                 && let Ok(deleted) = handle.await
             {
                 self.count_deletions(&deleted);
                 self.unlink_retry.extend(deleted.failed);
             }
-            if self.poison.is_some() || self.unlink_retry.is_empty() {
+            let wanted = std::mem::take(&mut self.deletion_wanted);
+            if self.poison.is_some() || (self.unlink_retry.is_empty() && !wanted) {
                 break;
             }
             self.start_deletions();
