@@ -14,7 +14,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 
 pub mod config;
@@ -27,6 +26,7 @@ pub mod reader;
 pub mod recovery;
 pub mod recycle;
 pub mod scan;
+mod staging;
 pub mod stats;
 mod writer;
 
@@ -176,10 +176,10 @@ impl Wal {
     ) -> Result<AppendReceipt, WalError> {
         event.truncate_to_limits();
         let event_bytes = encode(&event)?;
+        drop(event);
         let (reply, receiver) = oneshot::channel();
         self.send(Command::Append {
             kind,
-            timestamp: Utc::now(),
             event_bytes,
             reply,
         })
@@ -214,12 +214,7 @@ impl Wal {
             items.push((kind, encode(&event)?));
         }
         let (reply, receiver) = oneshot::channel();
-        self.send(Command::AppendBatch {
-            timestamp: Utc::now(),
-            items,
-            reply,
-        })
-        .await?;
+        self.send(Command::AppendBatch { items, reply }).await?;
         Ok(BatchReceipt { receiver })
     }
 
@@ -286,7 +281,7 @@ impl Wal {
 
 fn encode(event: &ProcessEvent) -> Result<Vec<u8>, WalError> {
     // After truncation an event is far below the payload limit; failing here means a bug.
-    format::encode_event(event).map_err(|error| WalError::RecordTooLarge {
+    staging::encode_event(event).map_err(|error| WalError::RecordTooLarge {
         frame_bytes: match error {
             format::EncodeError::TooLarge { payload_bytes } => payload_bytes,
             _ => 0,

@@ -7,6 +7,12 @@
 //! default sync policy), which is what a caller of `append` waits. Events are clones of one
 //! prepared template so the run measures the WAL, not event construction.
 //!
+//! CPU cost: `cpu_us_per_event` is the process's user + system CPU time for the whole run
+//! (log open, load generator, ring thread, close and the final verify) divided by the events
+//! made durable; `ring_cpu_us_per_event` is the ring thread's own CPU time while the
+//! publishers ran, and `verify_cpu_us_per_event` the final verify's share of the process
+//! figure, each divided by the same count.
+//!
 //! Disk use: unless `--checkpoint-every` is given, the run never checkpoints, so every segment
 //! it fills stays. With it, a checkpoint of the durable sequence is written every so many
 //! events (as a broker's acknowledgements would), so sealed segments are deleted or recycled
@@ -16,11 +22,15 @@
 //! (`--wal-max-mib`, the library's 4 GiB by default) is never raised: a run that cannot fit
 //! in it is refused before anything is written, with what it would need.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -30,7 +40,9 @@ use procmond_wal::wal::format::{
     EVENT_FIXED_PAYLOAD_BYTES, SEGMENT_HEADER_BYTES, encode_event, frame_len,
 };
 use procmond_wal::wal::recovery::{list_segments, read_dir};
-use procmond_wal::wal::{BackendChoice, SyncPolicy, Wal, WalConfig, WalError, WalStats};
+use procmond_wal::wal::{
+    AppendReceipt, BackendChoice, SyncPolicy, Wal, WalConfig, WalError, WalStats,
+};
 use procmond_wal::{EventKind, ProcessEvent};
 use serde::Serialize;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -38,6 +50,7 @@ use tokio::task::JoinSet;
 
 mod progress;
 
+use super::cputime::{ThreadCpu, process_cpu};
 use super::histogram::Histogram;
 use super::output::write_json_pretty;
 use super::{CliError, EXIT_OK, EXIT_PROBLEM, finish};
@@ -190,6 +203,18 @@ struct LoadJson {
     budget_bytes: u64,
     verified: bool,
     verify_problem: Option<String>,
+    /// Process user + system CPU seconds for the whole run (verify included).
+    cpu_s: Option<f64>,
+    /// `cpu_s` in microseconds per durable event.
+    cpu_us_per_event: Option<f64>,
+    /// CPU seconds of the ring thread while the publishers ran.
+    ring_cpu_s: Option<f64>,
+    /// `ring_cpu_s` in microseconds per durable event.
+    ring_cpu_us_per_event: Option<f64>,
+    /// Process CPU seconds of the final verify alone (part of `cpu_s`).
+    verify_cpu_s: Option<f64>,
+    /// `verify_cpu_s` in microseconds per durable event.
+    verify_cpu_us_per_event: Option<f64>,
 }
 
 /// What one run measured.
@@ -200,7 +225,12 @@ struct Measured {
     elapsed: Duration,
     latency: Histogram,
     stats: WalStats,
+    /// CPU time of the ring thread while the publishers ran (None: not measurable here).
+    ring_cpu: Option<Duration>,
 }
+
+/// The name the WAL gives its ring thread.
+const RING_THREAD_NAME: &str = "procmond-wal-ring";
 
 /// Exit code after Ctrl-C: the shell's convention for SIGINT (128 + 2).
 const EXIT_INTERRUPTED: u8 = 130;
@@ -285,11 +315,17 @@ fn load(args: &LoadArgs) -> Result<u8, CliError> {
     drop(runtime);
 
     let expected_events = events_before + measured.appended;
+    let cpu_before_verify = process_cpu();
     let verify_problem = if args.checkpoint_every > 0 {
         check_on_disk_after_checkpoints(&dir, first_new_sequence + measured.appended - 1)?
     } else {
         check_on_disk(&dir, expected_events)?
     };
+    let cpu = process_cpu();
+    let verify_cpu = cpu
+        .zip(cpu_before_verify)
+        .map(|(after, before)| after.saturating_sub(before));
+    let per_event_us = |cpu: Duration| cpu.as_secs_f64() * 1e6 / measured.appended.max(1) as f64;
 
     let elapsed_s = measured.elapsed.as_secs_f64().max(1e-9);
     let stats = &measured.stats;
@@ -323,6 +359,12 @@ fn load(args: &LoadArgs) -> Result<u8, CliError> {
         budget_bytes,
         verified: verify_problem.is_none(),
         verify_problem,
+        cpu_s: cpu.map(|cpu| cpu.as_secs_f64()),
+        cpu_us_per_event: cpu.map(per_event_us),
+        ring_cpu_s: measured.ring_cpu.map(|cpu| cpu.as_secs_f64()),
+        ring_cpu_us_per_event: measured.ring_cpu.map(per_event_us),
+        verify_cpu_s: verify_cpu.map(|cpu| cpu.as_secs_f64()),
+        verify_cpu_us_per_event: verify_cpu.map(per_event_us),
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -542,6 +584,8 @@ async fn drive(
     });
     let template = Arc::new(template);
     let inflight = usize::try_from(args.inflight).unwrap_or(usize::MAX);
+    let ring = ThreadCpu::find(RING_THREAD_NAME);
+    let ring_cpu_before = ring.and_then(|ring| ring.cpu());
     let started = Instant::now();
     let mut publishers = JoinSet::new();
     let mut first_index = 0u64;
@@ -577,6 +621,11 @@ async fn drive(
         }
     }
     let elapsed = started.elapsed();
+    // Read before close: the thread's figures go with it when it exits.
+    let ring_cpu = ring
+        .and_then(|ring| ring.cpu())
+        .zip(ring_cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
     if let Some(interrupt) = interrupt {
         interrupt.abort();
     }
@@ -599,12 +648,14 @@ async fn drive(
         elapsed,
         latency,
         stats,
+        ring_cpu,
     })
 }
 
-/// One publisher: appends `count` events, keeping up to `inflight` receipts pending. Each
-/// receipt is awaited in its own task so its latency is taken when it resolves, not when
-/// the publisher gets round to it.
+/// One publisher: appends `count` events, keeping up to `inflight` receipts pending. Its
+/// receipts resolve in the order it enqueued them (sequences are assigned in queue order and
+/// groups become durable in order), so they wait in a FIFO inside this task: no task per
+/// append, whose spawning and waking would cost more CPU than the append itself.
 async fn publish(
     wal: Wal,
     template: Arc<ProcessEvent>,
@@ -615,27 +666,23 @@ async fn publish(
     stop: Arc<AtomicBool>,
 ) -> Result<Histogram, WalError> {
     let mut histogram = Histogram::default();
-    let mut pending: JoinSet<Result<Duration, WalError>> = JoinSet::new();
+    let mut pending: VecDeque<(Instant, AppendReceipt)> = VecDeque::with_capacity(inflight);
     for index in first_index..first_index + count {
         if stop.load(Relaxed) {
             break;
         }
-        if pending.len() >= inflight
-            && let Some(joined) = pending.join_next().await
-        {
-            histogram.record(receipt_latency(joined)?);
-            completed.fetch_add(1, Relaxed);
+        if pending.len() >= inflight {
+            settle(&mut pending, &mut histogram, &completed).await?;
         }
         let mut event = ProcessEvent::clone(&template);
         event.pid = (index % u64::from(u32::MAX)) as u32 + 1;
         let kind = EventKind::ALL[(index % 3) as usize];
         let enqueued = Instant::now();
         let receipt = wal.enqueue(event, kind).await?;
-        pending.spawn(async move { receipt.await.map(|_| enqueued.elapsed()) });
+        pending.push_back((enqueued, receipt));
     }
-    while let Some(joined) = pending.join_next().await {
-        histogram.record(receipt_latency(joined)?);
-        completed.fetch_add(1, Relaxed);
+    while !pending.is_empty() {
+        settle(&mut pending, &mut histogram, &completed).await?;
     }
     Ok(histogram)
 }
@@ -657,6 +704,38 @@ async fn checkpoint_every(wal: Wal, every: u64, appends_done: Arc<AtomicBool>) {
     }
 }
 
+/// Waits for the oldest pending receipt, then takes every later one that has resolved as
+/// well (a group's receipts resolve together). Each latency ends when the oldest was seen
+/// resolved: the later ones cannot have resolved before it.
+async fn settle(
+    pending: &mut VecDeque<(Instant, AppendReceipt)>,
+    histogram: &mut Histogram,
+    completed: &AtomicU64,
+) -> Result<(), WalError> {
+    let Some((enqueued, receipt)) = pending.front_mut() else {
+        return Ok(());
+    };
+    receipt.await?;
+    let resolved = Instant::now();
+    histogram.record(resolved.duration_since(*enqueued));
+    pending.pop_front();
+    let mut settled = 1;
+    let mut context = Context::from_waker(Waker::noop());
+    while let Some((enqueued, receipt)) = pending.front_mut() {
+        match Pin::new(receipt).poll(&mut context) {
+            Poll::Ready(result) => {
+                result?;
+                histogram.record(resolved.saturating_duration_since(*enqueued));
+                pending.pop_front();
+                settled += 1;
+            }
+            Poll::Pending => break,
+        }
+    }
+    completed.fetch_add(settled, Relaxed);
+    Ok(())
+}
+
 async fn watch_interrupt(mut interrupts: Signal, stop: Arc<AtomicBool>, progress: LoadProgress) {
     if interrupts.recv().await.is_none() {
         return;
@@ -668,13 +747,6 @@ async fn watch_interrupt(mut interrupts: Signal, stop: Arc<AtomicBool>, progress
     if interrupts.recv().await.is_some() {
         std::process::exit(i32::from(EXIT_INTERRUPTED));
     }
-}
-
-fn receipt_latency(
-    joined: Result<Result<Duration, WalError>, tokio::task::JoinError>,
-) -> Result<Duration, WalError> {
-    // A receipt task only awaits a channel; if it is gone the log is gone.
-    joined.unwrap_or(Err(WalError::Closed))
 }
 
 fn write_report(
@@ -713,6 +785,21 @@ fn write_report(
             "written"
         },
     )?;
+    if let Some(cpu_us) = summary.cpu_us_per_event {
+        let ring = summary
+            .ring_cpu_us_per_event
+            .map_or_else(|| "not measured".to_owned(), |us| format!("{us:.2} µs"));
+        writeln!(
+            out,
+            "  cpu          {cpu_us:.2} µs per event (process, verify included); ring thread {ring}"
+        )?;
+        if let Some(verify_us) = summary.verify_cpu_us_per_event {
+            writeln!(
+                out,
+                "               of which the final verify {verify_us:.2} µs"
+            )?;
+        }
+    }
     if summary.interrupted {
         writeln!(out, "  interrupted  after {} events", summary.events)?;
     }

@@ -12,6 +12,7 @@ use procmond_wal::wal::recovery::list_segments;
 
 pub mod broker;
 pub mod connector;
+pub mod cputime;
 pub mod dump;
 pub mod histogram;
 pub mod load;

@@ -415,17 +415,104 @@ pub enum EncodeError {
 /// Encodes the event part of a [`WalEntry`] payload; done on the caller's thread so the ring
 /// thread only copies bytes into frames (see [`write_event_frame`]).
 pub fn encode_event(event: &ProcessEvent) -> Result<Vec<u8>, EncodeError> {
-    // Sized up front: every string costs its bytes plus an 8-byte length, and the fixed
-    // fields stay under 256 bytes, so the buffer is allocated once.
+    let mut bytes = Vec::with_capacity(encoded_event_capacity(event));
+    encode_event_into(event, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Bytes enough for `event`'s encoding in one allocation: every string costs its bytes plus
+/// an 8-byte length, and the fixed fields stay under 256 bytes.
+pub fn encoded_event_capacity(event: &ProcessEvent) -> usize {
     let strings = 4 + event.command_line.len() + 2 * event.platform_metadata.len();
-    let mut bytes = Vec::with_capacity(event.text_bytes() + 8 * strings + 256);
-    bincode::serde::encode_into_std_write(event, &mut bytes, bincode_config())?;
-    if bytes.len() + EVENT_FIXED_PAYLOAD_BYTES > MAX_PAYLOAD_BYTES {
+    event.text_bytes() + 8 * strings + 256
+}
+
+/// [`encode_event`] appending to `out` (a reused buffer); returns the bytes written. On an
+/// error `out` may hold part of the encoding after what it held before.
+///
+/// The bytes are exactly bincode's legacy encoding of [`ProcessEvent`], written field by
+/// field without going through serde (which costs several times more per event); the tests
+/// compare the two on generated events. An event whose times do not fit i64 nanoseconds
+/// (never one that went through [`ProcessEvent::truncate_to_limits`]) takes the serde path,
+/// which refuses it.
+pub fn encode_event_into(event: &ProcessEvent, out: &mut Vec<u8>) -> Result<usize, EncodeError> {
+    let start = out.len();
+    let times = (
+        event.collection_time.timestamp_nanos_opt(),
+        event.start_time.map(|time| time.timestamp_nanos_opt()),
+    );
+    let payload_bytes = match times {
+        (Some(collection_ns), None) => put_event_fields(event, collection_ns, None, out),
+        (Some(collection_ns), Some(Some(start_ns))) => {
+            put_event_fields(event, collection_ns, Some(start_ns), out)
+        }
+        _ => bincode::serde::encode_into_std_write(event, out, bincode_config())?,
+    };
+    debug_assert_eq!(payload_bytes, out.len() - start);
+    if payload_bytes + EVENT_FIXED_PAYLOAD_BYTES > MAX_PAYLOAD_BYTES {
         return Err(EncodeError::TooLarge {
-            payload_bytes: bytes.len() + EVENT_FIXED_PAYLOAD_BYTES,
+            payload_bytes: payload_bytes + EVENT_FIXED_PAYLOAD_BYTES,
         });
     }
-    Ok(bytes)
+    Ok(payload_bytes)
+}
+
+/// Appends `event` in bincode's legacy layout: fields in declaration order, integers and
+/// floats little-endian at full width, `bool` and `Option` tags as one byte, strings and
+/// sequences as a u64 length then their items, times as i64 nanoseconds.
+fn put_event_fields(
+    event: &ProcessEvent,
+    collection_ns: i64,
+    start_ns: Option<i64>,
+    out: &mut Vec<u8>,
+) -> usize {
+    fn string(out: &mut Vec<u8>, text: &str) {
+        out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+        out.extend_from_slice(text.as_bytes());
+    }
+    fn option<T>(out: &mut Vec<u8>, value: Option<T>, put: impl FnOnce(&mut Vec<u8>, T)) {
+        match value {
+            None => out.push(0),
+            Some(value) => {
+                out.push(1);
+                put(out, value);
+            }
+        }
+    }
+    let start = out.len();
+    out.reserve(encoded_event_capacity(event));
+    out.extend_from_slice(&event.pid.to_le_bytes());
+    option(out, event.ppid, |out, ppid| {
+        out.extend_from_slice(&ppid.to_le_bytes())
+    });
+    string(out, &event.name);
+    option(out, event.executable_path.as_deref(), string);
+    out.extend_from_slice(&(event.command_line.len() as u64).to_le_bytes());
+    for argument in &event.command_line {
+        string(out, argument);
+    }
+    option(out, start_ns, |out, ns| {
+        out.extend_from_slice(&ns.to_le_bytes())
+    });
+    option(out, event.cpu_usage_percent, |out, percent| {
+        out.extend_from_slice(&percent.to_le_bytes())
+    });
+    option(out, event.memory_usage_bytes, |out, bytes| {
+        out.extend_from_slice(&bytes.to_le_bytes())
+    });
+    option(out, event.executable_hash.as_deref(), string);
+    option(out, event.hash_algorithm.as_deref(), string);
+    option(out, event.user_id.as_deref(), string);
+    out.push(u8::from(event.accessible));
+    out.push(u8::from(event.file_exists));
+    out.extend_from_slice(&collection_ns.to_le_bytes());
+    out.extend_from_slice(&(event.platform_metadata.len() as u64).to_le_bytes());
+    for (key, value) in &event.platform_metadata {
+        string(out, key);
+        string(out, value);
+    }
+    out.push(u8::from(event.truncated));
+    out.len() - start
 }
 
 /// Payload bytes of a [`WalEntry`] besides the event: sequence (8), timestamp (8), kind (4).
@@ -453,36 +540,78 @@ pub fn write_event_frame(
     kind: EventKind,
     event_bytes: &[u8],
 ) -> usize {
+    write_event_frame_seeded(
+        out,
+        seed.crc_start(),
+        durable_watermark,
+        sequence,
+        timestamp_ns(timestamp),
+        kind,
+        event_bytes,
+    )
+}
+
+/// [`write_event_frame`] with what every frame of a group shares worked out once by the
+/// caller: the CRC of the seed ([`FrameSeed::crc_start`]) and the time in nanoseconds
+/// ([`timestamp_ns`]).
+pub fn write_event_frame_seeded(
+    out: &mut [u8],
+    crc_start: SeedCrc,
+    durable_watermark: u64,
+    sequence: u64,
+    timestamp_ns: i64,
+    kind: EventKind,
+    event_bytes: &[u8],
+) -> usize {
     debug_assert!(
         durable_watermark < sequence,
         "an event cannot be acknowledged before it is written"
     );
-    let layout = FrameLayout::V2(seed);
     let payload_len = put_event_payload(
         &mut out[FRAME_HEADER_BYTES..],
         sequence,
-        timestamp,
+        timestamp_ns,
         kind,
         event_bytes,
     );
-    finish_frame(
+    finish_frame_v2(
         out,
-        layout,
+        crc_start,
         RecordKind::Event,
         payload_len,
         durable_watermark,
     )
 }
 
+/// The CRC of a version 2 frame seed (segment number, then salt), from which every frame
+/// CRC of that segment continues; see [`FrameSeed::crc_start`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeedCrc(u32);
+
+impl FrameSeed {
+    /// The CRC of the seed alone. Every frame CRC of the segment starts from it, so a writer
+    /// computes it once per group instead of hashing the seed again for every frame.
+    pub fn crc_start(&self) -> SeedCrc {
+        let mut seed = [0u8; 16];
+        seed[0..8].copy_from_slice(&self.segment_number.to_le_bytes());
+        seed[8..16].copy_from_slice(&self.salt.to_le_bytes());
+        SeedCrc(crc32fast::hash(&seed))
+    }
+}
+
+/// A time as the stored i64 nanoseconds since the Unix epoch (saturating past 2262).
+pub fn timestamp_ns(timestamp: DateTime<Utc>) -> i64 {
+    timestamp.timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
 /// Writes an event payload at the start of `payload` and returns its length.
 fn put_event_payload(
     payload: &mut [u8],
     sequence: u64,
-    timestamp: DateTime<Utc>,
+    timestamp_ns: i64,
     kind: EventKind,
     event_bytes: &[u8],
 ) -> usize {
-    let timestamp_ns = timestamp.timestamp_nanos_opt().unwrap_or(i64::MAX);
     let kind_index: u32 = match kind {
         EventKind::Start => 0,
         EventKind::Stop => 1,
@@ -562,6 +691,9 @@ fn finish_frame(
     payload_len: usize,
     durable_watermark: u64,
 ) -> usize {
+    if let FrameLayout::V2(seed) = layout {
+        return finish_frame_v2(out, seed.crc_start(), kind, payload_len, durable_watermark);
+    }
     assert!(
         payload_len <= MAX_PAYLOAD_BYTES,
         "payload size checked by the encoder"
@@ -570,9 +702,6 @@ fn finish_frame(
     let mut header = [0u8; FRAME_HEADER_BYTES];
     header[0..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
     header[4] = kind as u8;
-    if let FrameLayout::V2(_) = layout {
-        header[16..24].copy_from_slice(&durable_watermark.to_le_bytes());
-    }
     let header = &mut header[..header_bytes];
     let crc = frame_crc(
         layout,
@@ -583,6 +712,35 @@ fn finish_frame(
     out[..header_bytes].copy_from_slice(header);
     let len = layout.frame_len(payload_len);
     out[header_bytes + payload_len..len].fill(0);
+    len
+}
+
+/// [`finish_frame`] for version 2, continuing the CRC from the seed's. The CRC covers the
+/// seed, header bytes 0..8 and 12..24, and the payload ([`frame_crc`]); header bytes 12..24
+/// and the payload are adjacent in `out`, so they are hashed in one piece.
+fn finish_frame_v2(
+    out: &mut [u8],
+    crc_start: SeedCrc,
+    kind: RecordKind,
+    payload_len: usize,
+    durable_watermark: u64,
+) -> usize {
+    assert!(
+        payload_len <= MAX_PAYLOAD_BYTES,
+        "payload size checked by the encoder"
+    );
+    let header = &mut out[..FRAME_HEADER_BYTES];
+    header[0..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    header[4..16].fill(0);
+    header[4] = kind as u8;
+    header[16..24].copy_from_slice(&durable_watermark.to_le_bytes());
+    let mut hasher = crc32fast::Hasher::new_with_initial(crc_start.0);
+    hasher.update(&out[0..8]);
+    hasher.update(&out[12..FRAME_HEADER_BYTES + payload_len]);
+    let crc = hasher.finalize();
+    out[8..12].copy_from_slice(&crc.to_le_bytes());
+    let len = frame_len(payload_len);
+    out[FRAME_HEADER_BYTES + payload_len..len].fill(0);
     len
 }
 
@@ -619,7 +777,15 @@ pub fn push_event_frame(
         RecordKind::Event,
         EVENT_FIXED_PAYLOAD_BYTES + event_bytes.len(),
         durable_watermark,
-        |payload| put_event_payload(payload, sequence, timestamp, kind, event_bytes),
+        |payload| {
+            put_event_payload(
+                payload,
+                sequence,
+                timestamp_ns(timestamp),
+                kind,
+                event_bytes,
+            )
+        },
     )
 }
 
@@ -673,7 +839,15 @@ pub fn push_event_frame_v1(
         RecordKind::Event,
         EVENT_FIXED_PAYLOAD_BYTES + event_bytes.len(),
         0,
-        |payload| put_event_payload(payload, sequence, timestamp, kind, event_bytes),
+        |payload| {
+            put_event_payload(
+                payload,
+                sequence,
+                timestamp_ns(timestamp),
+                kind,
+                event_bytes,
+            )
+        },
     )
 }
 
@@ -1269,6 +1443,103 @@ mod tests {
         let offset = 4096 + SECTOR_BYTES as u64 - 40;
         let torn = &long[..40];
         assert!(!corrupted_by_one_byte(torn, offset, layout));
+    }
+
+    #[test]
+    fn seeded_frames_carry_the_crc_of_the_whole_definition() {
+        // Every payload length modulo the CRC's block sizes, so both of its code paths run.
+        for extra in 0..300usize {
+            let event_bytes: Vec<u8> = (0..extra).map(|i| (i * 7 + 3) as u8).collect();
+            let mut out = vec![0xaa_u8; frame_len(EVENT_FIXED_PAYLOAD_BYTES + extra)];
+            let len = write_event_frame_seeded(
+                &mut out,
+                SEED.crc_start(),
+                4,
+                5,
+                timestamp_ns(DateTime::from_timestamp_nanos(6)),
+                EventKind::Stop,
+                &event_bytes,
+            );
+            assert_eq!(len, out.len());
+            let payload_len = le_u32(&out) as usize;
+            let expected = frame_crc(
+                v2(SEED),
+                &out[..FRAME_HEADER_BYTES],
+                &out[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + payload_len],
+            );
+            assert_eq!(
+                le_u32(&out[8..12]),
+                expected,
+                "payload of {extra} extra bytes"
+            );
+            assert!(matches!(
+                probe_frame(&out, v2(SEED), true),
+                FrameProbe::Valid {
+                    padding_is_zero: true,
+                    ..
+                }
+            ));
+        }
+    }
+
+    /// The hand-written event encoder must produce bincode's bytes for every event.
+    mod hand_encoder {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn time() -> impl Strategy<Value = DateTime<Utc>> {
+            prop_oneof![
+                any::<i64>().prop_map(DateTime::from_timestamp_nanos),
+                Just(DateTime::<Utc>::MAX_UTC),
+                Just(DateTime::<Utc>::MIN_UTC),
+            ]
+        }
+
+        prop_compose! {
+            fn event()(
+                pid in any::<u32>(),
+                ppid in any::<Option<u32>>(),
+                name in ".{0,12}",
+                executable_path in proptest::option::of(".{0,20}"),
+                command_line in proptest::collection::vec(".{0,10}", 0..4),
+                start_time in proptest::option::of(time()),
+                cpu_usage_percent in any::<Option<f64>>(),
+                memory_usage_bytes in any::<Option<u64>>(),
+                executable_hash in proptest::option::of("[0-9a-f]{0,8}"),
+                hash_algorithm in proptest::option::of("[a-z0-9]{0,6}"),
+                user_id in proptest::option::of("[0-9]{0,5}"),
+                accessible in any::<bool>(),
+                file_exists in any::<bool>(),
+                collection_time in time(),
+                platform_metadata in proptest::collection::btree_map(".{0,6}", ".{0,6}", 0..4),
+                truncated in any::<bool>(),
+            ) -> ProcessEvent {
+                ProcessEvent {
+                    pid, ppid, name, executable_path, command_line, start_time,
+                    cpu_usage_percent, memory_usage_bytes, executable_hash, hash_algorithm,
+                    user_id, accessible, file_exists, collection_time, platform_metadata,
+                    truncated,
+                }
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn equals_bincode(event in event(), prefix in proptest::collection::vec(any::<u8>(), 0..3)) {
+                let expected = bincode::serde::encode_to_vec(&event, bincode_config());
+                let mut out = prefix.clone();
+                let written = encode_event_into(&event, &mut out);
+                match expected {
+                    Ok(expected) => {
+                        prop_assert_eq!(written.ok(), Some(expected.len()));
+                        prop_assert_eq!(&out[..prefix.len()], &prefix[..]);
+                        prop_assert_eq!(&out[prefix.len()..], &expected[..]);
+                    }
+                    // Times beyond i64 nanoseconds: refused either way.
+                    Err(_) => prop_assert!(written.is_err()),
+                }
+            }
+        }
     }
 
     #[test]

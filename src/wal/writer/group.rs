@@ -23,6 +23,7 @@ use super::super::format::{
     self, BLOCK_BYTES, CHECKPOINT_FRAME_BYTES, CheckpointEntry, EVENT_FIXED_PAYLOAD_BYTES,
     SEGMENT_HEADER_BYTES, WATERMARK_FRAME_BYTES,
 };
+use super::super::staging;
 use super::Writer;
 use super::pipeline::{WriteDone, WriteFuture};
 use super::replies::{self, Completion, EventsReply, Reply, Waiter};
@@ -32,7 +33,6 @@ use crate::io::Backend;
 /// An accepted command waiting to be put into a group.
 pub(super) enum Pending {
     Events {
-        timestamp: DateTime<Utc>,
         items: Items,
         first_sequence: Option<u64>,
         reply: EventsReply,
@@ -61,7 +61,8 @@ impl Pending {
 }
 
 /// The encoded events of one append or batch, consumed from the front. A single append (the
-/// common case) is stored inline so accepting it allocates nothing on the ring thread.
+/// common case) is stored inline so accepting it allocates nothing on the ring thread. The
+/// byte buffers go back to `wal::staging` for reuse once their bytes are in a group.
 pub(super) enum Items {
     One(Option<(EventKind, Vec<u8>)>),
     Many(VecDeque<(EventKind, Vec<u8>)>),
@@ -83,11 +84,13 @@ impl Items {
         }
     }
 
-    fn pop_front(&mut self) {
+    /// Removes the front event, returning its buffer.
+    fn pop_front(&mut self) -> Option<Vec<u8>> {
         match self {
-            Items::One(item) => *item = None,
-            Items::Many(items) => drop(items.pop_front()),
+            Items::One(item) => item.take(),
+            Items::Many(items) => items.pop_front(),
         }
+        .map(|(_, bytes)| bytes)
     }
 }
 
@@ -142,16 +145,23 @@ impl<B: Backend> Writer<B> {
         let mut meta = GroupMeta {
             id: self.groups_formed + 1,
             segment: self.active.number,
+            // A list grown by earlier groups: no reallocation as this one fills.
+            completions: self.completion_lists.pop().unwrap_or_default(),
             ..GroupMeta::default()
         };
         // The durable watermark as this group is formed: every frame of the group carries it.
         let watermark = self.durable_sequence;
         let seed = self.active.frame_seed;
+        let crc_start = seed.crc_start();
         let mut checkpoint: Option<u64> = None;
         let mut reserved = 0usize;
         let mut barriers = Vec::new();
         let mut repeated = Vec::new();
         let mut need_rotation = false;
+        // One clock reading per group, taken when its first record is framed: every record
+        // of the group gets the same time (the reading costs more than framing a small event).
+        let mut group_time: Option<DateTime<Utc>> = None;
+        let mut group_time_ns: Option<i64> = None;
         'queue: while let Some(front) = self.queue.front_mut() {
             match front {
                 Pending::Barrier { .. } => {
@@ -218,7 +228,6 @@ impl<B: Backend> Writer<B> {
                     }
                 }
                 Pending::Events {
-                    timestamp,
                     items,
                     first_sequence,
                     ..
@@ -254,12 +263,13 @@ impl<B: Backend> Writer<B> {
                         );
                         let sequence = self.next_sequence;
                         self.next_sequence += 1;
-                        let len = put_event(
+                        let time = *group_time.get_or_insert_with(Utc::now);
+                        let len = format::write_event_frame_seeded(
                             &mut buf[pos..],
-                            seed,
+                            crc_start,
                             watermark,
                             sequence,
-                            *timestamp,
+                            *group_time_ns.get_or_insert_with(|| format::timestamp_ns(time)),
                             *kind,
                             bytes,
                         );
@@ -270,7 +280,9 @@ impl<B: Backend> Writer<B> {
                         meta.events += 1;
                         meta.records += 1;
                         meta.record_bytes += len as u64;
-                        items.pop_front();
+                        if let Some(bytes) = items.pop_front() {
+                            self.spent_buffers.push(bytes);
+                        }
                     }
                     if let Some(Pending::Events {
                         first_sequence: Some(first),
@@ -290,7 +302,7 @@ impl<B: Backend> Writer<B> {
         if let Some(acked) = checkpoint {
             let entry = CheckpointEntry {
                 acked_through: acked,
-                timestamp: Utc::now(),
+                timestamp: *group_time.get_or_insert_with(Utc::now),
             };
             let len = put_checkpoint(&mut buf[pos..], seed, watermark, &entry);
             debug_assert_eq!(len, reserved);
@@ -301,6 +313,7 @@ impl<B: Backend> Writer<B> {
             self.acked_queued = acked;
             self.acked_queued_group = meta.id;
         }
+        staging::recycle(&mut self.spent_buffers);
         self.note_queue_len();
         let has_records = pos > tail_len;
         // A barrier waits for the last group formed so far (this one if it has records).
@@ -330,6 +343,10 @@ impl<B: Backend> Writer<B> {
             }
         }
         if !has_records {
+            // Only checkpoints answered at once, barriers and repeats: nothing to complete.
+            debug_assert!(meta.completions.is_empty());
+            self.completion_lists
+                .push(std::mem::take(&mut meta.completions));
             self.buffers.push(buf);
             return if need_rotation {
                 Formed::NeedRotation
@@ -372,18 +389,6 @@ impl<B: Backend> Writer<B> {
 
 /// How frames of one segment are sealed (the CRC seed).
 pub(super) type FrameSeed = format::FrameSeed;
-
-fn put_event(
-    out: &mut [u8],
-    seed: FrameSeed,
-    watermark: u64,
-    sequence: u64,
-    timestamp: DateTime<Utc>,
-    kind: EventKind,
-    bytes: &[u8],
-) -> usize {
-    format::write_event_frame(out, seed, watermark, sequence, timestamp, kind, bytes)
-}
 
 fn put_checkpoint(
     out: &mut [u8],

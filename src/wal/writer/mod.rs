@@ -20,12 +20,13 @@
 //! before its bytes are durable (under the default policy).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::ops::RangeInclusive;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll, Waker};
 
-use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -47,20 +48,19 @@ use budget::Budget;
 use group::{GroupMeta, Items, Pending};
 use pipeline::{SyncFuture, Syncing, WriteFuture};
 pub(crate) use replies::Reply;
-use replies::{EventsReply, Waiters};
+use replies::{Completion, EventsReply, Waiters};
 pub(crate) use segments::Sealed;
 use segments::{Active, Deleted, Recycler, create_raw, new_active};
 
 /// A request to the ring thread.
 pub(crate) enum Command {
+    /// One event, encoded on the caller's thread into a reused buffer (`wal::staging`).
     Append {
         kind: EventKind,
-        timestamp: DateTime<Utc>,
         event_bytes: Vec<u8>,
         reply: Reply<u64>,
     },
     AppendBatch {
-        timestamp: DateTime<Utc>,
         items: Vec<(EventKind, Vec<u8>)>,
         reply: Reply<RangeInclusive<u64>>,
     },
@@ -75,6 +75,11 @@ pub(crate) enum Command {
         reply: Reply<()>,
     },
 }
+
+/// How long a write or sync may be in flight before the ring thread takes new commands into
+/// its queue anyway (and then at most this often until an I/O completes). A group write or
+/// an `fdatasync` on a healthy disk completes within about this time.
+const ACCEPT_WHILE_BUSY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Where writing resumes, decided by recovery.
 pub(crate) struct Resume {
@@ -147,6 +152,10 @@ pub(crate) struct Writer<B: Backend> {
     replies_awaiting_sync: usize,
     /// Callers waiting for a group to become durable.
     waiters: Waiters,
+    /// Event buffers whose bytes are in a formed group, returned to `wal::staging` for reuse.
+    spent_buffers: Vec<Vec<u8>>,
+    /// Emptied completion lists of durable groups, reused by the next groups formed.
+    completion_lists: Vec<Vec<Completion>>,
     /// Under the interval policy: when the next sync is due (None: nothing unsynced).
     sync_deadline: Option<tokio::time::Instant>,
     /// A sync is wanted now (interval policy: barrier, rotation, shutdown).
@@ -277,6 +286,8 @@ impl<B: Backend> Writer<B> {
             unsynced: Vec::new(),
             replies_awaiting_sync: 0,
             waiters: Waiters::default(),
+            spent_buffers: Vec::new(),
+            completion_lists: Vec::new(),
             sync_deadline: None,
             sync_requested: false,
             poison: None,
@@ -292,9 +303,11 @@ impl<B: Backend> Writer<B> {
     ///
     /// The group-commit protocol, one loop turn at a time:
     ///
-    /// 1. **Accept.** While the writer's queue holds fewer than `queue_max_commands`, take a
-    ///    command from the channel and then everything already waiting (up to that bound).
-    ///    A full queue stops receiving, so the channel fills and senders wait.
+    /// 1. **Accept.** While the writer's queue holds fewer than `queue_max_commands`, take
+    ///    everything waiting in the channel (up to that bound) in one go. While a write or
+    ///    sync is in flight, do so at each I/O completion (and after `ACCEPT_WHILE_BUSY` on a
+    ///    slow disk) rather than waiting on the channel. A full queue stops receiving, so the
+    ///    channel fills and senders wait.
     /// 2. **Form and write.** When the write slot is free (and written groups waiting for a
     ///    sync hold fewer than `queue_max_commands` replies), form a group from the queue:
     ///    the carried tail block plus frames, sequences assigned in queue order, the durable
@@ -320,7 +333,23 @@ impl<B: Backend> Writer<B> {
         let mut watermark_queued = false;
         let mut close_replies: Vec<Reply<()>> = Vec::new();
         let queue_max = self.config.queue_max_commands;
+        let mut incoming: Vec<Command> = Vec::new();
+        // While a write or sync is in flight, commands are taken when one completes or, on a
+        // slow disk, after `ACCEPT_WHILE_BUSY` (then again at most that often).
+        let mut accept_deadline: Option<tokio::time::Instant> = None;
+        let mut io_completed = false;
         loop {
+            // Step 1 at an I/O completion: take what waited meanwhile, without waiting.
+            if io_completed && receiving && self.queue.len() < queue_max {
+                let limit = queue_max - self.queue.len();
+                if let Some(received) = recv_ready(&mut commands, &mut incoming, limit) {
+                    self.take_commands(received, &mut incoming, &mut receiving, &mut close_replies);
+                    if !receiving {
+                        commands.close();
+                    }
+                }
+            }
+            io_completed = false;
             if self.poison.is_none() {
                 // Step 2.
                 // Written groups wait for a sync holding their callers' replies; a slow sync
@@ -329,6 +358,9 @@ impl<B: Backend> Writer<B> {
                 if write.is_none() && replies_bounded {
                     let io_idle = sync.is_none() && self.unsynced.is_empty();
                     write = self.next_write(io_idle).await;
+                    if write.is_some() {
+                        accept_deadline = Some(tokio::time::Instant::now() + ACCEPT_WHILE_BUSY);
+                    }
                 }
                 // Step 3.
                 if sync.is_none() {
@@ -336,6 +368,9 @@ impl<B: Backend> Writer<B> {
                         self.sync_requested = true;
                     }
                     sync = self.next_sync();
+                    if sync.is_some() {
+                        accept_deadline = Some(tokio::time::Instant::now() + ACCEPT_WHILE_BUSY);
+                    }
                 }
                 // Step 6.
                 let drained = write.is_none()
@@ -361,16 +396,21 @@ impl<B: Backend> Writer<B> {
             let preparing = self.preparing.is_some();
             let deleting = self.deleting.is_some();
             let room = self.queue.len() < queue_max;
+            let io_busy = write.is_some() || sync.is_some();
+            let accepting = receiving && room && (!io_busy || accept_deadline.is_none());
+            let accept_due = accept_deadline.filter(|_| receiving && room && io_busy);
             tokio::select! {
                 biased;
                 // Step 4.
                 done = async { write.as_mut().expect("guarded").await }, if write.is_some() => {
                     write = None;
+                    io_completed = true;
                     self.complete_write(done);
                 }
                 // Step 5.
                 done = async { sync.as_mut().expect("guarded").0.as_mut().await }, if sync.is_some() => {
                     if let Some((_, syncing)) = sync.take() {
+                        io_completed = true;
                         self.complete_sync(done, syncing);
                     }
                 }
@@ -384,33 +424,27 @@ impl<B: Backend> Writer<B> {
                         Err(error) => tracing::warn!(%error, "WAL segment deletion task failed"),
                     }
                 }
-                // Step 1.
-                command = commands.recv(), if receiving && room => match command {
-                    Some(Command::Close { reply }) => {
-                        close_replies.push(reply);
-                        receiving = false;
+                // Step 1. Everything waiting, up to the bound, in one go: this is what makes
+                // groups large, and it releases the channel's permits once per batch. While a
+                // write or sync is in flight the ring thread does not wait on the channel
+                // (every send would wake it, which cost more CPU than the append itself):
+                // commands wait there and are taken at the next I/O completion, or after
+                // `ACCEPT_WHILE_BUSY` when the disk is slow, so a stalled disk still fills the
+                // writer's bounded queue.
+                received = commands.recv_many(&mut incoming, queue_max - self.queue.len()),
+                    if accepting =>
+                {
+                    if io_busy {
+                        accept_deadline = Some(tokio::time::Instant::now() + ACCEPT_WHILE_BUSY);
+                    }
+                    self.take_commands(received, &mut incoming, &mut receiving, &mut close_replies);
+                    if !receiving {
                         commands.close();
                     }
-                    Some(command) => {
-                        self.accept(command);
-                        // Take what is already waiting, up to the bound: this is what makes
-                        // groups large.
-                        while self.queue.len() < queue_max {
-                            match commands.try_recv() {
-                                Ok(Command::Close { reply }) => {
-                                    close_replies.push(reply);
-                                    receiving = false;
-                                    commands.close();
-                                    break;
-                                }
-                                Ok(command) => self.accept(command),
-                                Err(_) => break,
-                            }
-                        }
-                        self.note_queue_len();
-                    }
-                    None => receiving = false,
-                },
+                }
+                () = sleep_until(accept_due), if accept_due.is_some() => {
+                    accept_deadline = None;
+                }
                 () = sleep_until(sync_due), if sync_due.is_some() => {
                     self.sync_deadline = None;
                     self.sync_requested = true;
@@ -424,15 +458,19 @@ impl<B: Backend> Writer<B> {
         if let Some((_, handle)) = self.preparing.take() {
             let _ = handle.await;
         }
-        // A deletion in flight finishes; an unlink that failed earlier gets one more try.
-        for _ in 0..2 {
+        // A deletion in flight finishes. Then what a checkpoint made durable meanwhile allows
+        // (its deletion was wanted while that one ran) is deleted too, and an unlink that
+        // failed earlier gets one more try: at most two more rounds, so a persistent error
+        // cannot hold the close.
+        for _ in 0..3 {
             if let Some(handle) = self.deleting.take()
                 && let Ok(deleted) = handle.await
             {
                 self.count_deletions(&deleted);
                 self.unlink_retry.extend(deleted.failed);
             }
-            if self.poison.is_some() || self.unlink_retry.is_empty() {
+            let wanted = std::mem::take(&mut self.deletion_wanted);
+            if self.poison.is_some() || (self.unlink_retry.is_empty() && !wanted) {
                 break;
             }
             self.start_deletions();
@@ -444,6 +482,34 @@ impl<B: Backend> Writer<B> {
         for reply in close_replies {
             let _ = reply.send(result.clone());
         }
+    }
+
+    /// Step 1: a batch of `received` commands from the channel (0: the channel is closed)
+    /// into the queue. A close stops receiving; commands after it in the batch are dropped
+    /// unanswered, so their callers get `Closed` as if the channel had refused them.
+    fn take_commands(
+        &mut self,
+        received: usize,
+        incoming: &mut Vec<Command>,
+        receiving: &mut bool,
+        close_replies: &mut Vec<Reply<()>>,
+    ) {
+        if received == 0 {
+            *receiving = false;
+        }
+        for command in incoming.drain(..) {
+            if !*receiving {
+                continue;
+            }
+            match command {
+                Command::Close { reply } => {
+                    close_replies.push(reply);
+                    *receiving = false;
+                }
+                command => self.accept(command),
+            }
+        }
+        self.note_queue_len();
     }
 
     /// Step 1: one command into the queue.
@@ -462,26 +528,19 @@ impl<B: Backend> Writer<B> {
         let pending = match command {
             Command::Append {
                 kind,
-                timestamp,
                 event_bytes,
                 reply,
             } => Pending::Events {
-                timestamp,
                 items: Items::One(Some((kind, event_bytes))),
                 first_sequence: None,
                 reply: EventsReply::One(reply),
             },
-            Command::AppendBatch {
-                timestamp,
-                items,
-                reply,
-            } => {
+            Command::AppendBatch { items, reply } => {
                 if items.is_empty() {
                     let _ = reply.send(Ok(self.next_sequence..=self.next_sequence - 1));
                     return;
                 }
                 Pending::Events {
-                    timestamp,
                     items: Items::Many(items.into()),
                     first_sequence: None,
                     reply: EventsReply::Batch(reply),
@@ -544,6 +603,22 @@ impl<B: Backend> Writer<B> {
                 .all(|pair| pair[1].id == pair[0].id + 1),
             "unsynced groups not contiguous"
         );
+    }
+}
+
+/// Takes the commands already waiting in the channel without waiting for more: `None` when
+/// there are none (or the task's cooperative budget is spent; the next turn takes them).
+fn recv_ready(
+    commands: &mut mpsc::Receiver<Command>,
+    incoming: &mut Vec<Command>,
+    limit: usize,
+) -> Option<usize> {
+    // A no-op waker: a send must not wake the ring thread for this poll. The next real wait
+    // on the channel registers the task's own waker again.
+    let mut context = Context::from_waker(Waker::noop());
+    match std::pin::pin!(commands.recv_many(incoming, limit)).poll(&mut context) {
+        Poll::Ready(received) => Some(received),
+        Poll::Pending => None,
     }
 }
 

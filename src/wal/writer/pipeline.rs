@@ -168,7 +168,7 @@ impl<B: Backend> Writer<B> {
         if let SyncPolicy::Interval { sync_interval_ms } = self.config.sync {
             // Explicitly weaker: callers hear back once the write is done. What their
             // checkpoints allow (deletion) still waits for the sync.
-            replies::answer(std::mem::take(&mut meta.completions));
+            replies::answer(&mut meta.completions);
             if self.sync_deadline.is_none() {
                 self.sync_deadline =
                     Some(tokio::time::Instant::now() + Duration::from_millis(sync_interval_ms));
@@ -182,20 +182,25 @@ impl<B: Backend> Writer<B> {
     /// A sync finished: every group written before it started is durable.
     pub(super) fn complete_sync(&mut self, done: SyncDone, syncing: Syncing) {
         let records: u64 = syncing.groups.iter().map(|group| group.records).sum();
-        let mut completions: Vec<Completion> = Vec::new();
         let mut checkpoint = None;
-        for group in syncing.groups {
+        for group in &syncing.groups {
             self.replies_awaiting_sync -= group.completions.len();
             if let Some(acked) = group.checkpoint {
                 checkpoint = Some((acked, group.segment));
             }
-            completions.extend(group.completions);
         }
         if let Some(poison) = &self.poison {
-            replies::fail_poisoned(completions, self.durable_sequence, poison);
+            for group in syncing.groups {
+                replies::fail_poisoned(group.completions, self.durable_sequence, poison);
+            }
             return;
         }
         if let Err(error) = done.result {
+            let completions = syncing
+                .groups
+                .into_iter()
+                .flat_map(|group| group.completions)
+                .collect();
             self.poison_with("fdatasync segment", done.path, error, completions);
             return;
         }
@@ -217,7 +222,12 @@ impl<B: Backend> Writer<B> {
             self.checkpoint_segment = segment;
             self.shared.acked_through.store(acked, Relaxed);
         }
-        replies::answer(completions);
+        // Groups in order, each group's callers in order: the same order as before the
+        // lists were reused.
+        for mut group in syncing.groups {
+            replies::answer(&mut group.completions);
+            self.completion_lists.push(group.completions);
+        }
         self.waiters
             .resolve_through(self.groups_durable, self.durable_sequence);
         // Durable progress: deletions a checkpoint allows, and unlinks to retry.

@@ -75,9 +75,10 @@ impl Waiters {
     }
 }
 
-/// Answers the callers of a written (interval policy) or durable group.
-pub(super) fn answer(completions: Vec<Completion>) {
-    for completion in completions {
+/// Answers the callers of a written (interval policy) or durable group, emptying the list
+/// (which keeps its capacity for reuse).
+pub(super) fn answer(completions: &mut Vec<Completion>) {
+    for completion in completions.drain(..) {
         match completion {
             Completion::Events { reply, first, last } => match reply {
                 EventsReply::One(reply) => drop(reply.send(Ok(first))),
