@@ -52,6 +52,9 @@ pub struct Wal {
     shared: Arc<Shared>,
     backend: BackendKind,
     dir: Arc<PathBuf>,
+    /// The configured segment size: a record larger than an empty segment can hold is
+    /// refused before anything of its batch is queued.
+    segment_max_bytes: u64,
     skipped_at_open: u64,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
@@ -127,6 +130,7 @@ impl Wal {
             shared: opened.shared,
             backend: opened.backend,
             dir: Arc::new(config.dir),
+            segment_max_bytes: config.segment_max_bytes,
             skipped_at_open: skipped,
             thread: Arc::new(Mutex::new(Some(opened.thread))),
         };
@@ -189,12 +193,15 @@ impl Wal {
 
     /// Appends events with consecutive sequences; returns their range once all are durable.
     ///
-    /// A batch is not atomic: it may span groups and segments. If a segment cannot be
-    /// created part-way (disk budget or ENOSPC), the error is
-    /// [`WalError::BatchPartlyDurable`], naming the durable prefix (those events keep their
-    /// sequences; [`WalError::durable_batch_prefix`] gives the range) and why the rest
-    /// failed. On any other error none of the batch is durable, except after
-    /// [`WalError::Poisoned`], when reopening the log shows what is.
+    /// The batch is checked whole before any of it is queued: an event that cannot be
+    /// encoded, or whose record no segment can hold ([`WalError::RecordTooLarge`]), fails the
+    /// call and nothing of the batch is written or takes a sequence.
+    ///
+    /// Writing is not atomic: a batch may span groups and segments. If a segment cannot be
+    /// created part-way (disk budget or ENOSPC), or the log is poisoned part-way, the error
+    /// is [`WalError::BatchPartlyDurable`], naming the durable prefix (those events keep
+    /// their sequences; [`WalError::durable_batch_prefix`] gives the range) and why the rest
+    /// failed. On any other error none of the batch is durable.
     pub async fn append_batch(
         &self,
         events: Vec<(ProcessEvent, EventKind)>,
@@ -211,11 +218,26 @@ impl Wal {
         let mut items = Vec::with_capacity(events.len());
         for (mut event, kind) in events {
             event.truncate_to_limits();
-            items.push((kind, encode(&event)?));
+            let bytes = encode(&event)?;
+            self.check_fits_a_segment(bytes.len())?;
+            items.push((kind, bytes));
         }
         let (reply, receiver) = oneshot::channel();
         self.send(Command::AppendBatch { items, reply }).await?;
         Ok(BatchReceipt { receiver })
+    }
+
+    /// Refuses a record of `record_bytes` encoded bytes that even an empty segment cannot
+    /// hold (the writer would refuse it too, but only after the batch's earlier events).
+    fn check_fits_a_segment(&self, record_bytes: usize) -> Result<(), WalError> {
+        let frame_bytes = format::frame_len(format::EVENT_FIXED_PAYLOAD_BYTES + record_bytes);
+        if (format::SEGMENT_HEADER_BYTES + frame_bytes) as u64 > self.segment_max_bytes {
+            return Err(WalError::RecordTooLarge {
+                frame_bytes,
+                segment_max_bytes: self.segment_max_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// Waits until everything appended before this call is durable; returns the durable

@@ -347,3 +347,32 @@ fn interval_policy_acknowledges_writes_and_reports_durability_truthfully() {
         rt.block_on(wal.close()).unwrap();
     }
 }
+
+#[test]
+fn a_batch_with_a_record_no_segment_can_hold_is_refused_whole() {
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = small_config(dir.path(), backend);
+        config.segment_max_bytes = 64 * 1024;
+        config.group_max_bytes = 16 * 1024;
+        let (wal, _) = Wal::open(config).unwrap();
+        runtime().block_on(async {
+            // Event 2 of 4 is within the event limits but larger than a whole segment.
+            let mut batch: Vec<_> = (1..=4).map(|i| (event(i), kind(i))).collect();
+            batch[2].0.command_line.push("x".repeat(100_000));
+            let error = wal.append_batch(batch).await.expect_err("too large");
+            assert!(
+                matches!(error, WalError::RecordTooLarge { .. }),
+                "{backend:?}: {error:?}"
+            );
+            assert_eq!(error.durable_batch_prefix(), None, "nothing of it written");
+            // Nothing of the refused batch took a sequence or reached the log.
+            assert_eq!(wal.sync().await.unwrap(), 0, "{backend:?}");
+            assert_eq!(wal.append(event(9), kind(9)).await.unwrap(), 1);
+            wal.close().await.unwrap();
+        });
+        let report = read_dir(dir.path()).unwrap();
+        assert!(report.is_clean(), "{backend:?}: {report:?}");
+        assert_eq!(report.events, 1, "{backend:?}");
+    }
+}
