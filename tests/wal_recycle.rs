@@ -262,6 +262,19 @@ fn a_power_loss_after_the_rename_before_the_new_header_recovers() {
     let stale = found.segments.last().unwrap();
     assert_eq!(stale.stale_header_number, Some(oldest.number));
     assert!(stale.is_unused_recycled());
+    // `stats` names it for what it is, not a damaged header.
+    let stats = std::process::Command::new(env!("CARGO_BIN_EXE_procmond-wal"))
+        .arg("stats")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&stats.stdout);
+    let row = table
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(&next.to_string()))
+        .unwrap_or_else(|| panic!("a row for segment {next}: {table}"));
+    assert!(row.contains("unused"), "{table}");
+    assert!(!table.contains("bad header"), "{table}");
     // Open accepts the file (it is this log's own), and writing goes on after `last`.
     let more = fill(&config, 10_000, 20, 20);
     assert_eq!(more, last + 20);

@@ -114,11 +114,14 @@ fn total_file_bytes(report: &OpenReport) -> u64 {
         .sum()
 }
 
-/// `active` (writing resumes here), `sealed`, `prepared` (created ahead, never written) or
-/// `bad header`.
+/// `active` (writing resumes here), `sealed`, `prepared` (created ahead, never written),
+/// `unused` (renamed for recycling, its new header never written: docs/format.md §7.8; the
+/// next open removes it) or `bad header`.
 fn segment_state(segment: &SegmentReport, is_last_written: bool) -> String {
     if segment.is_blank() {
         "prepared".to_owned()
+    } else if segment.is_unused_recycled() {
+        "unused".to_owned()
     } else if segment.header_problem.is_some() {
         "bad header".to_owned()
     } else if is_last_written {
