@@ -7,75 +7,24 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use proptest::prelude::*;
-use proptest::test_runner::Config;
 
+use procmond_wal::EventKind;
 use procmond_wal::wal::format::{
     self, CheckpointEntry, FrameLayout, FrameProbe, FrameSeed, Record, RecordKind, WalEntry,
 };
 use procmond_wal::wal::scan::{ScanItem, SegmentScan};
 use procmond_wal::wal::{BackendChoice, Wal, WalReader};
-use procmond_wal::{EventKind, ProcessEvent};
 
 mod common;
+
+use common::strategies::{config, process_event, time_ns};
 
 const SEED: FrameSeed = FrameSeed {
     segment_number: 7,
     salt: 0x5eed_0f5a_17ed,
 };
-
-fn config(cases: u32) -> Config {
-    Config {
-        cases,
-        ..Config::default()
-    }
-}
-
-fn text() -> impl Strategy<Value = String> {
-    proptest::collection::vec(any::<char>(), 0..20).prop_map(|chars| chars.into_iter().collect())
-}
-
-fn time_ns() -> impl Strategy<Value = DateTime<Utc>> {
-    any::<i64>().prop_map(DateTime::from_timestamp_nanos)
-}
-
-/// Any f64 but NaN (NaN != NaN would make the equality checks meaningless).
-fn number() -> impl Strategy<Value = f64> {
-    use proptest::num::f64::{INFINITE, NEGATIVE, NORMAL, POSITIVE, SUBNORMAL, ZERO};
-    POSITIVE | NEGATIVE | NORMAL | SUBNORMAL | ZERO | INFINITE
-}
-
-prop_compose! {
-    fn process_event()(
-        (pid, ppid, name, executable_path) in
-            (any::<u32>(), any::<Option<u32>>(), text(), proptest::option::of(text())),
-        (command_line, start_time, cpu_usage_percent, memory_usage_bytes) in (
-            proptest::collection::vec(text(), 0..6),
-            proptest::option::of(time_ns()),
-            proptest::option::of(number()),
-            any::<Option<u64>>(),
-        ),
-        (executable_hash, hash_algorithm, user_id) in (
-            proptest::option::of(text()),
-            proptest::option::of(text()),
-            proptest::option::of(text()),
-        ),
-        (accessible, file_exists, collection_time, platform_metadata, truncated) in (
-            any::<bool>(),
-            any::<bool>(),
-            time_ns(),
-            proptest::collection::btree_map(text(), text(), 0..5),
-            any::<bool>(),
-        ),
-    ) -> ProcessEvent {
-        ProcessEvent {
-            pid, ppid, name, executable_path, command_line, start_time, cpu_usage_percent,
-            memory_usage_bytes, executable_hash, hash_algorithm, user_id, accessible,
-            file_exists, collection_time, platform_metadata, truncated,
-        }
-    }
-}
 
 prop_compose! {
     fn wal_entry()(

@@ -4,11 +4,12 @@
 
 mod common;
 
+use common::strategies::{config, kind, process_event, time_ns};
+
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use proptest::prelude::*;
-use proptest::test_runner::Config;
 
 use procmond_wal::event::limits;
 use procmond_wal::wal::format::{
@@ -18,63 +19,6 @@ use procmond_wal::wal::format::{
 use procmond_wal::wal::scan::{ScanItem, SegmentScan};
 use procmond_wal::wal::{Wal, WalReader};
 use procmond_wal::{EventKind, ProcessEvent};
-
-fn config(cases: u32) -> Config {
-    Config {
-        cases,
-        ..Config::default()
-    }
-}
-
-fn time_ns() -> impl Strategy<Value = DateTime<Utc>> {
-    any::<i64>().prop_map(DateTime::from_timestamp_nanos)
-}
-
-/// Any f64 but NaN (NaN != NaN would make equality meaningless; its bits round-trip too).
-fn number() -> impl Strategy<Value = f64> {
-    use proptest::num::f64::{INFINITE, NEGATIVE, NORMAL, POSITIVE, SUBNORMAL, ZERO};
-    POSITIVE | NEGATIVE | NORMAL | SUBNORMAL | ZERO | INFINITE
-}
-
-fn text() -> impl Strategy<Value = String> {
-    // Arbitrary unicode scalar values, including control characters and astral planes.
-    proptest::collection::vec(any::<char>(), 0..24).prop_map(|chars| chars.into_iter().collect())
-}
-
-fn kind() -> impl Strategy<Value = EventKind> {
-    prop::sample::select(EventKind::ALL.to_vec())
-}
-
-prop_compose! {
-    fn process_event()(
-        (pid, ppid, name, executable_path) in
-            (any::<u32>(), any::<Option<u32>>(), text(), proptest::option::of(text())),
-        (command_line, start_time, cpu_usage_percent, memory_usage_bytes) in (
-            proptest::collection::vec(text(), 0..6),
-            proptest::option::of(time_ns()),
-            proptest::option::of(number()),
-            any::<Option<u64>>(),
-        ),
-        (executable_hash, hash_algorithm, user_id) in (
-            proptest::option::of(text()),
-            proptest::option::of(text()),
-            proptest::option::of(text()),
-        ),
-        (accessible, file_exists, collection_time, platform_metadata, truncated) in (
-            any::<bool>(),
-            any::<bool>(),
-            time_ns(),
-            proptest::collection::btree_map(text(), text(), 0..6),
-            any::<bool>(),
-        ),
-    ) -> ProcessEvent {
-        ProcessEvent {
-            pid, ppid, name, executable_path, command_line, start_time, cpu_usage_percent,
-            memory_usage_bytes, executable_hash, hash_algorithm, user_id, accessible,
-            file_exists, collection_time, platform_metadata, truncated,
-        }
-    }
-}
 
 const SALT: u64 = 0x0bad_5a17;
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod log_capture;
+pub mod strategies;
 
 use std::path::Path;
 use std::sync::OnceLock;
