@@ -235,15 +235,12 @@ fn sigkill_mid_stream_never_loses_a_sequence_reported_durable() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut reported: BTreeMap<u64, Id> = BTreeMap::new();
-    let mut lcg: u64 = 0x0c4a_5eed;
+    let mut lcg = common::Lcg(0x0c4a_5eed);
     let mut next_sequence = 1;
     let backends = common::BACKENDS.available();
     for run in 0..iterations {
         let backend = backends[(run % backends.len() as u64) as usize];
-        lcg = lcg
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        let kill_after = 1 + (lcg >> 33) % 300;
+        let kill_after = 1 + lcg.next() % 300;
         let what = format!("run {run} ({backend:?}, kill after {kill_after} lines)");
         let mut child = spawn_child(dir.path(), backend, run);
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();

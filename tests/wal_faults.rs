@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{event, kind, runtime};
+use common::{Lcg, event, kind, runtime};
 use procmond_wal::io::Preallocation;
 use procmond_wal::io::sim::{Fault, SimDisk};
 use procmond_wal::wal::recovery::read_dir;
@@ -131,23 +131,11 @@ fn enospc_is_a_clear_error_loses_nothing_and_recovers_when_space_returns() {
     assert!(read_dir(dir.path()).unwrap().is_clean());
 }
 
-/// Deterministic pseudo-random numbers for the simulation.
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-}
-
 /// One seeded run: cycles of appends (some awaited, some left in flight), syncs, checkpoints
 /// (and so rotations and deletions), each ending in a power cut with torn unsynced sectors
 /// and lost unsynced directory entries, or in a process death that keeps the page cache;
-/// the log is reopened after each. A third of the seeds use the interval policy.
-/// One seeded run; returns whether a reopen found a segment written after recycling.
+/// the log is reopened after each. A third of the seeds use the interval policy. Returns
+/// whether a reopen found a segment written after recycling.
 fn simulate(seed: u64) -> bool {
     let dir = tempfile::tempdir().unwrap();
     let disk = SimDisk::new();

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use common::{BACKENDS, event, kind, runtime};
+use common::{BACKENDS, Lcg, event, kind, runtime};
 use procmond_wal::io::Preallocation;
 use procmond_wal::io::sim::SimDisk;
 use procmond_wal::wal::format::{SegmentHeader, WATERMARK_FRAME_BYTES};
@@ -368,18 +368,6 @@ fn power_loss_with_recycling_never_loses_an_acknowledged_event() {
         recycled_seen > 0,
         "no simulated run ever wrote to a recycled segment"
     );
-}
-
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        self.0 >> 33
-    }
 }
 
 /// One seeded run; returns how many reopens found a recycled segment.

@@ -126,3 +126,18 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("test runtime")
 }
+
+/// Deterministic pseudo-random numbers for seeded tests (a 64-bit linear congruential
+/// generator, Knuth's MMIX constants): the same seed gives the same run.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    /// The next value: the high 31 bits of the advanced state.
+    pub fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+}
