@@ -428,10 +428,11 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
     }
     if let Some(salt) = report.salt {
         for segment in &report.segments {
-            repair_blank_header(segment, salt, report.next_sequence)?;
+            repair_header(segment, salt, report.next_sequence, HeaderRepair::Blank)?;
         }
         if let Some(last) = last_written {
-            repair_stale_header(&report.segments[last], salt, report.next_sequence)?;
+            let newest = &report.segments[last];
+            repair_header(newest, salt, report.next_sequence, HeaderRepair::Stale)?;
         }
     }
     let mut sealed: VecDeque<Sealed> = VecDeque::new();
@@ -519,70 +520,45 @@ fn plan(config: &WalConfig, report: &OpenReport) -> Result<Plan, WalError> {
     })
 }
 
-/// Gives a segment whose header block never reached the disk, but whose records recovery
-/// verified with the log's salt, its header back. Without it, the salt is known only from
-/// other segments; once those are deleted (a checkpoint in this segment covers them), its
-/// records, and the checkpoint keeping sequences from being reused, could no longer be
-/// verified. Only a block that is zero apart from the salt's copy is rewritten: nothing that
-/// is not this log's own header is ever overwritten.
-fn repair_blank_header(
-    segment: &recovery::SegmentReport,
-    salt: u64,
-    next_sequence: u64,
-) -> Result<(), WalError> {
-    let has_records = segment.events > 0 || segment.checkpoints > 0;
-    if segment.header_problem != Some(format::HeaderError::Blank) || !has_records {
-        return Ok(());
-    }
-    let path = &segment.path;
-    let io_error = |e| WalError::io("repair blank segment header", path, e);
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(io_error)?;
-    let mut block = vec![0u8; SEGMENT_HEADER_BYTES];
-    read_available_at(&file, &mut block, 0).map_err(io_error)?;
-    let copy = format::SALT_COPY_OFFSET..format::SALT_COPY_OFFSET + 8;
-    let only_salt_copy = block.iter().enumerate().all(|(at, &byte)| {
-        byte == 0 || (copy.contains(&at) && block[copy.clone()] == salt.to_le_bytes())
-    });
-    if !only_salt_copy {
-        return Ok(());
-    }
-    let header = format::SegmentHeader {
-        version: format::FORMAT_VERSION,
-        segment_number: segment.number,
-        first_sequence: segment.first_sequence.unwrap_or(next_sequence),
-        created_unix_ns: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
-        salt,
-    };
-    tracing::info!(
-        segment = segment.number,
-        first_sequence = header.first_sequence,
-        "rewriting the blank header of a WAL segment whose records are valid"
-    );
-    file.write_all_at(&header.encode_block(), 0)
-        .map_err(io_error)?;
-    file.sync_data().map_err(io_error)
+/// A header problem that open mends in a segment whose records recovery verified with the
+/// log's salt.
+#[derive(Clone, Copy)]
+enum HeaderRepair {
+    /// The header block never reached the disk (zero apart from the salt's copy). Without
+    /// a header, the salt is known only from other segments; once those are deleted (a
+    /// checkpoint in this segment covers them), its records, and the checkpoint keeping
+    /// sequences from being reused, could no longer be verified.
+    Blank,
+    /// A recycled segment whose new header never reached the disk but some of whose new
+    /// records did (a torn first write): the block still holds the header of the file's
+    /// earlier use (a lower number, this log's salt), so it is this log's own. It gets its
+    /// header back with the recycled flag.
+    Stale,
 }
 
-/// Gives a recycled segment whose new header never reached the disk, but some of whose new
-/// records did (a torn first write), its own header back, with the recycled flag: its block
-/// still holds the header of the file's earlier use (a lower number, this log's salt), so it
-/// is this log's own, and without its own header the records could not be verified once the
-/// other segments are gone (as for [`repair_blank_header`]).
-fn repair_stale_header(
+/// Gives `segment` its own header back when it has `repair`'s problem and holds records.
+/// The block is read again first and rewritten only if it is still exactly what recovery
+/// saw: nothing that is not this log's own header is ever overwritten.
+fn repair_header(
     segment: &recovery::SegmentReport,
     salt: u64,
     next_sequence: u64,
+    repair: HeaderRepair,
 ) -> Result<(), WalError> {
+    let has_problem = match repair {
+        HeaderRepair::Blank => segment.header_problem == Some(format::HeaderError::Blank),
+        HeaderRepair::Stale => segment.stale_header_number.is_some(),
+    };
     let has_records = segment.events > 0 || segment.checkpoints > 0;
-    if segment.stale_header_number.is_none() || !has_records {
+    if !has_problem || !has_records {
         return Ok(());
     }
     let path = &segment.path;
-    let io_error = |e| WalError::io("repair stale segment header", path, e);
+    let op = match repair {
+        HeaderRepair::Blank => "repair blank segment header",
+        HeaderRepair::Stale => "repair stale segment header",
+    };
+    let io_error = |e| WalError::io(op, path, e);
     let file = fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -590,10 +566,17 @@ fn repair_stale_header(
         .map_err(io_error)?;
     let mut block = vec![0u8; SEGMENT_HEADER_BYTES];
     read_available_at(&file, &mut block, 0).map_err(io_error)?;
-    // Only the stale header recovery saw is overwritten, nothing else.
-    let still_stale = format::SegmentHeader::decode(&block)
-        .is_ok_and(|old| recycle::is_stale_header(&old, segment.number, Some(salt)));
-    if !still_stale {
+    let still_as_found = match repair {
+        HeaderRepair::Blank => {
+            let copy = format::SALT_COPY_OFFSET..format::SALT_COPY_OFFSET + 8;
+            block.iter().enumerate().all(|(at, &byte)| {
+                byte == 0 || (copy.contains(&at) && block[copy.clone()] == salt.to_le_bytes())
+            })
+        }
+        HeaderRepair::Stale => format::SegmentHeader::decode(&block)
+            .is_ok_and(|old| recycle::is_stale_header(&old, segment.number, Some(salt))),
+    };
+    if !still_as_found {
         return Ok(());
     }
     let header = format::SegmentHeader {
@@ -604,12 +587,21 @@ fn repair_stale_header(
         salt,
     };
     let mut new_block = header.encode_block();
-    recycle::mark_recycled(&mut new_block);
-    tracing::info!(
-        segment = segment.number,
-        first_sequence = header.first_sequence,
-        "rewriting the stale header of a recycled WAL segment whose new records are valid"
-    );
+    match repair {
+        HeaderRepair::Blank => tracing::info!(
+            segment = segment.number,
+            first_sequence = header.first_sequence,
+            "rewriting the blank header of a WAL segment whose records are valid"
+        ),
+        HeaderRepair::Stale => {
+            recycle::mark_recycled(&mut new_block);
+            tracing::info!(
+                segment = segment.number,
+                first_sequence = header.first_sequence,
+                "rewriting the stale header of a recycled WAL segment whose new records are valid"
+            );
+        }
+    }
     file.write_all_at(&new_block, 0).map_err(io_error)?;
     file.sync_data().map_err(io_error)
 }
