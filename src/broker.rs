@@ -20,6 +20,7 @@
 pub mod client;
 mod connection;
 pub mod error;
+mod frame_reader;
 mod printer;
 mod router;
 mod socket;
@@ -66,7 +67,10 @@ pub struct BrokerConfig {
     pub max_publishers: usize,
     /// Most subscription patterns per connection. Default 64.
     pub max_patterns_per_connection: usize,
-    /// Most frames queued for one connection. Default 1024.
+    /// Most frames queued for one connection. Default 16 384: with the byte bound below it
+    /// lets a burst of small events through to a subscriber that reads as fast as it can
+    /// (the broker reads a publisher's frames much faster than it can write them one by
+    /// one to a subscriber), while the bytes stay bounded.
     pub subscriber_queue_max_messages: usize,
     /// Most bytes of event frames queued for one connection. Default 16 MiB.
     pub subscriber_queue_max_bytes: usize,
@@ -90,7 +94,7 @@ impl BrokerConfig {
             max_frame_bytes: MAX_FRAME_BODY_BYTES,
             max_publishers: 4096,
             max_patterns_per_connection: 64,
-            subscriber_queue_max_messages: 1024,
+            subscriber_queue_max_messages: 16 * 1024,
             subscriber_queue_max_bytes: 16 * 1024 * 1024,
             subscriber_write_timeout_ms: 10_000,
             read_buffer_bytes: 64 * 1024,

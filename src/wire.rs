@@ -19,6 +19,7 @@ pub mod error;
 pub mod frame;
 pub mod payload;
 pub mod topic;
+pub mod view;
 
 pub use control::{Ack, Hello, PROTOCOL_VERSION, Subscribe, Subscribed, Welcome};
 pub use envelope::{CorrelationMetadata, Message, MessageType, WireTime};
@@ -26,3 +27,4 @@ pub use error::WireError;
 pub use frame::{Body, FRAME_LENGTH_BYTES, MAX_FRAME_BODY_BYTES};
 pub use payload::CollectionEvent;
 pub use topic::{Pattern, Topic};
+pub use view::MessageView;

@@ -14,9 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::broker::frame_reader::{FrameReadError, FrameReader};
 use tokio::sync::{mpsc, watch};
 
 use crate::broker::Shared;
@@ -28,11 +30,11 @@ use crate::wire::control::{
     ControlPayload, HELLO_TOPIC, ResumePosition, SUBSCRIBE_FROM_TOPIC, SUBSCRIBE_TOPIC,
     SubscribeFrom,
 };
-use crate::wire::frame::{self, FRAME_LENGTH_BYTES};
+use crate::wire::frame::{FRAME_LENGTH_BYTES, PING_BODY, PONG_BODY};
 use crate::wire::topic::{Pattern, Topic};
 use crate::wire::{
-    Ack, Body, Hello, Message, MessageType, PROTOCOL_VERSION, Subscribe, Subscribed, Welcome,
-    WireError, WireTime,
+    Ack, Body, Hello, Message, MessageType, MessageView, PROTOCOL_VERSION, Subscribe, Subscribed,
+    Welcome, WireError, WireTime,
 };
 
 /// Origin used for the ids of messages the broker sends.
@@ -69,6 +71,15 @@ enum CloseReason {
     StuckSubscriber { timeout_ms: u64 },
     #[error("writer stopped (peer gone)")]
     WriterGone,
+}
+
+impl From<FrameReadError> for CloseReason {
+    fn from(error: FrameReadError) -> CloseReason {
+        match error {
+            FrameReadError::Io(error) => CloseReason::Io(error),
+            FrameReadError::Wire(error) => CloseReason::Wire(error),
+        }
+    }
 }
 
 impl CloseReason {
@@ -160,8 +171,11 @@ pub(crate) async fn serve(stream: UnixStream, id: u64, shared: Arc<Shared>) {
         replies,
     };
     let (ack_requests, ack_receiver) = watch::channel(None);
-    let mut reader =
-        BufReader::with_capacity(connection.shared.config.read_buffer_bytes, read_half);
+    let mut reader = FrameReader::new(
+        read_half,
+        connection.shared.config.read_buffer_bytes,
+        connection.shared.config.max_frame_bytes,
+    );
     let outcome = tokio::select! {
         // The acker ends after the read loop (which drops `ack_requests`) once it has served
         // the last request, or first with an error.
@@ -244,40 +258,20 @@ async fn write_frames(
     WriterEnd::PeerGone
 }
 
-/// Reads one frame (prefix and body, in one buffer so it can be forwarded as is); `None` at
-/// a clean end of stream between frames.
-async fn read_frame(
-    reader: &mut BufReader<OwnedReadHalf>,
-    max_frame_bytes: usize,
-) -> Result<Option<Vec<u8>>, CloseReason> {
-    let mut prefix = [0u8; FRAME_LENGTH_BYTES];
-    if reader.read(&mut prefix[..1]).await? == 0 {
-        return Ok(None);
-    }
-    reader.read_exact(&mut prefix[1..]).await?;
-    // Checked before allocating: a claimed 4 GiB body is refused, not reserved.
-    let body_bytes = frame::body_length(prefix, max_frame_bytes)?;
-    let mut frame = vec![0u8; FRAME_LENGTH_BYTES + body_bytes];
-    frame[..FRAME_LENGTH_BYTES].copy_from_slice(&prefix);
-    reader.read_exact(&mut frame[FRAME_LENGTH_BYTES..]).await?;
-    Ok(Some(frame))
-}
-
 impl Connection {
     /// Reads and handles frames until the peer leaves; hands ack requests to the acker
     /// (dropping `acks` at the end lets the acker finish).
     async fn read_loop(
         &mut self,
-        reader: &mut BufReader<OwnedReadHalf>,
+        reader: &mut FrameReader<OwnedReadHalf>,
         acks: AckRequests,
     ) -> Result<(), CloseReason> {
-        let max_frame_bytes = self.shared.config.max_frame_bytes;
-        while let Some(frame) = read_frame(reader, max_frame_bytes).await? {
+        while let Some(frame) = reader.next_frame().await? {
             if !self.handle_frame(frame).await? {
                 return Ok(());
             }
             // Acks are coalesced: one per batch of frames that arrived together.
-            if reader.buffer().is_empty() {
+            if !reader.has_buffered_frame() {
                 self.request_ack(&acks).await;
             }
         }
@@ -286,46 +280,68 @@ impl Connection {
     }
 
     /// Handles one frame; false when the peer announced shutdown.
-    async fn handle_frame(&mut self, frame: Vec<u8>) -> Result<bool, CloseReason> {
-        let message = match Body::decode(&frame[FRAME_LENGTH_BYTES..])? {
-            Body::Ping => {
-                self.reply(Bytes::from(Body::Pong.encode_frame()?)).await?;
-                Counters::bump(&self.shared.counters.pings_answered);
-                return Ok(true);
-            }
-            Body::Pong => return Ok(true),
-            Body::Message(message) => message,
-        };
+    ///
+    /// Events, the bulk of the traffic, are routed from a borrowing view of the envelope;
+    /// the rare control messages are decoded in full.
+    async fn handle_frame(&mut self, frame: Bytes) -> Result<bool, CloseReason> {
+        let body = &frame[FRAME_LENGTH_BYTES..];
+        if body == PING_BODY {
+            self.reply(Bytes::from(Body::Pong.encode_frame()?)).await?;
+            Counters::bump(&self.shared.counters.pings_answered);
+            return Ok(true);
+        }
+        if body == PONG_BODY {
+            return Ok(true);
+        }
+        let view = MessageView::decode(body)?;
         self.messages_seen += 1;
-        match message.message_type {
-            MessageType::Event => self.handle_event(message, Bytes::from(frame)).await?,
-            MessageType::Control if message.topic == HELLO_TOPIC => {
-                self.handle_hello(&message).await?
+        match view.message_type {
+            MessageType::Event => {
+                let (topic, sequence) = (view.topic, view.sequence);
+                self.handle_event(topic, sequence, &frame).await?
             }
-            MessageType::Control if message.topic == SUBSCRIBE_TOPIC => {
-                let subscribe = Subscribe::from_message(&message)?;
-                self.subscribe(subscribe.patterns, Vec::new()).await?
+            MessageType::Control => {
+                let message = Message::decode(body)?;
+                match message.topic.as_str() {
+                    HELLO_TOPIC => self.handle_hello(&message).await?,
+                    SUBSCRIBE_TOPIC => {
+                        let subscribe = Subscribe::from_message(&message)?;
+                        self.subscribe(subscribe.patterns, Vec::new()).await?
+                    }
+                    SUBSCRIBE_FROM_TOPIC => {
+                        let subscribe = SubscribeFrom::from_message(&message)?;
+                        self.subscribe(subscribe.patterns, subscribe.positions)
+                            .await?
+                    }
+                    topic => {
+                        tracing::debug!(connection_id = self.id, topic, "ignoring message");
+                    }
+                }
             }
-            MessageType::Control if message.topic == SUBSCRIBE_FROM_TOPIC => {
-                let subscribe = SubscribeFrom::from_message(&message)?;
-                self.subscribe(subscribe.patterns, subscribe.positions)
-                    .await?
-            }
-            MessageType::Control | MessageType::Heartbeat => {
-                tracing::debug!(connection_id = self.id, topic = %message.topic, "ignoring message");
+            MessageType::Heartbeat => {
+                tracing::debug!(
+                    connection_id = self.id,
+                    topic = view.topic,
+                    "ignoring message"
+                );
             }
             MessageType::Shutdown => return Ok(false),
         }
         Ok(true)
     }
 
-    async fn handle_event(&mut self, message: Message, frame: Bytes) -> Result<(), CloseReason> {
+    async fn handle_event(
+        &mut self,
+        topic: &str,
+        sequence: u64,
+        frame: &Bytes,
+    ) -> Result<(), CloseReason> {
         Counters::bump(&self.shared.counters.events_received);
-        Topic::parse(&message.topic)?;
+        Topic::parse(topic)?;
         let Some(entry) = &self.publisher else {
             // An upstream publisher (no hello): its sequence restarts per connection, so it
             // cannot be de-duplicated and gets no acks.
-            self.route(&message, frame, None).await;
+            self.route(topic, frame, None).await;
             return Ok(());
         };
         let entry = Arc::clone(entry);
@@ -335,27 +351,30 @@ impl Connection {
         // later cover every event at or below the mark.
         let mut state = entry.lock().await;
         self.ack_pending = true;
-        if state.high_water >= Some(message.sequence) {
+        if state.high_water >= Some(sequence) {
             Counters::bump(&self.shared.counters.events_duplicate);
             return Ok(());
         }
-        state.high_water = Some(message.sequence);
+        state.high_water = Some(sequence);
         let origin = Origin {
             publisher_id: &state.id,
-            sequence: message.sequence,
+            sequence,
         };
-        self.route(&message, frame, Some(origin)).await;
+        self.route(topic, frame, Some(origin)).await;
         Ok(())
     }
 
-    async fn route(&self, message: &Message, frame: Bytes, origin: Option<Origin<'_>>) {
+    async fn route(&self, topic: &str, frame: &Bytes, origin: Option<Origin<'_>>) {
         self.shared
             .router
-            .route(&message.topic, &frame, origin, &self.shared.counters);
+            .route(topic, frame, origin, &self.shared.counters);
         if let Some(printer) = &self.shared.printer {
-            printer
-                .print(message, origin.map(|origin| origin.publisher_id))
-                .await;
+            // Only the printer needs the whole envelope; the view already checked it.
+            if let Ok(message) = Message::decode(&frame[FRAME_LENGTH_BYTES..]) {
+                printer
+                    .print(&message, origin.map(|origin| origin.publisher_id))
+                    .await;
+            }
         }
     }
 

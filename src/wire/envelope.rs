@@ -149,6 +149,7 @@ pub struct Message {
     /// Correlation metadata.
     pub correlation_metadata: CorrelationMetadata,
     /// The payload (for events, a postcard `CollectionEvent`).
+    #[serde(with = "payload_as_bytes")]
     pub payload: Vec<u8>,
     /// For our events: the publisher's WAL sequence. Upstream: a per-connection counter.
     pub sequence: u64,
@@ -255,6 +256,57 @@ mod uuid_as_bytes {
     }
 }
 
+/// The payload as a postcard byte string: the same bytes on the wire as serde's default for
+/// a `Vec<u8>` (a varint length, then one byte per element), but encoded and decoded as one
+/// slice instead of element by element.
+mod payload_as_bytes {
+    use std::fmt;
+
+    use serde::de::{Error, SeqAccess, Visitor};
+
+    use super::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        payload: &[u8],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(payload)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<u8>, D::Error> {
+        deserializer.deserialize_bytes(PayloadVisitor)
+    }
+
+    struct PayloadVisitor;
+
+    impl<'de> Visitor<'de> for PayloadVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("a byte string")
+        }
+
+        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(bytes.to_vec())
+        }
+
+        fn visit_byte_buf<E: Error>(self, bytes: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(bytes)
+        }
+
+        // Self-describing formats may present bytes as a sequence.
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(byte) = seq.next_element::<u8>()? {
+                bytes.push(byte);
+            }
+            Ok(bytes)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +318,24 @@ mod tests {
         let std_serde = postcard::to_allocvec(&time).expect("encode");
         assert_eq!(ours, std_serde);
         assert_eq!(ours, [0x80, 0xe2, 0xcf, 0xaa, 0x06, 0x05]);
+    }
+
+    /// The byte-string payload is the layout serde gives a plain `Vec<u8>` (what upstream's
+    /// envelope derives), both ways.
+    #[test]
+    fn payload_bytes_match_the_default_vec_layout() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Fast(#[serde(with = "payload_as_bytes")] Vec<u8>);
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Plain(Vec<u8>);
+        for length in [0usize, 1, 127, 128, 300, 70_000] {
+            let payload: Vec<u8> = (0..length).map(|i| (i * 7) as u8).collect();
+            let fast = postcard::to_allocvec(&Fast(payload.clone())).expect("encode");
+            let plain = postcard::to_allocvec(&Plain(payload.clone())).expect("encode");
+            assert_eq!(fast, plain, "{length} bytes");
+            let decoded: Fast = postcard::from_bytes(&plain).expect("decode");
+            assert_eq!(decoded.0, payload);
+        }
     }
 
     #[test]
