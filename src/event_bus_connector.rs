@@ -64,6 +64,7 @@ mod held;
 mod ingest;
 mod link;
 mod publisher_id;
+mod receipt;
 pub mod redact;
 mod replay;
 mod ring;
@@ -82,6 +83,7 @@ pub use backpressure::BackpressureSignal;
 pub use config::{BROKER_SOCKET_ENV, ConnectorConfig, SocketSource};
 pub use error::{EventBusConnectorError, EventBusConnectorResult};
 pub use publisher_id::PUBLISHER_ID_FILE;
+pub use receipt::{BatchPublishReceipt, PublishReceipt};
 pub use redact::Redaction;
 pub use stats::{ConnectorStats, LinkState};
 
@@ -205,8 +207,22 @@ impl EventBusConnector {
         event: ProcessEvent,
         kind: ProcessEventType,
     ) -> EventBusConnectorResult<u64> {
-        let reply = self.hand_over(event, kind).await?;
-        reply_sequence(reply).await
+        self.enqueue(event, kind).await?.await
+    }
+
+    /// The first half of [`EventBusConnector::publish`]: redacts, encodes and hands the
+    /// event over, and returns once its place in the log is fixed (events enqueued one after
+    /// the other get increasing sequences). The receipt resolves like `publish` does, once
+    /// the event is durable. This is how one task keeps many publishes in flight: enqueue
+    /// several, then await their receipts in order. Dropping a receipt does not withdraw the
+    /// event: it is still made durable and delivered.
+    pub async fn enqueue(
+        &self,
+        event: ProcessEvent,
+        kind: ProcessEventType,
+    ) -> EventBusConnectorResult<PublishReceipt> {
+        let receiver = self.hand_over(event, kind).await?;
+        Ok(PublishReceipt { receiver })
     }
 
     /// Publishes several events with consecutive sequences; returns them (in order) once
@@ -229,9 +245,24 @@ impl EventBusConnector {
         &self,
         events: Vec<(ProcessEvent, ProcessEventType)>,
     ) -> EventBusConnectorResult<Vec<u64>> {
+        if events.is_empty() {
+            self.check_accepting()?;
+            return Ok(Vec::new());
+        }
+        self.enqueue_batch(events).await?.await
+    }
+
+    /// The first half of [`EventBusConnector::publish_batch`], as
+    /// [`EventBusConnector::enqueue`] is of `publish`: checks and hands the batch over, and
+    /// returns once its place in the log is fixed; the receipt resolves once all of it is
+    /// durable (or fails as `publish_batch` does). An empty batch resolves to no sequences.
+    pub async fn enqueue_batch(
+        &self,
+        events: Vec<(ProcessEvent, ProcessEventType)>,
+    ) -> EventBusConnectorResult<BatchPublishReceipt> {
         self.check_accepting()?;
         if events.is_empty() {
-            return Ok(Vec::new());
+            return Ok(BatchPublishReceipt { receiver: None });
         }
         // Every payload goes into one buffer: one allocation per batch, shared by the
         // events' slices until the broker has acknowledged them all.
@@ -283,10 +314,9 @@ impl EventBusConnector {
                 reply,
             })
             .map_err(|_| EventBusConnectorError::ShutDown)?;
-        match receiver.await {
-            Ok(result) => result.map(Iterator::collect).map_err(wal_error),
-            Err(_) => Err(EventBusConnectorError::ShutDown),
-        }
+        Ok(BatchPublishReceipt {
+            receiver: Some(receiver),
+        })
     }
 
     /// Whether the event's WAL record fits in an empty segment (the WAL refuses it
@@ -518,15 +548,6 @@ fn wal_error(error: WalError) -> EventBusConnectorError {
     match error {
         WalError::Closed => EventBusConnectorError::ShutDown,
         error => EventBusConnectorError::Wal(error),
-    }
-}
-
-async fn reply_sequence(
-    reply: oneshot::Receiver<Result<u64, WalError>>,
-) -> EventBusConnectorResult<u64> {
-    match reply.await {
-        Ok(result) => result.map_err(wal_error),
-        Err(_) => Err(EventBusConnectorError::ShutDown),
     }
 }
 

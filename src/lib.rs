@@ -25,6 +25,6 @@ pub mod wire;
 
 pub use event::{EventKind, ProcessEvent};
 pub use event_bus_connector::{
-    BackpressureSignal, ConnectorConfig, EventBusConnector, EventBusConnectorError,
-    ProcessEventType,
+    BackpressureSignal, BatchPublishReceipt, ConnectorConfig, EventBusConnector,
+    EventBusConnectorError, ProcessEventType, PublishReceipt,
 };

@@ -114,7 +114,11 @@ pub(crate) async fn run(mut receiver: mpsc::UnboundedReceiver<Ingest>, core: Rc<
                     }
                 }
             }
-            message = receiver.recv(), if open => match message {
+            // Only waited on when nothing is pending: a hand-over cannot be finished before
+            // its receipt resolves, and the messages that arrive meanwhile are taken in bulk
+            // once it does. So a publisher's send does not wake this thread while a group is
+            // in flight (one wake-up per group, not per event).
+            message = receiver.recv(), if open && pending.is_empty() => match message {
                 Some(message) => pending.push_back(message),
                 None => open = false,
             },
