@@ -6,8 +6,11 @@
 //! Owns only the measurement and its report; the connector and WAL are the library's.
 //! Without `--socket`, a reference broker runs in this process on a temporary socket.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,12 +41,12 @@ pub struct ConnectorLoadArgs {
     /// Concurrent publisher tasks (each with `--in-flight` calls in flight).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub publishers: u64,
-    /// Events per call: 1 uses `publish` (one in flight per publisher); more uses
-    /// `publish_batch` (and `append_batch` for the WAL alone).
+    /// Events per call: 1 uses `enqueue` (one event per call); more uses `enqueue_batch`
+    /// (for the connector and for the WAL alone).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub batch: u64,
-    /// Calls (`publish` or `publish_batch`) each publisher keeps in flight at once: it
-    /// starts the next as soon as one resolves (pipelining from one caller).
+    /// Calls each publisher keeps in flight at once: it enqueues until this many receipts
+    /// are outstanding, then awaits the oldest (pipelining from one caller, no task per call).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub in_flight: u64,
     /// Approximate stored event size in bytes.
@@ -180,58 +183,7 @@ async fn load(args: ConnectorLoadArgs) -> Result<(), String> {
     let template = sized_event(args.event_bytes);
     let cpu_at_start = CpuSample::take();
     let started = Instant::now();
-    let mut publishers = JoinSet::new();
-    let per_publisher = args.events.div_ceil(args.publishers);
-    let print = args.print_durable;
-    for publisher in 0..args.publishers {
-        let connector = connector.clone();
-        let template = template.clone();
-        let count = per_publisher.min(args.events.saturating_sub(publisher * per_publisher));
-        let batch = args.batch;
-        let in_flight = args.in_flight;
-        publishers.spawn(async move {
-            let mut highest = 0;
-            let mut index = 0;
-            let mut calls = JoinSet::new();
-            while index < count || !calls.is_empty() {
-                if index < count && (calls.len() as u64) < in_flight {
-                    let size = batch.min(count - index);
-                    let events = (index..index + size)
-                        .map(|i| numbered(&template, i))
-                        .collect::<Vec<_>>();
-                    index += size;
-                    let connector = connector.clone();
-                    calls.spawn(async move {
-                        if size == 1 {
-                            let (event, kind) = events.into_iter().next().ok_or("empty batch")?;
-                            connector.publish(event, kind).await
-                        } else {
-                            connector
-                                .publish_batch(events)
-                                .await
-                                .map(|s| s.into_iter().max().unwrap_or(0))
-                        }
-                        .map_err(|error| error.to_string())
-                    });
-                    continue;
-                }
-                let Some(joined) = calls.join_next().await else {
-                    break;
-                };
-                let sequence = joined.map_err(|error| error.to_string())??;
-                if print {
-                    let mut out = std::io::stdout().lock();
-                    let _ = writeln!(out, "durable {sequence}").and_then(|()| out.flush());
-                }
-                highest = highest.max(sequence);
-            }
-            Ok::<u64, String>(highest)
-        });
-    }
-    let mut highest = 0;
-    while let Some(joined) = publishers.join_next().await {
-        highest = highest.max(joined.map_err(|error| error.to_string())??);
-    }
+    let highest = drive(&args, Target::Connector(connector.clone()), &template).await?;
     let durable_seconds = started.elapsed().as_secs_f64();
     let acked_seconds = if args.no_wait_acked {
         None
@@ -271,7 +223,7 @@ async fn load(args: ConnectorLoadArgs) -> Result<(), String> {
         wal_only,
         acked_vs_wal_only,
     };
-    if !print {
+    if !args.print_durable {
         let text = serde_json::to_string_pretty(&report).map_err(|error| error.to_string())?;
         println!("{text}");
     }
@@ -373,49 +325,111 @@ async fn wal_only(
     let wal = Arc::new(wal);
     let cpu_at_start = CpuSample::take();
     let started = Instant::now();
-    let mut publishers = JoinSet::new();
-    let per_publisher = args.events.div_ceil(args.publishers);
-    for publisher in 0..args.publishers {
-        let wal = Arc::clone(&wal);
-        let template = template.clone();
-        let count = per_publisher.min(args.events.saturating_sub(publisher * per_publisher));
-        let batch = args.batch;
-        let in_flight = args.in_flight;
-        publishers.spawn(async move {
-            let mut index = 0;
-            let mut calls = JoinSet::new();
-            while index < count || !calls.is_empty() {
-                if index < count && (calls.len() as u64) < in_flight {
-                    let size = batch.min(count - index);
-                    let mut events = (index..index + size)
-                        .map(|i| numbered(&template, i))
-                        .collect::<Vec<_>>();
-                    index += size;
-                    let wal = Arc::clone(&wal);
-                    calls.spawn(async move {
-                        if size == 1 {
-                            let (event, kind) = events.pop().ok_or("empty batch")?;
-                            wal.append(event, kind).await.map(drop)
-                        } else {
-                            wal.append_batch(events).await.map(drop)
-                        }
-                        .map_err(|error| error.to_string())
-                    });
-                    continue;
-                }
-                if let Some(joined) = calls.join_next().await {
-                    joined.map_err(|error| error.to_string())??;
-                }
-            }
-            Ok::<(), String>(())
-        });
-    }
-    while let Some(joined) = publishers.join_next().await {
-        joined.map_err(|error| error.to_string())??;
-    }
+    drive(args, Target::Wal(Arc::clone(&wal)), template).await?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu = CpuSample::take().since(cpu_at_start);
     let wal = Arc::try_unwrap(wal).map_err(|_| "WAL handle still shared".to_owned())?;
     wal.close().await.map_err(|error| error.to_string())?;
     Ok(figures(args, seconds, None, cpu))
+}
+
+/// What the publishers drive: the connector, or the WAL alone for comparison.
+#[derive(Clone)]
+enum Target {
+    Connector(EventBusConnector),
+    Wal(Arc<Wal>),
+}
+
+/// A call's receipt: resolves to the highest sequence of the call once it is durable.
+type Receipt = Pin<Box<dyn Future<Output = Result<u64, String>> + Send>>;
+
+fn text(error: impl std::fmt::Display) -> String {
+    error.to_string()
+}
+
+impl Target {
+    /// Hands one call's events over (`enqueue` for one event, `enqueue_batch` for more) and
+    /// returns its receipt.
+    async fn submit(&self, mut events: Vec<(ProcessEvent, EventKind)>) -> Result<Receipt, String> {
+        let single = if events.len() == 1 {
+            events.pop()
+        } else {
+            None
+        };
+        Ok(match (self, single) {
+            (Target::Connector(connector), Some((event, kind))) => {
+                let receipt = connector.enqueue(event, kind).await.map_err(text)?;
+                Box::pin(async move { receipt.await.map_err(text) })
+            }
+            (Target::Connector(connector), None) => {
+                let receipt = connector.enqueue_batch(events).await.map_err(text)?;
+                Box::pin(async move {
+                    let sequences = receipt.await.map_err(text)?;
+                    Ok(sequences.last().copied().unwrap_or(0))
+                })
+            }
+            (Target::Wal(wal), Some((event, kind))) => {
+                let receipt = wal.enqueue(event, kind).await.map_err(text)?;
+                Box::pin(async move { receipt.await.map_err(text) })
+            }
+            (Target::Wal(wal), None) => {
+                let receipt = wal.enqueue_batch(events).await.map_err(text)?;
+                Box::pin(async move { receipt.await.map(|range| *range.end()).map_err(text) })
+            }
+        })
+    }
+}
+
+/// Runs `--publishers` tasks, each keeping `--in-flight` calls of `--batch` events in flight
+/// on `target`; returns the highest durable sequence.
+///
+/// A publisher awaits its receipts in the order it made the calls (they resolve in that
+/// order), in a FIFO inside its task: no task per call, so the harness costs the same
+/// little for the connector and for the WAL alone.
+async fn drive(
+    args: &ConnectorLoadArgs,
+    target: Target,
+    template: &ProcessEvent,
+) -> Result<u64, String> {
+    let mut publishers = JoinSet::new();
+    let per_publisher = args.events.div_ceil(args.publishers);
+    let print = args.print_durable;
+    for publisher in 0..args.publishers {
+        let target = target.clone();
+        let template = template.clone();
+        let count = per_publisher.min(args.events.saturating_sub(publisher * per_publisher));
+        let batch = args.batch;
+        let in_flight = usize::try_from(args.in_flight).unwrap_or(usize::MAX);
+        publishers.spawn(async move {
+            let mut highest = 0;
+            let mut index = 0;
+            let mut pending: VecDeque<Receipt> = VecDeque::new();
+            while index < count || !pending.is_empty() {
+                if index < count && pending.len() < in_flight {
+                    let size = batch.min(count - index);
+                    let events = (index..index + size)
+                        .map(|i| numbered(&template, i))
+                        .collect::<Vec<_>>();
+                    index += size;
+                    pending.push_back(target.submit(events).await?);
+                    continue;
+                }
+                let Some(receipt) = pending.pop_front() else {
+                    break;
+                };
+                let sequence = receipt.await?;
+                if print {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "durable {sequence}").and_then(|()| out.flush());
+                }
+                highest = highest.max(sequence);
+            }
+            Ok::<u64, String>(highest)
+        });
+    }
+    let mut highest = 0;
+    while let Some(joined) = publishers.join_next().await {
+        highest = highest.max(joined.map_err(text)??);
+    }
+    Ok(highest)
 }
