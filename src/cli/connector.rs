@@ -86,6 +86,9 @@ struct Figures {
     ring_cpu_us_per_event: f64,
     /// CPU time of the whole process (all threads) per event, in µs, over the same span.
     process_cpu_us_per_event: f64,
+    /// Records per `fdatasync` in this log (events and checkpoints): how much the calls in
+    /// flight shared each group commit.
+    records_per_sync: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -95,7 +98,6 @@ struct Report {
     /// Events that did not fit in the publish buffer and were read back from the WAL.
     spilled_total: u64,
     read_back_from_wal: u64,
-    records_per_sync: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     wal_only: Option<Figures>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -204,7 +206,13 @@ async fn load(args: ConnectorLoadArgs) -> Result<(), String> {
     if let Some(broker) = broker {
         broker.shutdown().await;
     }
-    let connector_figures = figures(&args, durable_seconds, acked_seconds, connector_cpu);
+    let connector_figures = figures(
+        &args,
+        durable_seconds,
+        acked_seconds,
+        connector_cpu,
+        stats.wal.records_per_sync,
+    );
     let wal_only = if args.compare_wal_only {
         Some(wal_only(&args, &scratch.path().join("wal-only"), backend, &template).await?)
     } else {
@@ -219,7 +227,6 @@ async fn load(args: ConnectorLoadArgs) -> Result<(), String> {
         connector: connector_figures,
         spilled_total: stats.spilled_total,
         read_back_from_wal: stats.read_back_from_wal,
-        records_per_sync: stats.wal.records_per_sync,
         wal_only,
         acked_vs_wal_only,
     };
@@ -292,6 +299,7 @@ fn figures(
     durable_seconds: f64,
     acked_seconds: Option<f64>,
     cpu: CpuSample,
+    records_per_sync: f64,
 ) -> Figures {
     let events = args.events as f64;
     Figures {
@@ -306,6 +314,7 @@ fn figures(
         acked_events_per_s: acked_seconds.map(|seconds| events / seconds.max(1e-9)),
         ring_cpu_us_per_event: cpu.ring_ns as f64 / 1000.0 / events,
         process_cpu_us_per_event: cpu.process_ns as f64 / 1000.0 / events,
+        records_per_sync,
     }
 }
 
@@ -328,9 +337,10 @@ async fn wal_only(
     drive(args, Target::Wal(Arc::clone(&wal)), template).await?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu = CpuSample::take().since(cpu_at_start);
+    let records_per_sync = wal.stats().records_per_sync;
     let wal = Arc::try_unwrap(wal).map_err(|_| "WAL handle still shared".to_owned())?;
     wal.close().await.map_err(|error| error.to_string())?;
-    Ok(figures(args, seconds, None, cpu))
+    Ok(figures(args, seconds, None, cpu, records_per_sync))
 }
 
 /// What the publishers drive: the connector, or the WAL alone for comparison.
