@@ -112,7 +112,10 @@ async fn one_caller_pipelines_events_and_batches_in_call_order() {
             assert_eq!(got_kind, kind(pid));
             assert_eq!(got, redacted(pid));
         }
-        let empty = connector.enqueue_batch(Vec::new()).await.expect("empty batch");
+        let empty = connector
+            .enqueue_batch(Vec::new())
+            .await
+            .expect("empty batch");
         assert_eq!(guarded(empty).await.expect("resolves"), Vec::<u64>::new());
         guarded(connector.acknowledged(u64::from(total)))
             .await
