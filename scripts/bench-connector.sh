@@ -17,6 +17,7 @@
 #                this measures the publish path without delivery (publish→durable only)
 #   --baseline   another build of procmond-wal runs the same loads, alternating with this one
 #   --load       replaces the default loads (repeatable), e.g. --load "--publishers 16"
+#                (one publisher unless the load says otherwise)
 set -euo pipefail
 
 rounds=5 events=400000 pin=0 no_broker=0 baseline=""
@@ -29,7 +30,7 @@ while [[ $# -gt 0 ]]; do
         --no-broker) no_broker=1; shift ;;
         --baseline) baseline=$2; shift 2 ;;
         --load) loads+=("$2"); shift 2 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 64 ;;
     esac
 done
@@ -120,10 +121,15 @@ for round in $(seq "$rounds"); do
             fi
             extra=()
             [[ $no_broker == 1 ]] && extra=(--no-wait-acked)
+            [[ $load == *--publishers* ]] || extra+=(--publishers 1)
             # shellcheck disable=SC2086 # a load is a list of options
-            "${publisher_cpu[@]}" "$bin" connector-load --socket "$socket" --events "$events" \
-                --publishers 1 --event-bytes 256 --compare-wal-only "${extra[@]}" $load \
-                >"$scratch/out.json" 2>"$scratch/load.log"
+            if ! "${publisher_cpu[@]}" "$bin" connector-load --socket "$socket" \
+                --events "$events" --event-bytes 256 --compare-wal-only "${extra[@]}" $load \
+                >"$scratch/out.json" 2>"$scratch/load.log"; then
+                echo "connector-load failed for [$load]:" >&2
+                cat "$scratch/load.log" >&2
+                exit 1
+            fi
             if [[ $no_broker == 0 ]]; then
                 broker_ticks=$(( $(cpu_ticks "$broker_pid") - before ))
                 kill "$broker_pid"
