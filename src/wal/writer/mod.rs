@@ -406,12 +406,26 @@ impl<B: Backend> Writer<B> {
                     write = None;
                     io_completed = true;
                     self.complete_write(done);
+                    if matches!(self.config.sync, super::config::SyncPolicy::Interval { .. }) {
+                        // Callers were answered (see the sync arm).
+                        tokio::task::yield_now().await;
+                    }
                 }
                 // Step 5.
                 done = async { sync.as_mut().expect("guarded").0.as_mut().await }, if sync.is_some() => {
                     if let Some((_, syncing)) = sync.take() {
                         io_completed = true;
                         self.complete_sync(done, syncing);
+                        // Let the ring thread's other tasks run before the next group is
+                        // formed: an answer relayed by one of them (the connector's
+                        // hand-over answers its publishers only after it gets ours) must
+                        // reach its caller as soon as a direct answer does. Otherwise the
+                        // next group forms before those callers can append again, they all
+                        // miss it, and the publishers split into two alternating cohorts of
+                        // half-size groups (measured: 8 records per sync instead of 14 with
+                        // 16 awaiting publishers). One yield per sync costs about a
+                        // microsecond.
+                        tokio::task::yield_now().await;
                     }
                 }
                 prepared = async { (&mut self.preparing.as_mut().expect("guarded").1).await }, if preparing => {
