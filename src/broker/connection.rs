@@ -17,12 +17,11 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-
-use crate::broker::frame_reader::{FrameReadError, FrameReader};
 use tokio::sync::{mpsc, watch};
 
 use crate::broker::Shared;
 use crate::broker::error::BrokerError;
+use crate::broker::frame_reader::{FrameReadError, FrameReader};
 use crate::broker::router::{Barrier, Origin, Outbox, Outgoing};
 use crate::broker::state::PublisherEntry;
 use crate::broker::stats::Counters;
