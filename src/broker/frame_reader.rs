@@ -2,7 +2,7 @@
 //!
 //! Owns the broker's input framing: the socket is read in large chunks into one receive
 //! buffer, and each complete frame (prefix and body) is split off it as [`Bytes`] — no copy
-//! and no allocation per frame, and the frame can be forwarded to subscribers as it is. A
+//! and no allocation per frame (the router copies the few it queues for subscribers). A
 //! frame's announced length is checked against the cap before any room is reserved for it,
 //! so a peer claiming 4 GiB gets an error, not an allocation.
 

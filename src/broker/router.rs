@@ -288,6 +288,11 @@ impl Router {
 
     /// Queues `frame` to every subscriber with a pattern matching `topic` that does not
     /// already hold it (by its resume position for `origin`), without waiting.
+    ///
+    /// `frame` may be a slice of a connection's whole receive buffer. A queued frame is
+    /// copied into its own allocation first (once, shared by every subscriber it goes to):
+    /// otherwise a slow subscriber of a rare topic would keep a whole receive chunk alive
+    /// per queued frame, and its queue's byte bound would no longer bound memory.
     pub(crate) fn route(
         &self,
         topic: &str,
@@ -299,6 +304,7 @@ impl Router {
             .subscriptions
             .read()
             .unwrap_or_else(PoisonError::into_inner);
+        let mut own_copy: Option<Bytes> = None;
         for (connection_id, subscription) in subscriptions.iter() {
             if !subscription
                 .patterns
@@ -317,6 +323,7 @@ impl Router {
                 Counters::bump(&counters.deliveries_already_held);
                 continue;
             }
+            let frame = own_copy.get_or_insert_with(|| Bytes::copy_from_slice(frame));
             match subscription.outbox.deliver(frame) {
                 Delivery::Queued => Counters::bump(&counters.deliveries),
                 Delivery::Overflowed => {
@@ -392,6 +399,34 @@ mod tests {
         slow.overflowed().await;
         router.route("control.x", &frame, None, &counters);
         assert_eq!(counters.snapshot().deliveries, 6);
+    }
+
+    /// A routed frame that is a slice of a larger receive buffer is queued as a copy of its
+    /// own bytes, the same copy for every subscriber: the buffer is not kept alive by it.
+    #[tokio::test]
+    async fn a_queued_frame_does_not_keep_the_receive_buffer_alive() {
+        let router = Router::default();
+        let counters = Counters::default();
+        let (first, mut first_queue) = Outbox::new(16, 1 << 20);
+        let (second, mut second_queue) = Outbox::new(16, 1 << 20);
+        router.subscribe(1, vec![pattern()], vec![], &first);
+        router.subscribe(2, vec![pattern()], vec![], &second);
+        let chunk = Bytes::from(vec![7u8; 64 * 1024]);
+        let frame = chunk.slice(100..200);
+        router.route("events.process.start", &frame, None, &counters);
+        let to_first = write_one(&first, &mut first_queue).await;
+        let to_second = write_one(&second, &mut second_queue).await;
+        assert_eq!(to_first, frame);
+        assert_eq!(to_second, frame);
+        let chunk_range = chunk.as_ptr_range();
+        assert!(
+            !chunk_range.contains(&to_first.as_ptr()),
+            "the chunk is shared"
+        );
+        assert_eq!(to_first.as_ptr(), to_second.as_ptr(), "one copy for both");
+        // Unrouted frames are not copied at all: nothing matched, nothing queued.
+        router.route("control.x", &frame, None, &counters);
+        assert_eq!(counters.snapshot().deliveries, 2);
     }
 
     #[test]
