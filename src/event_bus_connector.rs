@@ -298,10 +298,11 @@ impl EventBusConnector {
             .into_iter()
             .map(|(kind, span, timestamp)| (kind, payloads.slice(span), timestamp))
             .collect();
+        // Redacted and cut above: the WAL encodes them as they are.
         let receipt = self
             .inner
             .wal
-            .enqueue_batch(prepared)
+            .enqueue_batch_truncated(&prepared)
             .await
             .map_err(wal_error)?;
         let (reply, receiver) = oneshot::channel();
@@ -373,7 +374,7 @@ impl EventBusConnector {
         let receipt = self
             .inner
             .wal
-            .enqueue(event, kind)
+            .enqueue_truncated(&event, kind)
             .await
             .map_err(wal_error)?;
         let (reply, receiver) = oneshot::channel();

@@ -191,6 +191,25 @@ impl Wal {
         Ok(AppendReceipt { receiver })
     }
 
+    /// [`Wal::enqueue`] for an event the caller has already cut to the stored limits
+    /// ([`ProcessEvent::truncate_to_limits`]) and keeps: it is encoded from the reference,
+    /// neither moved nor checked again.
+    pub(crate) async fn enqueue_truncated(
+        &self,
+        event: &ProcessEvent,
+        kind: EventKind,
+    ) -> Result<AppendReceipt, WalError> {
+        let event_bytes = encode(event)?;
+        let (reply, receiver) = oneshot::channel();
+        self.send(Command::Append {
+            kind,
+            event_bytes,
+            reply,
+        })
+        .await?;
+        Ok(AppendReceipt { receiver })
+    }
+
     /// Appends events with consecutive sequences; returns their range once all are durable.
     ///
     /// The batch is checked whole before any of it is queued: an event that cannot be
@@ -221,6 +240,23 @@ impl Wal {
             let bytes = encode(&event)?;
             self.check_fits_a_segment(bytes.len())?;
             items.push((kind, bytes));
+        }
+        let (reply, receiver) = oneshot::channel();
+        self.send(Command::AppendBatch { items, reply }).await?;
+        Ok(BatchReceipt { receiver })
+    }
+
+    /// [`Wal::enqueue_batch`] for events the caller has already cut to the stored limits and
+    /// keeps (see [`Wal::enqueue_truncated`]).
+    pub(crate) async fn enqueue_batch_truncated(
+        &self,
+        events: &[(ProcessEvent, EventKind)],
+    ) -> Result<BatchReceipt, WalError> {
+        let mut items = Vec::with_capacity(events.len());
+        for (event, kind) in events {
+            let bytes = encode(event)?;
+            self.check_fits_a_segment(bytes.len())?;
+            items.push((*kind, bytes));
         }
         let (reply, receiver) = oneshot::channel();
         self.send(Command::AppendBatch { items, reply }).await?;
