@@ -179,16 +179,7 @@ impl Wal {
         kind: EventKind,
     ) -> Result<AppendReceipt, WalError> {
         event.truncate_to_limits();
-        let event_bytes = encode(&event)?;
-        drop(event);
-        let (reply, receiver) = oneshot::channel();
-        self.send(Command::Append {
-            kind,
-            event_bytes,
-            reply,
-        })
-        .await?;
-        Ok(AppendReceipt { receiver })
+        self.enqueue_truncated(&event, kind).await
     }
 
     /// [`Wal::enqueue`] for an event the caller has already cut to the stored limits
@@ -234,16 +225,11 @@ impl Wal {
         &self,
         events: Vec<(ProcessEvent, EventKind)>,
     ) -> Result<BatchReceipt, WalError> {
-        let mut items = Vec::with_capacity(events.len());
-        for (mut event, kind) in events {
+        let mut events = events;
+        for (event, _) in &mut events {
             event.truncate_to_limits();
-            let bytes = encode(&event)?;
-            self.check_fits_a_segment(bytes.len())?;
-            items.push((kind, bytes));
         }
-        let (reply, receiver) = oneshot::channel();
-        self.send(Command::AppendBatch { items, reply }).await?;
-        Ok(BatchReceipt { receiver })
+        self.enqueue_batch_truncated(&events).await
     }
 
     /// [`Wal::enqueue_batch`] for events the caller has already cut to the stored limits and
