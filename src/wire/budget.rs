@@ -11,7 +11,7 @@
 use crate::event::{EventKind, ProcessEvent};
 use crate::wire::envelope::{WireTime, datetime_to_unix_nanos};
 use crate::wire::error::WireError;
-use crate::wire::frame::{FRAME_LENGTH_BYTES, MAX_FRAME_BODY_BYTES};
+use crate::wire::frame::{FRAME_LENGTH_BYTES, checked_length};
 #[cfg(doc)]
 use crate::wire::payload::event_message_with_payload;
 use crate::wire::payload::{PAYLOAD_VERSION, PUBLISHER_TAG, keys};
@@ -377,7 +377,7 @@ impl EventFramer {
         timestamp: WireTime,
     ) -> Result<(), WireError> {
         let frame_len = self.frame_len(sequence, kind, payload.len(), timestamp);
-        let length = checked_body_length(frame_len - FRAME_LENGTH_BYTES)?;
+        let length = checked_length(frame_len - FRAME_LENGTH_BYTES)?;
         let start = out.len();
         out.reserve(frame_len);
         out.extend_from_slice(&length.to_le_bytes());
@@ -441,17 +441,6 @@ impl EventFramer {
         }
         out.extend_from_slice(&digits[at..]);
     }
-}
-
-fn checked_body_length(body_bytes: usize) -> Result<u32, WireError> {
-    let too_large = || WireError::FrameTooLarge {
-        body_bytes: u64::try_from(body_bytes).unwrap_or(u64::MAX),
-        max_frame_bytes: MAX_FRAME_BODY_BYTES,
-    };
-    if body_bytes > MAX_FRAME_BODY_BYTES {
-        return Err(too_large());
-    }
-    u32::try_from(body_bytes).map_err(|_| too_large())
 }
 
 /// Bytes of a postcard byte string of `len` bytes.

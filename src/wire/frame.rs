@@ -97,7 +97,8 @@ pub(crate) fn seal_frame(mut frame: Vec<u8>) -> Result<Vec<u8>, WireError> {
     Ok(frame)
 }
 
-fn checked_length(body_bytes: usize) -> Result<u32, WireError> {
+/// The length prefix for a body of `body_bytes`, checked against the cap.
+pub(crate) fn checked_length(body_bytes: usize) -> Result<u32, WireError> {
     let too_large = || WireError::FrameTooLarge {
         body_bytes: u64::try_from(body_bytes).unwrap_or(u64::MAX),
         max_frame_bytes: MAX_FRAME_BODY_BYTES,
