@@ -39,7 +39,7 @@ use procmond_wal::wal::config::GroupStart;
 use procmond_wal::wal::format::{
     EVENT_FIXED_PAYLOAD_BYTES, SEGMENT_HEADER_BYTES, encode_event, frame_len,
 };
-use procmond_wal::wal::recovery::{list_segments, read_dir};
+use procmond_wal::wal::recovery::{OpenReport, list_segments, read_dir};
 use procmond_wal::wal::{
     AppendReceipt, BackendChoice, SyncPolicy, Wal, WalConfig, WalError, WalStats,
 };
@@ -390,7 +390,21 @@ fn load(args: &LoadArgs) -> Result<u8, CliError> {
 /// events, with no damage and no torn tail. Returns what is wrong, if anything.
 fn check_on_disk(dir: &Path, expected_events: u64) -> Result<Option<String>, CliError> {
     let report = read_dir(dir)?;
-    Ok(if !report.is_clean() {
+    Ok(if let Some(problem) = damage_after_clean_close(&report) {
+        Some(problem)
+    } else if report.events != expected_events {
+        Some(format!(
+            "{} events on disk, expected {expected_events}",
+            report.events
+        ))
+    } else {
+        None
+    })
+}
+
+/// Damage or a torn tail: neither may be there after a clean close.
+fn damage_after_clean_close(report: &OpenReport) -> Option<String> {
+    if !report.is_clean() {
         Some(format!(
             "{} damaged place(s), {} event(s) lost",
             report.damage.len(),
@@ -401,14 +415,9 @@ fn check_on_disk(dir: &Path, expected_events: u64) -> Result<Option<String>, Cli
             "{} torn byte(s) after a clean close",
             report.torn_tail_bytes
         ))
-    } else if report.events != expected_events {
-        Some(format!(
-            "{} events on disk, expected {expected_events}",
-            report.events
-        ))
     } else {
         None
-    })
+    }
 }
 
 /// [`check_on_disk`] for a run that checkpointed: acknowledged segments are gone, so the
@@ -421,17 +430,8 @@ fn check_on_disk_after_checkpoints(
     let held = report
         .first_sequence
         .map_or(0, |first| expected_last + 1 - first.min(expected_last + 1));
-    Ok(if !report.is_clean() {
-        Some(format!(
-            "{} damaged place(s), {} event(s) lost",
-            report.damage.len(),
-            report.lost_events
-        ))
-    } else if report.torn_tail_bytes > 0 {
-        Some(format!(
-            "{} torn byte(s) after a clean close",
-            report.torn_tail_bytes
-        ))
+    Ok(if let Some(problem) = damage_after_clean_close(&report) {
+        Some(problem)
     } else if report.last_sequence != Some(expected_last) || report.events != held {
         Some(format!(
             "{} events up to {:?} on disk, expected {held} up to {expected_last}",
