@@ -8,7 +8,38 @@ mod broker_support;
 use broker_support::{GUARD, event, short_tempdir};
 use procmond_wal::EventKind;
 use procmond_wal::broker::client::TestClient;
-use procmond_wal::broker::{Broker, BrokerConfig, BrokerError};
+use procmond_wal::broker::{Broker, BrokerConfig, BrokerError, BrokerHandle};
+
+/// A subscriber to every event, and a publisher that said hello as `publisher_id`.
+async fn subscriber_and_publisher(
+    broker: &BrokerHandle,
+    publisher_id: &str,
+) -> (TestClient, TestClient) {
+    let mut subscriber = TestClient::connect(broker.socket_path())
+        .await
+        .expect("connect");
+    subscriber
+        .subscribe(&["events.#"])
+        .await
+        .expect("subscribe");
+    let mut publisher = TestClient::connect(broker.socket_path())
+        .await
+        .expect("connect");
+    publisher.hello(publisher_id).await.expect("welcome");
+    (subscriber, publisher)
+}
+
+/// Publishes sequences `1..=count` of a 100 KiB event.
+async fn publish_big_events(publisher: &mut TestClient, count: u64) {
+    let mut big = event(1);
+    big.command_line = vec!["y".repeat(100 * 1024)];
+    for sequence in 1..=count {
+        publisher
+            .publish(sequence, EventKind::Start, &big)
+            .await
+            .expect("publish");
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_is_disconnected_without_stalling_publishers() {
@@ -17,24 +48,10 @@ async fn a_slow_subscriber_is_disconnected_without_stalling_publishers() {
     config.subscriber_queue_max_messages = 4;
     let broker = Broker::start(config).await.expect("start");
     tokio::time::timeout(GUARD, async {
-        let mut slow = TestClient::connect(broker.socket_path())
-            .await
-            .expect("connect");
-        slow.subscribe(&["events.#"]).await.expect("subscribe");
-        let mut publisher = TestClient::connect(broker.socket_path())
-            .await
-            .expect("connect");
-        publisher.hello("fast-publisher").await.expect("welcome");
+        let (mut slow, mut publisher) = subscriber_and_publisher(&broker, "fast-publisher").await;
         // 100 KiB events: the slow subscriber's socket buffer and 4-frame queue hold only a
         // few of 200, whatever the kernel's buffer sizes.
-        let mut big = event(1);
-        big.command_line = vec!["y".repeat(100 * 1024)];
-        for sequence in 1..=200 {
-            publisher
-                .publish(sequence, EventKind::Start, &big)
-                .await
-                .expect("publish");
-        }
+        publish_big_events(&mut publisher, 200).await;
         // Every event was accepted although the subscriber never read.
         assert_eq!(
             publisher
@@ -66,23 +83,9 @@ async fn a_stuck_subscriber_is_cut_off_so_acks_resume() {
     config.subscriber_write_timeout_ms = 200;
     let broker = Broker::start(config).await.expect("start");
     tokio::time::timeout(GUARD, async {
-        let mut stuck = TestClient::connect(broker.socket_path())
-            .await
-            .expect("connect");
-        stuck.subscribe(&["events.#"]).await.expect("subscribe");
-        let mut publisher = TestClient::connect(broker.socket_path())
-            .await
-            .expect("connect");
-        publisher.hello("stuck-test").await.expect("welcome");
+        let (mut stuck, mut publisher) = subscriber_and_publisher(&broker, "stuck-test").await;
         // 2 MiB of events: more than any socket buffer, well inside the 16 MiB queue.
-        let mut big = event(1);
-        big.command_line = vec!["z".repeat(100 * 1024)];
-        for sequence in 1..=20 {
-            publisher
-                .publish(sequence, EventKind::Start, &big)
-                .await
-                .expect("publish");
-        }
+        publish_big_events(&mut publisher, 20).await;
         assert_eq!(
             publisher
                 .wait_for_ack(20)

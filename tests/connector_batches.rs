@@ -9,6 +9,8 @@
 mod broker_support;
 #[path = "connector_support/mod.rs"]
 mod connector_support;
+#[path = "common/wait.rs"]
+mod wait;
 
 use broker_support::{BrokerProcess, short_tempdir};
 use connector_support::*;
@@ -16,23 +18,13 @@ use procmond_wal::io::sim::{Fault, SimDisk};
 use procmond_wal::wal::{BackendChoice, WalError};
 use procmond_wal::wire::budget::event_frame;
 use procmond_wal::{EventBusConnector, EventBusConnectorError, EventKind, ProcessEvent};
+use wait::wait_until;
 
 /// The smallest segment allowed: a batch spans several, and a big event fits in none.
 const SEGMENT_MAX_BYTES: u64 = 64 * 1024;
 
 fn batch(pids: std::ops::Range<u32>) -> Vec<(ProcessEvent, EventKind)> {
     pids.map(|pid| (event(pid), kind(pid))).collect()
-}
-
-/// Waits (yielding the thread) until `condition` holds; what it waits for is reached by the
-/// ring thread without any timing assumption.
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let mut spins = 0u64;
-    while !condition() {
-        spins += 1;
-        assert!(spins < 50_000_000, "never reached: {what}");
-        std::thread::yield_now();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

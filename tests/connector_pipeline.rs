@@ -7,6 +7,8 @@
 mod broker_support;
 #[path = "connector_support/mod.rs"]
 mod connector_support;
+#[path = "common/wait.rs"]
+mod wait;
 
 use std::future::Future;
 
@@ -15,17 +17,7 @@ use connector_support::*;
 use procmond_wal::io::sim::SimDisk;
 use procmond_wal::wal::BackendChoice;
 use procmond_wal::{BatchPublishReceipt, EventBusConnector, PublishReceipt};
-
-/// Waits (yielding the thread) until `condition` holds; what it waits for is reached by the
-/// ring thread without any timing assumption.
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let mut spins = 0u64;
-    while !condition() {
-        spins += 1;
-        assert!(spins < 50_000_000, "never reached: {what}");
-        std::thread::yield_now();
-    }
-}
+use wait::wait_until;
 
 enum Pending {
     One(u32, PublishReceipt),

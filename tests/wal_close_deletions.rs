@@ -6,36 +6,14 @@
 mod common;
 
 use common::{event, kind};
-use procmond_wal::io::Preallocation;
 use procmond_wal::io::sim::SimDisk;
-use procmond_wal::wal::{BackendChoice, Wal, WalConfig};
-
-fn sim_config(dir: &std::path::Path, disk: &SimDisk) -> WalConfig {
-    let mut config = WalConfig::new(dir);
-    config.backend = BackendChoice::Simulated;
-    config.sim_disk = Some(disk.clone());
-    config.segment_max_bytes = 64 * 1024;
-    config.group_max_bytes = 8 * 1024;
-    config.wal_max_bytes = 16 * 1024 * 1024;
-    config.preallocation = Preallocation::Fallocate;
-    config
-}
-
-fn segment_files(dir: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".wal"))
-        .collect();
-    names.sort();
-    names
-}
+use procmond_wal::wal::Wal;
 
 #[test]
 fn a_checkpoint_durable_during_a_deletion_still_deletes_its_segments_at_close() {
     let dir = tempfile::tempdir().unwrap();
     let disk = SimDisk::new();
-    let (wal, _) = Wal::open(sim_config(dir.path(), &disk)).unwrap();
+    let (wal, _) = Wal::open(common::sim_config(dir.path(), &disk)).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -49,7 +27,7 @@ fn a_checkpoint_durable_during_a_deletion_still_deletes_its_segments_at_close() 
                 .collect::<Vec<_>>();
             last = *wal.append_batch(batch).await.unwrap().end();
         }
-        let sealed_before = segment_files(dir.path()).len();
+        let sealed_before = common::segment_files(dir.path()).len();
         // The first checkpoint's group is written; its sync is held.
         disk.stall_syncs();
         let first = {
@@ -77,7 +55,7 @@ fn a_checkpoint_durable_during_a_deletion_still_deletes_its_segments_at_close() 
     });
     // Every event is acknowledged: only the active segment (holding the newest checkpoint)
     // and the prepared one may remain.
-    let left = segment_files(dir.path());
+    let left = common::segment_files(dir.path());
     assert!(
         left.len() <= 2,
         "acknowledged segments left after close: {left:?}"

@@ -8,21 +8,9 @@ mod common;
 use std::collections::HashMap;
 
 use common::{Lcg, event, kind, runtime};
-use procmond_wal::io::Preallocation;
 use procmond_wal::io::sim::{Fault, SimDisk};
 use procmond_wal::wal::recovery::read_dir;
-use procmond_wal::wal::{BackendChoice, SyncPolicy, Wal, WalConfig, WalError, WalReader};
-
-fn sim_config(dir: &std::path::Path, disk: &SimDisk) -> WalConfig {
-    let mut config = WalConfig::new(dir);
-    config.backend = BackendChoice::Simulated;
-    config.sim_disk = Some(disk.clone());
-    config.segment_max_bytes = 64 * 1024;
-    config.group_max_bytes = 8 * 1024;
-    config.wal_max_bytes = 16 * 1024 * 1024;
-    config.preallocation = Preallocation::Fallocate;
-    config
-}
+use procmond_wal::wal::{SyncPolicy, Wal, WalError, WalReader};
 
 fn replayed(dir: &std::path::Path) -> Vec<procmond_wal::wal::format::WalEntry> {
     WalReader::open(dir, 0)
@@ -47,7 +35,7 @@ fn eio_on_write_or_sync_poisons_the_log_and_every_waiter() {
         let dir = tempfile::tempdir().unwrap();
         let disk = SimDisk::new();
         let rt = runtime();
-        let (wal, _) = Wal::open(sim_config(dir.path(), &disk)).unwrap();
+        let (wal, _) = Wal::open(common::sim_config(dir.path(), &disk)).unwrap();
         rt.block_on(async {
             for i in 1..=20 {
                 wal.append(event(i), kind(i)).await.unwrap();
@@ -84,7 +72,7 @@ fn eio_on_write_or_sync_poisons_the_log_and_every_waiter() {
             entries[..20].iter().map(|e| e.sequence).collect::<Vec<_>>(),
             (1..=20).collect::<Vec<_>>()
         );
-        let (wal, report) = Wal::open(sim_config(dir.path(), &disk)).unwrap();
+        let (wal, report) = Wal::open(common::sim_config(dir.path(), &disk)).unwrap();
         assert!(report.next_sequence > 20);
         rt.block_on(async {
             wal.append(event(1), kind(1)).await.unwrap();
@@ -98,7 +86,7 @@ fn enospc_is_a_clear_error_loses_nothing_and_recovers_when_space_returns() {
     let dir = tempfile::tempdir().unwrap();
     let disk = SimDisk::new();
     let rt = runtime();
-    let config = sim_config(dir.path(), &disk);
+    let config = common::sim_config(dir.path(), &disk);
     let (wal, _) = Wal::open(config.clone()).unwrap();
     // Room for nothing beyond the segments already created (active + prepared).
     disk.set_space_left(Some(0));
@@ -141,7 +129,7 @@ fn simulate(seed: u64) -> bool {
     let disk = SimDisk::new();
     let rt = runtime();
     let mut rng = Lcg(seed);
-    let mut config = sim_config(dir.path(), &disk);
+    let mut config = common::sim_config(dir.path(), &disk);
     if seed.is_multiple_of(3) {
         config.sync = SyncPolicy::Interval {
             sync_interval_ms: 1,

@@ -6,21 +6,9 @@
 mod common;
 
 use common::{event, kind};
-use procmond_wal::io::Preallocation;
 use procmond_wal::io::sim::{Fault, SimDisk, Tear};
 use procmond_wal::wal::recovery::read_dir;
-use procmond_wal::wal::{BackendChoice, SyncPolicy, Wal, WalConfig, WalError};
-
-fn sim_config(dir: &std::path::Path, disk: &SimDisk) -> WalConfig {
-    let mut config = WalConfig::new(dir);
-    config.backend = BackendChoice::Simulated;
-    config.sim_disk = Some(disk.clone());
-    config.segment_max_bytes = 64 * 1024;
-    config.group_max_bytes = 8 * 1024;
-    config.wal_max_bytes = 16 * 1024 * 1024;
-    config.preallocation = Preallocation::Fallocate;
-    config
-}
+use procmond_wal::wal::{SyncPolicy, Wal, WalError};
 
 fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -33,27 +21,6 @@ fn multi_thread() -> tokio::runtime::Runtime {
     common::runtime()
 }
 
-/// Waits (yielding the thread) until `condition` holds; the conditions used here are reached
-/// by the ring thread without any timing assumption.
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let mut spins = 0u64;
-    while !condition() {
-        spins += 1;
-        assert!(spins < 50_000_000, "never reached: {what}");
-        std::thread::yield_now();
-    }
-}
-
-fn segment_files(dir: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".wal"))
-        .collect();
-    names.sort();
-    names
-}
-
 /// Interval policy: a checkpoint is answered once written, but the segments it covers may go
 /// only once it is durable. Here its sync fails, the power goes, and nothing unsynced
 /// survives: the sealed segments must still be there, so no durable sequence is reused.
@@ -61,7 +28,7 @@ fn segment_files(dir: &std::path::Path) -> Vec<String> {
 fn interval_policy_deletes_only_after_the_checkpoint_is_durable() {
     let dir = tempfile::tempdir().unwrap();
     let disk = SimDisk::new();
-    let mut config = sim_config(dir.path(), &disk);
+    let mut config = common::sim_config(dir.path(), &disk);
     config.sync = SyncPolicy::Interval {
         sync_interval_ms: 60_000,
     };
@@ -99,7 +66,7 @@ fn interval_policy_deletes_only_after_the_checkpoint_is_durable() {
 fn open_syncs_what_recovery_trusts_before_answering() {
     let dir = tempfile::tempdir().unwrap();
     let disk = SimDisk::new();
-    let config = sim_config(dir.path(), &disk);
+    let config = common::sim_config(dir.path(), &disk);
     let rt = multi_thread();
     let (wal, _) = Wal::open(config.clone()).unwrap();
     rt.block_on(async {
@@ -112,7 +79,7 @@ fn open_syncs_what_recovery_trusts_before_answering() {
         for i in 11..=20 {
             receipts.push(wal.enqueue(event(i), kind(i)).await.unwrap());
         }
-        wait_until("a group is written, its sync held", || {
+        common::wait::wait_until("a group is written, its sync held", || {
             wal.stats().events_appended > 10 && disk.stalled_ops() == 1
         });
         disk.kill_process();
@@ -149,7 +116,7 @@ fn a_stalled_disk_holds_senders_back_and_bounds_the_queue() {
     const SENDS: u64 = 5_000;
     let dir = tempfile::tempdir().unwrap();
     let disk = SimDisk::new();
-    let mut config = sim_config(dir.path(), &disk);
+    let mut config = common::sim_config(dir.path(), &disk);
     config.queue_max_commands = QUEUE_MAX;
     let (wal, _) = Wal::open(config).unwrap();
     disk.stall();
@@ -171,7 +138,7 @@ fn a_stalled_disk_holds_senders_back_and_bounds_the_queue() {
         })
     };
     let sent_now = || sent.load(std::sync::atomic::Ordering::SeqCst);
-    wait_until("the queue fills or the sender finishes", || {
+    common::wait::wait_until("the queue fills or the sender finishes", || {
         sent_now() == SENDS
             || (wal.stats().queued_commands == QUEUE_MAX as u64
                 && sent_now() >= 2 * QUEUE_MAX as u64)
@@ -199,7 +166,7 @@ fn many_distinct_checkpoints_in_one_group_fit_the_buffer() {
     const CHECKPOINTS: u64 = 80_000;
     let dir = tempfile::tempdir().unwrap();
     let disk = SimDisk::new();
-    let mut config = sim_config(dir.path(), &disk);
+    let mut config = common::sim_config(dir.path(), &disk);
     // One segment holds every event and leaves megabytes for checkpoints.
     config.segment_max_bytes = 64 * 1024 * 1024;
     config.group_max_bytes = 4096;
@@ -243,7 +210,7 @@ fn many_distinct_checkpoints_in_one_group_fit_the_buffer() {
 fn a_checkpoint_lands_when_the_budget_is_full() {
     let dir = tempfile::tempdir().unwrap();
     let disk = SimDisk::new();
-    let mut config = sim_config(dir.path(), &disk);
+    let mut config = common::sim_config(dir.path(), &disk);
     config.wal_max_bytes = 3 * config.segment_max_bytes;
     config.sync = SyncPolicy::Interval {
         sync_interval_ms: 60_000,
@@ -264,12 +231,12 @@ fn a_checkpoint_lands_when_the_budget_is_full() {
         wal.checkpoint(1).await.unwrap();
         disk.stall();
         let blocked = wal.enqueue(event(0), kind(0)).await.unwrap();
-        wait_until("the rotation's sync is stalled", || disk.stalled_ops() == 1);
+        common::wait::wait_until("the rotation's sync is stalled", || disk.stalled_ops() == 1);
         let checkpoint = {
             let wal = wal.clone();
             tokio::spawn(async move { wal.checkpoint(last).await })
         };
-        wait_until("the checkpoint is queued", || {
+        common::wait::wait_until("the checkpoint is queued", || {
             wal.stats().queued_commands >= 2
         });
         disk.unstall();
@@ -307,7 +274,7 @@ fn a_checkpoint_lands_when_the_budget_is_full() {
 fn a_repeated_checkpoint_waits_for_the_earlier_one() {
     let dir = tempfile::tempdir().unwrap();
     let disk = SimDisk::new();
-    let config = sim_config(dir.path(), &disk);
+    let config = common::sim_config(dir.path(), &disk);
     let (wal, _) = Wal::open(config.clone()).unwrap();
     let rt = multi_thread();
     rt.block_on(async {
@@ -319,7 +286,7 @@ fn a_repeated_checkpoint_waits_for_the_earlier_one() {
             let wal = wal.clone();
             tokio::spawn(async move { wal.checkpoint(5).await })
         };
-        wait_until("the first checkpoint's sync is stalled", || {
+        common::wait::wait_until("the first checkpoint's sync is stalled", || {
             disk.stalled_ops() == 1
         });
         let second = {
@@ -329,7 +296,7 @@ fn a_repeated_checkpoint_waits_for_the_earlier_one() {
         // An event queued after it is written only once the ring thread has handled the
         // second checkpoint.
         let marker = wal.enqueue(event(11), kind(11)).await.unwrap();
-        wait_until("the marker is written", || {
+        common::wait::wait_until("the marker is written", || {
             wal.stats().events_appended == 11
         });
         // The power goes before the first checkpoint is durable: neither may report success.
@@ -349,10 +316,10 @@ fn a_repeated_checkpoint_waits_for_the_earlier_one() {
 fn a_failed_unlink_is_retried() {
     let dir = tempfile::tempdir().unwrap();
     let disk = SimDisk::new();
-    let config = sim_config(dir.path(), &disk);
+    let config = common::sim_config(dir.path(), &disk);
     let (wal, _) = Wal::open(config.clone()).unwrap();
     let rt = multi_thread();
-    let first_segment = segment_files(dir.path())[0].clone();
+    let first_segment = common::segment_files(dir.path())[0].clone();
     rt.block_on(async {
         let mut last = 0;
         while wal.stats().segments < 5 {
@@ -368,7 +335,7 @@ fn a_failed_unlink_is_retried() {
         wal.close().await.unwrap();
     });
     assert!(
-        !segment_files(dir.path()).contains(&first_segment),
+        !common::segment_files(dir.path()).contains(&first_segment),
         "{first_segment} was never deleted after its unlink failed once"
     );
 }
@@ -381,7 +348,7 @@ fn a_failed_unlink_is_retried() {
 fn a_segment_with_a_lost_header_stays_readable_after_older_segments_go() {
     let dir = tempfile::tempdir().unwrap();
     let disk = SimDisk::new();
-    let config = sim_config(dir.path(), &disk);
+    let config = common::sim_config(dir.path(), &disk);
     let rt = multi_thread();
     let (wal, _) = Wal::open(config.clone()).unwrap();
     let last = rt.block_on(async {
@@ -395,7 +362,7 @@ fn a_segment_with_a_lost_header_stays_readable_after_older_segments_go() {
             let wal = wal.clone();
             tokio::spawn(async move { wal.checkpoint(last).await })
         };
-        wait_until("the checkpoint's sync is stalled", || {
+        common::wait::wait_until("the checkpoint's sync is stalled", || {
             disk.stalled_ops() == 1
         });
         disk.kill_process();
@@ -416,7 +383,7 @@ fn a_segment_with_a_lost_header_stays_readable_after_older_segments_go() {
     // then the process dies again before anything new is written.
     let (wal, report) = Wal::open(config.clone()).unwrap();
     assert_eq!(report.acked_through, last);
-    wait_until("segment 1 is deleted", || wal.stats().segments_deleted == 1);
+    common::wait::wait_until("segment 1 is deleted", || wal.stats().segments_deleted == 1);
     disk.kill_process();
     rt.block_on(async {
         let _ = wal.close().await;

@@ -632,6 +632,17 @@ mod tests {
         }
     }
 
+    /// The acker of a publisher's connection, and that connection's outgoing queue.
+    fn publisher_acker(shared: &Arc<Shared>) -> (Acker, mpsc::Receiver<Outgoing>) {
+        let (outbox, queue) = Outbox::new(16, 1 << 20);
+        let acker = Acker {
+            shared: Arc::clone(shared),
+            outbox,
+            replies: Arc::default(),
+        };
+        (acker, queue)
+    }
+
     fn mark_on_disk(dir: &std::path::Path) -> Option<String> {
         // "p" is 70 in hex.
         std::fs::read_to_string(dir.join("70.hwm")).ok()
@@ -668,12 +679,7 @@ mod tests {
             high_water: 3,
             barrier: shared.router.barrier(),
         };
-        let (publisher, mut publisher_queue) = Outbox::new(16, 1 << 20);
-        let acker = Acker {
-            shared: Arc::clone(&shared),
-            outbox: publisher,
-            replies: Arc::default(),
-        };
+        let (acker, mut publisher_queue) = publisher_acker(&shared);
         let mut acknowledging = pin!(acker.acknowledge(&request));
         let write = |outbox: &Outbox, queue: &mut mpsc::Receiver<Outgoing>| {
             let outgoing = queue.try_recv().expect("a queued delivery");
@@ -718,12 +724,7 @@ mod tests {
             let outgoing = queue.try_recv().expect("queued");
             outbox.written(&outgoing);
         }
-        let (publisher, mut publisher_queue) = Outbox::new(16, 1 << 20);
-        let acker = Acker {
-            shared: Arc::clone(&shared),
-            outbox: publisher,
-            replies: Arc::default(),
-        };
+        let (acker, mut publisher_queue) = publisher_acker(&shared);
         acker.acknowledge(&request).await.expect("acknowledged");
         assert_eq!(mark_on_disk(dir.path()).as_deref(), Some("2\n"));
         assert_eq!(acks_in(&mut publisher_queue), vec![2]);
@@ -788,12 +789,7 @@ mod tests {
             high_water: 1,
             barrier: shared.router.barrier(),
         };
-        let (publisher, mut publisher_queue) = Outbox::new(16, 1 << 20);
-        let acker = Acker {
-            shared: Arc::clone(&shared),
-            outbox: publisher,
-            replies: Arc::default(),
-        };
+        let (acker, mut publisher_queue) = publisher_acker(&shared);
         let mut acknowledging = pin!(acker.acknowledge(&request));
         assert!(poll_once(&mut acknowledging).is_none());
         drop(CloseOnDrop(outbox));

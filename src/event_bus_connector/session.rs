@@ -542,7 +542,8 @@ mod tests {
         Rc::new(RefCell::new(core))
     }
 
-    fn frame_bytes(sequence: u64) -> usize {
+    /// The frame `core_with_frames` holds for `sequence`, built the reference way.
+    fn frame(sequence: u64) -> Vec<u8> {
         crate::wire::budget::frame_with_payload(
             "test-publisher",
             sequence,
@@ -551,7 +552,10 @@ mod tests {
             WireTime::EPOCH,
         )
         .expect("frame")
-        .len()
+    }
+
+    fn frame_bytes(sequence: u64) -> usize {
+        frame(sequence).len()
     }
 
     fn writes(
@@ -568,18 +572,7 @@ mod tests {
         let core = core_with_frames(10);
         let mut connection = Connection::new(&core, 1);
         connection.phase = Phase::Acknowledging;
-        let expected: Vec<u8> = (1..=10)
-            .flat_map(|sequence| {
-                crate::wire::budget::frame_with_payload(
-                    "test-publisher",
-                    sequence,
-                    EventKind::Start,
-                    vec![sequence as u8; 600],
-                    WireTime::EPOCH,
-                )
-                .expect("frame")
-            })
-            .collect();
+        let expected: Vec<u8> = (1..=10).flat_map(frame).collect();
         assert_eq!(writes(&mut connection, &core), vec![(expected, Some(10))]);
     }
 

@@ -5,6 +5,7 @@
 
 pub mod log_capture;
 pub mod strategies;
+pub mod wait;
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -116,6 +117,36 @@ pub fn small_config(dir: &Path, backend: BackendChoice) -> WalConfig {
     config.wal_max_bytes = 64 * 1024 * 1024;
     config.preallocation = Preallocation::Fallocate;
     config
+}
+
+/// A configuration on the simulated disk `disk`, with 64 KiB segments and 8 KiB groups, so
+/// a few hundred small events rotate and span groups.
+pub fn sim_config(dir: &Path, disk: &procmond_wal::io::sim::SimDisk) -> WalConfig {
+    let mut config = WalConfig::new(dir);
+    config.backend = BackendChoice::Simulated;
+    config.sim_disk = Some(disk.clone());
+    config.segment_max_bytes = 64 * 1024;
+    config.group_max_bytes = 8 * 1024;
+    config.wal_max_bytes = 16 * 1024 * 1024;
+    config.preallocation = Preallocation::Fallocate;
+    config
+}
+
+/// The names of the segment files in `dir`, sorted.
+pub fn segment_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read the WAL directory")
+        .map(|entry| {
+            entry
+                .expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|name| name.ends_with(".wal"))
+        .collect();
+    names.sort();
+    names
 }
 
 /// A multi-threaded runtime for the tests' async calls (the WAL has its own thread).
