@@ -102,6 +102,19 @@ else:
               f"{med('ring_us'):>5.2f}/{med('wal_ring_us'):<5.2f} "
               f"{med('process_us'):>5.2f}/{med('wal_process_us'):<5.2f} {med('broker_us'):>9.2f} "
               f"{med('records_per_sync'):>4.0f}/{med('wal_records_per_sync'):<4.0f}")
+    # Where a call's time goes: inside enqueue, awaiting the receipt, and the log's median
+    # group write and fdatasync (connector / WAL alone).
+    timed = {key: rs for key, rs in groups.items() if rs[0].get("await_us") is not None}
+    if timed:
+        print(f"\n{'load':<28} {'binary':<12} {'enqueue us/call':>15} {'await us/call':>15} "
+              f"{'write p50 us':>13} {'sync p50 us':>12}")
+    for (load, binary), rs in timed.items():
+        med = lambda key: statistics.median(r[key] for r in rs)
+        print(f"{load:<28} {name(binary):<12} "
+              f"{med('enqueue_us'):>7.1f}/{med('wal_enqueue_us'):<7.1f} "
+              f"{med('await_us'):>7.1f}/{med('wal_await_us'):<7.1f} "
+              f"{med('write_p50'):>6.0f}/{med('wal_write_p50'):<6.0f} "
+              f"{med('sync_p50'):>5.0f}/{med('wal_sync_p50'):<6.0f}")
 PY
 
 results=$scratch/results.jsonl
@@ -155,6 +168,11 @@ print(json.dumps({
     # Older builds report the connector's records per sync at the top level only.
     "records_per_sync": conn.get("records_per_sync", report.get("records_per_sync", 0.0)),
     "wal_records_per_sync": wal.get("records_per_sync", 0.0),
+    # Older builds do not report these.
+    "enqueue_us": conn.get("enqueue_us_per_call"), "wal_enqueue_us": wal.get("enqueue_us_per_call"),
+    "await_us": conn.get("await_us_per_call"), "wal_await_us": wal.get("await_us_per_call"),
+    "write_p50": conn.get("write_latency_p50_us"), "wal_write_p50": wal.get("write_latency_p50_us"),
+    "sync_p50": conn.get("sync_latency_p50_us"), "wal_sync_p50": wal.get("sync_latency_p50_us"),
     "spilled": report["spilled_total"],
 }))
 PY

@@ -165,6 +165,10 @@ fn concurrent_appenders_get_unique_gap_free_sequences_in_disk_order() {
             }
             let stats = wal.stats();
             assert!(stats.syncs > 0 && stats.records_per_sync >= 1.0);
+            // Every group write is timed; all of them completed before the appends resolved.
+            assert!(stats.group_writes > 0);
+            assert_eq!(stats.write_latency_samples, stats.group_writes);
+            assert!(stats.write_latency_p50_us <= stats.write_latency_p99_us);
             wal.close().await.unwrap();
             all
         });

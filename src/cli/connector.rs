@@ -18,7 +18,7 @@ use std::time::Instant;
 use procmond_wal::broker::{Broker, BrokerConfig};
 use procmond_wal::event_bus_connector::ConnectorConfig;
 use procmond_wal::wal::format::encode_event;
-use procmond_wal::wal::{BackendChoice, Wal, WalConfig};
+use procmond_wal::wal::{BackendChoice, Wal, WalConfig, WalStats};
 use procmond_wal::{EventBusConnector, EventKind, ProcessEvent};
 use serde::Serialize;
 use tokio::task::JoinSet;
@@ -89,6 +89,37 @@ struct Figures {
     /// Records per `fdatasync` in this log (events and checkpoints): how much the calls in
     /// flight shared each group commit.
     records_per_sync: f64,
+    /// Mean time a publisher spent inside `enqueue`/`enqueue_batch` per call (preparing and
+    /// handing over), in µs.
+    enqueue_us_per_call: f64,
+    /// Mean time a publisher spent awaiting a receipt per call, in µs: with one call in
+    /// flight, the time from handing it over until it is durable and the caller runs again.
+    await_us_per_call: f64,
+    /// Median group write and `fdatasync` latency of this log (`WalStats`), in µs.
+    write_latency_p50_us: u64,
+    sync_latency_p50_us: u64,
+}
+
+/// Time the publishers of one run spent in their calls, summed over publishers.
+#[derive(Debug, Clone, Copy, Default)]
+struct CallTimes {
+    calls: u64,
+    enqueue_ns: u128,
+    await_ns: u128,
+}
+
+impl CallTimes {
+    fn add(self, other: CallTimes) -> CallTimes {
+        CallTimes {
+            calls: self.calls + other.calls,
+            enqueue_ns: self.enqueue_ns + other.enqueue_ns,
+            await_ns: self.await_ns + other.await_ns,
+        }
+    }
+
+    fn per_call_us(ns: u128, calls: u64) -> f64 {
+        ns as f64 / 1000.0 / calls.max(1) as f64
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -185,7 +216,8 @@ async fn load(args: ConnectorLoadArgs) -> Result<(), String> {
     let template = sized_event(args.event_bytes);
     let cpu_at_start = CpuSample::take();
     let started = Instant::now();
-    let highest = drive(&args, Target::Connector(connector.clone()), &template).await?;
+    let (highest, call_times) =
+        drive(&args, Target::Connector(connector.clone()), &template).await?;
     let durable_seconds = started.elapsed().as_secs_f64();
     let acked_seconds = if args.no_wait_acked {
         None
@@ -211,7 +243,8 @@ async fn load(args: ConnectorLoadArgs) -> Result<(), String> {
         durable_seconds,
         acked_seconds,
         connector_cpu,
-        stats.wal.records_per_sync,
+        &stats.wal,
+        call_times,
     );
     let wal_only = if args.compare_wal_only {
         Some(wal_only(&args, &scratch.path().join("wal-only"), backend, &template).await?)
@@ -299,7 +332,8 @@ fn figures(
     durable_seconds: f64,
     acked_seconds: Option<f64>,
     cpu: CpuSample,
-    records_per_sync: f64,
+    wal: &WalStats,
+    call_times: CallTimes,
 ) -> Figures {
     let events = args.events as f64;
     Figures {
@@ -314,7 +348,11 @@ fn figures(
         acked_events_per_s: acked_seconds.map(|seconds| events / seconds.max(1e-9)),
         ring_cpu_us_per_event: cpu.ring_ns as f64 / 1000.0 / events,
         process_cpu_us_per_event: cpu.process_ns as f64 / 1000.0 / events,
-        records_per_sync,
+        records_per_sync: wal.records_per_sync,
+        enqueue_us_per_call: CallTimes::per_call_us(call_times.enqueue_ns, call_times.calls),
+        await_us_per_call: CallTimes::per_call_us(call_times.await_ns, call_times.calls),
+        write_latency_p50_us: wal.write_latency_p50_us,
+        sync_latency_p50_us: wal.sync_latency_p50_us,
     }
 }
 
@@ -334,13 +372,13 @@ async fn wal_only(
     let wal = Arc::new(wal);
     let cpu_at_start = CpuSample::take();
     let started = Instant::now();
-    drive(args, Target::Wal(Arc::clone(&wal)), template).await?;
+    let (_, call_times) = drive(args, Target::Wal(Arc::clone(&wal)), template).await?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu = CpuSample::take().since(cpu_at_start);
-    let records_per_sync = wal.stats().records_per_sync;
+    let stats = wal.stats();
     let wal = Arc::try_unwrap(wal).map_err(|_| "WAL handle still shared".to_owned())?;
     wal.close().await.map_err(|error| error.to_string())?;
-    Ok(figures(args, seconds, None, cpu, records_per_sync))
+    Ok(figures(args, seconds, None, cpu, &stats, call_times))
 }
 
 /// What the publishers drive: the connector, or the WAL alone for comparison.
@@ -400,7 +438,7 @@ async fn drive(
     args: &ConnectorLoadArgs,
     target: Target,
     template: &ProcessEvent,
-) -> Result<u64, String> {
+) -> Result<(u64, CallTimes), String> {
     let mut publishers = JoinSet::new();
     let per_publisher = args.events.div_ceil(args.publishers);
     let print = args.print_durable;
@@ -414,6 +452,7 @@ async fn drive(
             let mut highest = 0;
             let mut index = 0;
             let mut pending: VecDeque<Receipt> = VecDeque::new();
+            let mut times = CallTimes::default();
             while index < count || !pending.is_empty() {
                 if index < count && pending.len() < in_flight {
                     let size = batch.min(count - index);
@@ -421,25 +460,34 @@ async fn drive(
                         .map(|i| numbered(&template, i))
                         .collect::<Vec<_>>();
                     index += size;
+                    // Timed from the call on: making up the events is the harness's own cost.
+                    let entered = Instant::now();
                     pending.push_back(target.submit(events).await?);
+                    times.enqueue_ns += entered.elapsed().as_nanos();
+                    times.calls += 1;
                     continue;
                 }
                 let Some(receipt) = pending.pop_front() else {
                     break;
                 };
+                let waiting = Instant::now();
                 let sequence = receipt.await?;
+                times.await_ns += waiting.elapsed().as_nanos();
                 if print {
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "durable {sequence}").and_then(|()| out.flush());
                 }
                 highest = highest.max(sequence);
             }
-            Ok::<u64, String>(highest)
+            Ok::<(u64, CallTimes), String>((highest, times))
         });
     }
     let mut highest = 0;
+    let mut times = CallTimes::default();
     while let Some(joined) = publishers.join_next().await {
-        highest = highest.max(joined.map_err(text)??);
+        let (publisher_highest, publisher_times) = joined.map_err(text)??;
+        highest = highest.max(publisher_highest);
+        times = times.add(publisher_times);
     }
-    Ok(highest)
+    Ok((highest, times))
 }

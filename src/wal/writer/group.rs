@@ -376,9 +376,11 @@ impl<B: Backend> Writer<B> {
         let file = Rc::clone(&self.active.file);
         let path = self.active.path.clone();
         Formed::Write(Box::pin(async move {
+            let started = std::time::Instant::now();
             let (result, buf) = backend.write_at(&file, buf, write_len, base).await;
             WriteDone {
                 result,
+                latency_us: started.elapsed().as_micros() as u64,
                 buf,
                 meta,
                 path,

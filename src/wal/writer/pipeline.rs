@@ -26,6 +26,8 @@ use crate::io::Backend;
 /// What a finished group write hands back.
 pub(super) struct WriteDone<Buf> {
     pub result: io::Result<()>,
+    /// From handing the write to the backend until its completion was polled.
+    pub latency_us: u64,
     pub buf: Buf,
     pub meta: GroupMeta,
     pub path: PathBuf,
@@ -156,6 +158,7 @@ impl<B: Backend> Writer<B> {
         }
         let shared = &self.shared;
         shared.group_writes.fetch_add(1, Relaxed);
+        shared.write_latency.record_us(done.latency_us);
         shared
             .device_bytes_written
             .fetch_add(meta.device_bytes, Relaxed);
