@@ -125,6 +125,9 @@ struct Inner {
     publisher_id: Arc<str>,
     /// The WAL's `segment_max_bytes`: a batch is checked against it before it is written.
     segment_max_bytes: u64,
+    /// Whether a segment holds the largest record of an event within the stored limits, so
+    /// that no event of a batch needs checking.
+    every_record_fits: bool,
 }
 
 impl std::fmt::Debug for EventBusConnector {
@@ -321,30 +324,30 @@ impl EventBusConnector {
     }
 
     /// Whether the event's WAL record fits in an empty segment (the WAL refuses it
-    /// otherwise, after the events before it in a batch were written). A bound on the
-    /// record's size settles it without encoding, except for huge events in tiny segments.
+    /// otherwise, after the events before it in a batch were written). `event` is within
+    /// the stored limits (`truncate_to_limits` ran). With segments that hold the largest
+    /// such record (any size from about 300 KiB, so the default) there is nothing to check;
+    /// otherwise a bound on the record's size settles it without encoding, except for huge
+    /// events in tiny segments.
     fn check_record_fits(&self, event: &ProcessEvent) -> Result<(), WalError> {
-        use crate::wal::format::{
-            EVENT_FIXED_PAYLOAD_BYTES, SEGMENT_HEADER_BYTES, encode_event, frame_len,
-        };
-        let segment_max_bytes = self.inner.segment_max_bytes;
-        let fits = |record_bytes: usize| {
-            (SEGMENT_HEADER_BYTES + frame_len(EVENT_FIXED_PAYLOAD_BYTES + record_bytes)) as u64
-                <= segment_max_bytes
-        };
-        // bincode's legacy configuration: each string costs its bytes plus an 8-byte
-        // length (and an option its tag); the fixed fields take well under 512 bytes.
-        let strings = 5 + event.command_line.len() + 2 * event.platform_metadata.len();
-        if fits(event.text_bytes() + 9 * strings + 512) {
+        if self.inner.every_record_fits {
             return Ok(());
         }
-        let record_bytes = encode_event(event).map_or(usize::MAX / 2, |bytes| bytes.len());
-        if fits(record_bytes) {
+        let segment_max_bytes = self.inner.segment_max_bytes;
+        let strings = 5 + event.command_line.len() + 2 * event.platform_metadata.len();
+        if record_fits_segment(
+            record_bound_bytes(event.text_bytes(), strings),
+            segment_max_bytes,
+        ) {
+            return Ok(());
+        }
+        let record_bytes =
+            crate::wal::format::encode_event(event).map_or(usize::MAX / 2, |bytes| bytes.len());
+        if record_fits_segment(record_bytes, segment_max_bytes) {
             Ok(())
         } else {
             Err(WalError::RecordTooLarge {
-                frame_bytes: SEGMENT_HEADER_BYTES
-                    + frame_len(EVENT_FIXED_PAYLOAD_BYTES + record_bytes),
+                frame_bytes: segment_bytes_for_record(record_bytes),
                 segment_max_bytes,
             })
         }
@@ -621,6 +624,10 @@ fn open(config: ConnectorConfig) -> EventBusConnectorResult<EventBusConnector> {
         drain_timeout: Duration::from_millis(config.drain_timeout_ms),
         publisher_id: Arc::clone(&publisher_id),
         segment_max_bytes: config.wal.segment_max_bytes,
+        every_record_fits: record_fits_segment(
+            largest_record_bound_bytes(),
+            config.wal.segment_max_bytes,
+        ),
     };
     let setup = RingSetup {
         wal,
@@ -702,10 +709,102 @@ fn backlog_frame_bytes(
     frame_bytes
 }
 
+/// Bytes an empty segment needs to hold one event record of `record_bytes`.
+fn segment_bytes_for_record(record_bytes: usize) -> usize {
+    use crate::wal::format::{EVENT_FIXED_PAYLOAD_BYTES, SEGMENT_HEADER_BYTES, frame_len};
+    SEGMENT_HEADER_BYTES + frame_len(EVENT_FIXED_PAYLOAD_BYTES + record_bytes)
+}
+
+/// Whether an empty segment of `segment_max_bytes` holds an event record of `record_bytes`.
+fn record_fits_segment(record_bytes: usize, segment_max_bytes: u64) -> bool {
+    segment_bytes_for_record(record_bytes) as u64 <= segment_max_bytes
+}
+
+/// An upper bound on the encoded record of an event with `text_bytes` of text in `strings`
+/// strings: bincode's legacy configuration costs each string its bytes plus an 8-byte length
+/// (and an option its tag); the fixed fields take well under 512 bytes.
+fn record_bound_bytes(text_bytes: usize, strings: usize) -> usize {
+    text_bytes + 9 * strings + 512
+}
+
+/// [`record_bound_bytes`] for the largest event within the stored limits (what
+/// `ProcessEvent::truncate_to_limits` leaves), about 290 KiB.
+fn largest_record_bound_bytes() -> usize {
+    use crate::event::limits;
+    let text_bytes = limits::NAME_BYTES
+        + 4 * limits::SHORT_FIELD_BYTES
+        + limits::ARGV_TOTAL_BYTES
+        + limits::METADATA_TOTAL_BYTES;
+    let strings = 5 + limits::ARGV_ENTRIES + 2 * limits::METADATA_ENTRIES;
+    record_bound_bytes(text_bytes, strings)
+}
+
 /// Closes a WAL from a blocking context (opening failed half-way).
 fn close_blocking(wal: Wal) -> Result<(), WalError> {
     tokio::runtime::Builder::new_current_thread()
         .build()
         .map_err(|error| WalError::io("start runtime to close", wal.dir().to_owned(), error))?
         .block_on(wal.close())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::event::limits;
+
+    /// An event at every stored limit at once (or past them, with `oversize`), truncated.
+    fn largest_event(oversize: bool) -> ProcessEvent {
+        let grow = if oversize { 2 } else { 1 };
+        let mut event =
+            ProcessEvent::new(u32::MAX, "n".repeat(limits::NAME_BYTES * grow), Utc::now());
+        event.ppid = Some(u32::MAX);
+        event.executable_path = Some("p".repeat(limits::SHORT_FIELD_BYTES * grow));
+        event.executable_hash = Some("h".repeat(limits::SHORT_FIELD_BYTES * grow));
+        event.hash_algorithm = Some("a".repeat(limits::SHORT_FIELD_BYTES * grow));
+        event.user_id = Some("u".repeat(limits::SHORT_FIELD_BYTES * grow));
+        event.start_time = Some(Utc::now());
+        event.cpu_usage_percent = Some(f64::MAX);
+        event.memory_usage_bytes = Some(u64::MAX);
+        let arg_bytes = limits::ARGV_TOTAL_BYTES / limits::ARGV_ENTRIES;
+        event.command_line = vec!["x".repeat(arg_bytes * grow); limits::ARGV_ENTRIES * grow];
+        let entry_bytes = limits::METADATA_TOTAL_BYTES / limits::METADATA_ENTRIES;
+        for index in 0..limits::METADATA_ENTRIES * grow {
+            let key = format!("{index:0>width$}", width = entry_bytes / 2);
+            event
+                .platform_metadata
+                .insert(key, "v".repeat(entry_bytes / 2 * grow));
+        }
+        event.truncate_to_limits();
+        event
+    }
+
+    #[test]
+    fn no_event_within_the_stored_limits_encodes_past_the_largest_record_bound() {
+        for oversize in [false, true] {
+            let event = largest_event(oversize);
+            assert_eq!(event.truncated, oversize);
+            let strings = 5 + event.command_line.len() + 2 * event.platform_metadata.len();
+            let bound = record_bound_bytes(event.text_bytes(), strings);
+            let encoded = crate::wal::format::encode_event(&event).expect("encodes");
+            assert!(encoded.len() <= bound, "{} > {bound}", encoded.len());
+            assert!(bound <= largest_record_bound_bytes());
+            // The event is close to the limits: the bound is not loose by orders of magnitude.
+            assert!(encoded.len() * 2 > largest_record_bound_bytes());
+        }
+    }
+
+    #[test]
+    fn default_segments_hold_every_record_and_the_smallest_ones_do_not() {
+        let default_segment = crate::wal::WalConfig::new("/unused").segment_max_bytes;
+        assert!(record_fits_segment(
+            largest_record_bound_bytes(),
+            default_segment
+        ));
+        assert!(!record_fits_segment(
+            largest_record_bound_bytes(),
+            64 * 1024
+        ));
+    }
 }

@@ -62,10 +62,18 @@ impl WireTime {
     ///
     /// A chrono leap second (sub-second nanos ≥ 1 s) becomes the start of the next second.
     pub fn from_datetime(time: DateTime<Utc>) -> Option<WireTime> {
-        let total_nanos = datetime_to_unix_nanos(time);
-        let secs = u64::try_from(total_nanos.div_euclid(i128::from(NANOS_PER_SECOND))).ok()?;
-        let nanos = u32::try_from(total_nanos.rem_euclid(i128::from(NANOS_PER_SECOND))).ok()?;
-        Some(WireTime { secs, nanos })
+        // Seconds and nanoseconds as chrono keeps them (no 128-bit round trip: this runs for
+        // every published event). Only a leap second carries nanos of a second or more.
+        let (secs, nanos) = match time.timestamp_subsec_nanos() {
+            nanos if nanos >= NANOS_PER_SECOND => {
+                (time.timestamp().checked_add(1)?, nanos - NANOS_PER_SECOND)
+            }
+            nanos => (time.timestamp(), nanos),
+        };
+        Some(WireTime {
+            secs: u64::try_from(secs).ok()?,
+            nanos,
+        })
     }
 
     /// Converts to a UTC time, checking the value is valid and representable.
@@ -380,5 +388,57 @@ mod tests {
         ));
         let nanos = datetime_to_unix_nanos(before);
         assert_eq!(unix_nanos_to_datetime(nanos), Some(before));
+    }
+
+    /// The direct split of seconds and nanoseconds agrees with going through the total
+    /// nanoseconds, leap seconds included (chrono keeps them as nanos of a second or more).
+    #[test]
+    fn wire_time_from_datetime_agrees_with_the_total_nanoseconds() {
+        let through_total = |time: DateTime<Utc>| {
+            let total = datetime_to_unix_nanos(time);
+            Some(WireTime {
+                secs: u64::try_from(total.div_euclid(i128::from(NANOS_PER_SECOND))).ok()?,
+                nanos: u32::try_from(total.rem_euclid(i128::from(NANOS_PER_SECOND))).ok()?,
+            })
+        };
+        let mut checked = 0;
+        for secs in [
+            -86_400,
+            -1,
+            0,
+            1,
+            1_700_000_000,
+            4_102_444_800,
+            253_402_300_799,
+        ] {
+            for nanos in [
+                0,
+                1,
+                999_999_999,
+                1_000_000_000,
+                1_500_000_000,
+                1_999_999_999,
+            ] {
+                let Some(time) = DateTime::from_timestamp(secs, nanos) else {
+                    continue;
+                };
+                assert_eq!(
+                    WireTime::from_datetime(time),
+                    through_total(time),
+                    "{secs} s {nanos} ns"
+                );
+                checked += 1;
+            }
+        }
+        // chrono accepts the leap-second nanos only at the last second of a minute.
+        let leap = DateTime::from_timestamp(1_483_228_799, 1_500_000_000).expect("leap second");
+        assert_eq!(
+            WireTime::from_datetime(leap),
+            Some(WireTime {
+                secs: 1_483_228_800,
+                nanos: 500_000_000
+            })
+        );
+        assert!(checked >= 20, "only {checked} cases were valid times");
     }
 }
