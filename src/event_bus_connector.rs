@@ -334,11 +334,7 @@ impl EventBusConnector {
             return Ok(());
         }
         let segment_max_bytes = self.inner.segment_max_bytes;
-        let strings = 5 + event.command_line.len() + 2 * event.platform_metadata.len();
-        if record_fits_segment(
-            record_bound_bytes(event.text_bytes(), strings),
-            segment_max_bytes,
-        ) {
+        if record_fits_segment(event_record_bound_bytes(event), segment_max_bytes) {
             return Ok(());
         }
         let record_bytes =
@@ -727,6 +723,13 @@ fn record_bound_bytes(text_bytes: usize, strings: usize) -> usize {
     text_bytes + 9 * strings + 512
 }
 
+/// [`record_bound_bytes`] for `event`: its text, in its name, four optional fields, argv
+/// entries and metadata keys and values.
+fn event_record_bound_bytes(event: &ProcessEvent) -> usize {
+    let strings = 5 + event.command_line.len() + 2 * event.platform_metadata.len();
+    record_bound_bytes(event.text_bytes(), strings)
+}
+
 /// [`record_bound_bytes`] for the largest event within the stored limits (what
 /// `ProcessEvent::truncate_to_limits` leaves), about 290 KiB.
 fn largest_record_bound_bytes() -> usize {
@@ -785,8 +788,7 @@ mod tests {
         for oversize in [false, true] {
             let event = largest_event(oversize);
             assert_eq!(event.truncated, oversize);
-            let strings = 5 + event.command_line.len() + 2 * event.platform_metadata.len();
-            let bound = record_bound_bytes(event.text_bytes(), strings);
+            let bound = event_record_bound_bytes(&event);
             let encoded = crate::wal::format::encode_event(&event).expect("encodes");
             assert!(encoded.len() <= bound, "{} > {bound}", encoded.len());
             assert!(bound <= largest_record_bound_bytes());

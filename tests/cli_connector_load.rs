@@ -30,13 +30,14 @@ fn the_report_has_exact_counts_and_where_the_time_goes_for_both_sides() {
                 .as_f64()
                 .unwrap_or_else(|| panic!("{side}.{key} is a number: {figures}"))
         };
-        // 30 calls of 100 events: each call waited for a sync, so both parts of a call took
-        // time, and so did the log's writes and syncs.
+        // 30 calls of 100 events, each timed in both its parts (nanosecond clocks: never 0).
         assert!(number("enqueue_us_per_call") > 0.0, "{side}");
         assert!(number("await_us_per_call") > 0.0, "{side}");
-        assert!(number("write_latency_p50_us") >= 0.0, "{side}");
-        assert!(number("sync_latency_p50_us") >= 0.0, "{side}");
         assert!(number("records_per_sync") >= 1.0, "{side}");
+        // The log's latency medians are reported (whole µs; their values are not checked).
+        for key in ["write_latency_p50_us", "sync_latency_p50_us"] {
+            assert!(figures[key].is_u64(), "{side}.{key}: {figures}");
+        }
     }
     assert!(report["acked_vs_wal_only"].as_f64().is_some());
 }

@@ -76,17 +76,8 @@ async fn durable_prefix_of_a_batch_failed_by_enospc_is_delivered_and_publishing_
     let durable_through = connector.stats().wal.durable_sequence;
     assert!(durable_through > 0, "part of the batch is durable");
 
-    // Everything durable reaches the broker and is acknowledged, without a restart. (The
-    // subscriber reads first: the broker acks only what its subscribers' sockets hold.)
-    for pid in 0..durable_through as u32 {
-        let (sequence, got_kind, got) = next_event(&mut subscriber).await;
-        assert_eq!(sequence, u64::from(pid) + 1, "in order, each once");
-        assert_eq!(got_kind, kind(pid));
-        assert_eq!(got, redacted(pid));
-    }
-    guarded(connector.acknowledged(durable_through))
-        .await
-        .expect("the durable prefix is acknowledged");
+    // Everything durable reaches the broker and is acknowledged, without a restart.
+    expect_prefix_delivered(&mut subscriber, &connector, durable_through).await;
 
     // The publisher was told which prefix is durable and why the rest failed.
     let EventBusConnectorError::Wal(wal_error) = &error else {

@@ -88,17 +88,8 @@ async fn a_batch_failed_by_a_poisoned_log_names_and_delivers_its_durable_prefix(
         other => panic!("a partly durable batch: {other:?}"),
     }
 
-    // The durable prefix is delivered, in order, each event once. Read before awaiting the
-    // acknowledgement: the broker acknowledges only what its subscribers have taken.
-    for pid in 0..durable_through as u32 {
-        let (sequence, got_kind, got) = next_event(&mut subscriber).await;
-        assert_eq!(sequence, u64::from(pid) + 1, "in order, each once");
-        assert_eq!(got_kind, kind(pid));
-        assert_eq!(got, redacted(pid));
-    }
-    guarded(connector.acknowledged(durable_through))
-        .await
-        .expect("the durable prefix is acknowledged");
+    // The durable prefix is delivered, in order, each event once, and acknowledged.
+    expect_prefix_delivered(&mut subscriber, &connector, durable_through).await;
     let _ = connector.shutdown().await;
 }
 

@@ -127,6 +127,25 @@ pub async fn guarded<T>(future: impl std::future::Future<Output = T>) -> T {
         .expect("finished within the guard")
 }
 
+/// Reads events 1..=`through` from `subscriber`, in order, each once and equal to
+/// [`redacted`] of its index, then waits for the connector to see them acknowledged (the
+/// subscriber reads first: the broker acknowledges only what its subscribers' sockets hold).
+pub async fn expect_prefix_delivered(
+    subscriber: &mut TestClient,
+    connector: &procmond_wal::EventBusConnector,
+    through: u64,
+) {
+    for pid in 0..u32::try_from(through).expect("a test-sized prefix") {
+        let (sequence, got_kind, got) = next_event(subscriber).await;
+        assert_eq!(sequence, u64::from(pid) + 1, "in order, each once");
+        assert_eq!(got_kind, kind(pid));
+        assert_eq!(got, redacted(pid));
+    }
+    guarded(connector.acknowledged(through))
+        .await
+        .expect("the prefix is acknowledged");
+}
+
 /// The reference broker with `--print` as a child process: stdout lines (one per accepted
 /// event) are collected until it exits, so a test can check that nothing was printed twice.
 pub struct PrintingBroker {
